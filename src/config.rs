@@ -1,0 +1,423 @@
+//! Settings, layered: built-in defaults < `config/anya.yaml` < environment `ANYA__…` < flags.
+//!
+//! Every section is parsed with `deny_unknown_fields`, so a misspelt key is an error that names
+//! the key instead of a silently ignored line. `Settings::validate` checks the values the types
+//! cannot (ranges, log levels) and names the key too.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where models run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+    /// CUDA when built with the `cuda` feature and a GPU is present, else CPU.
+    #[default]
+    Auto,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub model: ModelSection,
+    pub server: ServerSection,
+    pub monitoring: MonitoringSection,
+    pub cache: CacheSection,
+    pub security: SecuritySection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// Model to serve (a repository id or a path). Empty: serve the whole repository.
+    pub name: Option<String>,
+    /// Version of `name` to make the default (else the manifest's default).
+    pub version: Option<String>,
+    pub device: DeviceKind,
+    /// The model repository.
+    pub models_dir: PathBuf,
+    /// Run one tiny inference per model before reporting ready.
+    pub warmup: bool,
+    /// Compute threads per model worker (0: candle's default, one per core).
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub host: String,
+    pub port: u16,
+    /// Tokio worker threads for HTTP (0: one per core).
+    pub workers: usize,
+    pub log_level: String,
+    /// `text` (human-readable) or `json`.
+    pub log_format: String,
+    pub request_timeout_ms: u64,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringSection {
+    pub enabled: bool,
+    pub metrics_port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    pub enabled: bool,
+    /// Seconds an entry lives.
+    pub ttl: u64,
+    /// Most entries held in process.
+    pub max_size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecuritySection {
+    pub auth_required: bool,
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            name: None,
+            version: None,
+            device: DeviceKind::Auto,
+            models_dir: PathBuf::from("models"),
+            warmup: true,
+            threads: 0,
+        }
+    }
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            workers: 0,
+            log_level: "info".into(),
+            log_format: "text".into(),
+            request_timeout_ms: 30_000,
+            max_body_bytes: 2 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for MonitoringSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            metrics_port: None,
+        }
+    }
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl: 3600,
+            max_size: 100_000,
+        }
+    }
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            auth_required: false,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: ModelSection::default(),
+            server: ServerSection::default(),
+            monitoring: MonitoringSection::default(),
+            cache: CacheSection::default(),
+            security: SecuritySection::default(),
+        }
+    }
+}
+
+/// A setting that could not be read or is out of range; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration key `{key}`: {issue}")]
+    Invalid { key: &'static str, issue: String },
+}
+
+/// Values given on the command line; they override every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub models_dir: Option<PathBuf>,
+    pub log_format: Option<String>,
+}
+
+/// The default config file, used when present.
+pub const DEFAULT_CONFIG_FILE: &str = "config/anya.yaml";
+
+impl Settings {
+    /// Layer defaults, the file (`explicit` must exist; otherwise `config/anya.yaml` if present),
+    /// the environment (`ANYA__SECTION__KEY`) and the flags, then validate.
+    pub fn load(explicit: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let env = std::env::vars().filter(|(k, _)| k.starts_with("ANYA__"));
+        Self::load_from(explicit, env, overrides)
+    }
+
+    /// `load` with the environment passed in, so tests need not touch the process's.
+    pub fn load_from(
+        explicit: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let parse = |e: config::ConfigError| ConfigError::Parse(e.to_string());
+        let defaults = config::Config::try_from(&Settings::default()).map_err(parse)?;
+        let mut builder = config::Config::builder().add_source(defaults);
+
+        let file = match explicit {
+            Some(p) if !p.exists() => return Err(ConfigError::MissingFile(p.to_path_buf())),
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        if let Some(path) = file {
+            builder = builder
+                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Yaml));
+        }
+
+        let env: config::Map<String, String> = env.into_iter().collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("ANYA")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("security.allowed_origins")
+                .source(Some(env)),
+        );
+
+        if let Some(h) = &overrides.host {
+            builder = builder
+                .set_override("server.host", h.as_str())
+                .map_err(parse)?;
+        }
+        if let Some(p) = overrides.port {
+            builder = builder.set_override("server.port", p).map_err(parse)?;
+        }
+        if let Some(d) = &overrides.models_dir {
+            builder = builder
+                .set_override("model.models_dir", d.to_string_lossy().as_ref())
+                .map_err(parse)?;
+        }
+        if let Some(f) = &overrides.log_format {
+            builder = builder
+                .set_override("server.log_format", f.as_str())
+                .map_err(parse)?;
+        }
+
+        let settings: Settings = builder
+            .build()
+            .map_err(parse)?
+            .try_deserialize()
+            .map_err(parse)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Range checks the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, issue: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                issue: issue.to_string(),
+            })
+        };
+        if !["trace", "debug", "info", "warn", "error"].contains(&self.server.log_level.as_str()) {
+            return bad(
+                "server.log_level",
+                "must be one of trace, debug, info, warn, error",
+            );
+        }
+        if !["text", "json"].contains(&self.server.log_format.as_str()) {
+            return bad("server.log_format", "must be text or json");
+        }
+        if self.server.host.trim().is_empty() {
+            return bad("server.host", "must not be empty");
+        }
+        if !(1..=3_600_000).contains(&self.server.request_timeout_ms) {
+            return bad("server.request_timeout_ms", "must be between 1 and 3600000");
+        }
+        if self.server.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes", "must be at least 1024");
+        }
+        if self.server.workers > 1024 {
+            return bad("server.workers", "must be at most 1024");
+        }
+        if self.model.threads > 1024 {
+            return bad("model.threads", "must be at most 1024");
+        }
+        if self.cache.ttl == 0 {
+            return bad("cache.ttl", "must be at least 1 second");
+        }
+        if self.monitoring.metrics_port == Some(0) {
+            return bad(
+                "monitoring.metrics_port",
+                "must be a port number from 1 to 65535",
+            );
+        }
+        if let Some(v) = &self.model.version {
+            if semver::Version::parse(v).is_err() {
+                return bad("model.version", "must be a semantic version such as 1.0.0");
+            }
+        }
+        for origin in &self.security.allowed_origins {
+            if origin == "*" || !(origin.starts_with("http://") || origin.starts_with("https://")) {
+                return bad(
+                    "security.allowed_origins",
+                    "each entry must be an exact origin such as https://app.example.com",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("anya.yaml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = Settings::load_from(None, env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s.server.port, 8000);
+        assert_eq!(s.server.host, "127.0.0.1");
+        assert_eq!(s.model.models_dir, PathBuf::from("models"));
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(
+            dir.path(),
+            "server:\n  port: 7000\n  host: 0.0.0.0\n  log_level: debug\nmodel:\n  device: cpu\n",
+        );
+        // file only
+        let s = Settings::load_from(Some(&file), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!((s.server.port, s.server.host.as_str()), (7000, "0.0.0.0"));
+        assert_eq!(s.model.device, DeviceKind::Cpu);
+        // env beats file
+        let e = env(&[("ANYA__SERVER__PORT", "9000"), ("ANYA__CACHE__TTL", "5")]);
+        let s = Settings::load_from(Some(&file), e.clone(), &Overrides::default()).unwrap();
+        assert_eq!(s.server.port, 9000);
+        assert_eq!(s.cache.ttl, 5);
+        assert_eq!(s.server.log_level, "debug");
+        // flags beat env
+        let o = Overrides {
+            port: Some(9100),
+            ..Default::default()
+        };
+        let s = Settings::load_from(Some(&file), e, &o).unwrap();
+        assert_eq!(s.server.port, 9100);
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write(dir.path(), "server:\n  prot: 7000\n");
+        let err = Settings::load_from(Some(&file), env(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_in_env_is_named() {
+        let err = Settings::load_from(
+            None,
+            env(&[("ANYA__SERVER__NOPE", "1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("ANYA__SERVER__PORT", "99999", "port"),
+            ("ANYA__SERVER__LOG_LEVEL", "loud", "server.log_level"),
+            ("ANYA__MODEL__DEVICE", "tpu", "tpu"),
+            (
+                "ANYA__SERVER__REQUEST_TIMEOUT_MS",
+                "0",
+                "server.request_timeout_ms",
+            ),
+            (
+                "ANYA__SECURITY__ALLOWED_ORIGINS",
+                "*",
+                "security.allowed_origins",
+            ),
+        ];
+        for (k, v, needle) in cases {
+            let err = Settings::load_from(None, env(&[(k, v)]), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn list_from_env() {
+        let s = Settings::load_from(
+            None,
+            env(&[(
+                "ANYA__SECURITY__ALLOWED_ORIGINS",
+                "https://a.example,https://b.example",
+            )]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.security.allowed_origins.len(), 2);
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Settings::load_from(
+            Some(Path::new("/nonexistent/anya.yaml")),
+            env(&[]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+}

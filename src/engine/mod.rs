@@ -1,0 +1,311 @@
+//! The engine: per model version, a bounded queue, a batcher task and a worker OS thread that
+//! owns the model. No HTTP types here.
+//!
+//! ```text
+//! infer() ──try enqueue (capacity)──▶ unbounded channel ──▶ batcher task (BatchQueue policy)
+//!    ▲                                                        │ one batch at a time
+//!    └──────── oneshot reply ◀──── worker thread (model) ◀────┘
+//! ```
+//! The queue bound is an atomic count, checked before sending, so a full queue answers
+//! `Overloaded` at once. The batcher hands the worker one batch and waits for it to finish,
+//! so while the model computes, new requests pile up and form the next (larger) batch.
+
+pub mod batcher;
+mod worker;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::models::{Frontend, GenParams, Generation};
+use crate::registry::manifest::Manifest;
+use batcher::{BatchPolicy, BatchQueue, Next, Pending};
+
+/// What a request asks a model to do; inputs are already tokenized and validated.
+#[derive(Debug, Clone)]
+pub enum Work {
+    Embed {
+        inputs: Vec<Vec<u32>>,
+    },
+    Generate {
+        prompts: Vec<Vec<u32>>,
+        params: GenParams,
+    },
+    Echo {
+        inputs: Vec<serde_json::Value>,
+        delay: Duration,
+    },
+}
+
+impl Work {
+    pub fn items(&self) -> usize {
+        match self {
+            Work::Embed { inputs } => inputs.len(),
+            Work::Generate { prompts, .. } => prompts.len(),
+            Work::Echo { inputs, .. } => inputs.len(),
+        }
+    }
+
+    pub fn tokens(&self) -> usize {
+        match self {
+            Work::Embed { inputs } => inputs.iter().map(Vec::len).sum(),
+            Work::Generate { prompts, params } => {
+                prompts.iter().map(|p| p.len() + params.max_tokens).sum()
+            }
+            Work::Echo { inputs, .. } => inputs.len(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Output {
+    Vectors(Vec<Vec<f32>>),
+    Generations(Vec<Generation>),
+    Values(Vec<serde_json::Value>),
+}
+
+/// How a request went through the engine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunStats {
+    pub queue: Duration,
+    pub compute: Duration,
+    /// Inputs in the batch this request ran in.
+    pub batch_size: usize,
+    pub tokens_processed: usize,
+    pub tokens_generated: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub output: Output,
+    pub stats: RunStats,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    #[error("the queue of {model} is full ({capacity} waiting)")]
+    Overloaded { model: String, capacity: usize },
+    #[error("no answer from {model} within {timeout_ms} ms")]
+    Timeout { model: String, timeout_ms: u128 },
+    #[error("the worker of {0} has stopped")]
+    Stopped(String),
+    #[error("{0}")]
+    Model(String),
+    #[error("model load failed: {0}")]
+    Load(String),
+}
+
+struct Job {
+    work: Work,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Completed, EngineError>>,
+}
+
+impl Pending for Job {
+    fn items(&self) -> usize {
+        self.work.items()
+    }
+    fn tokens(&self) -> usize {
+        self.work.tokens()
+    }
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+    fn is_cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+struct Batch {
+    jobs: Vec<Job>,
+    done: oneshot::Sender<()>,
+}
+
+struct Inner {
+    name: String,
+    tx: mpsc::UnboundedSender<Job>,
+    /// Requests sent to the batcher and not yet handed to the worker.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
+    frontend: Arc<Frontend>,
+    alive: Arc<AtomicBool>,
+    cancelled: Arc<AtomicUsize>,
+}
+
+/// A cheap, cloneable handle on a running model version.
+#[derive(Clone)]
+pub struct ModelHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ModelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelHandle")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+/// What the worker needs to load a model.
+pub struct LoadSpec {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+    pub device: crate::config::DeviceKind,
+    pub warmup: bool,
+}
+
+impl ModelHandle {
+    /// Start the worker thread, load the model on it (verifying file hashes first), warm it up,
+    /// and start the batcher. Resolves once the model is ready or has failed to load.
+    pub async fn start(spec: LoadSpec) -> Result<ModelHandle, EngineError> {
+        let name = format!("{}@{}", spec.manifest.id, spec.manifest.version);
+        let b = &spec.manifest.batching;
+        let policy = BatchPolicy {
+            max_batch_size: b.max_batch_size,
+            max_batch_tokens: b.max_batch_tokens,
+            max_delay: Duration::from_millis(b.max_queue_delay_ms),
+        };
+        let capacity = b.queue_capacity;
+        let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let thread_alive = alive.clone();
+        std::thread::Builder::new()
+            .name(format!("anya-worker-{}", spec.manifest.id))
+            .spawn(move || worker::run(spec, policy, batch_rx, ready_tx, thread_alive))
+            .map_err(|e| EngineError::Load(format!("cannot start worker thread: {e}")))?;
+        let frontend: Arc<Frontend> = ready_rx
+            .await
+            .map_err(|_| EngineError::Load("the worker thread died while loading".into()))??;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let cancelled = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(batcher_task(
+            policy,
+            rx,
+            batch_tx,
+            queued.clone(),
+            cancelled.clone(),
+        ));
+        Ok(ModelHandle {
+            inner: Arc::new(Inner {
+                name,
+                tx,
+                queued,
+                capacity,
+                frontend,
+                alive,
+                cancelled,
+            }),
+        })
+    }
+
+    pub fn frontend(&self) -> &Arc<Frontend> {
+        &self.inner.frontend
+    }
+
+    /// Requests waiting for a batch.
+    pub fn queue_len(&self) -> usize {
+        self.inner.queued.load(Ordering::Relaxed)
+    }
+
+    /// Requests dropped before compute because their client had gone.
+    pub fn cancelled_count(&self) -> usize {
+        self.inner.cancelled.load(Ordering::Relaxed)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.inner.alive.load(Ordering::Relaxed)
+    }
+
+    /// Queue `work` and wait for its answer, at most `timeout`. A full queue fails at once.
+    /// Dropping the returned future (client gone) cancels the work if it has not started.
+    pub async fn infer(&self, work: Work, timeout: Duration) -> Result<Completed, EngineError> {
+        let inner = &self.inner;
+        if !self.is_alive() {
+            return Err(EngineError::Stopped(inner.name.clone()));
+        }
+        let prev = inner.queued.fetch_add(1, Ordering::AcqRel);
+        if prev >= inner.capacity {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::Overloaded {
+                model: inner.name.clone(),
+                capacity: inner.capacity,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            work,
+            enqueued: Instant::now(),
+            reply,
+        };
+        if inner.tx.send(job).is_err() {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::Stopped(inner.name.clone()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(EngineError::Stopped(inner.name.clone())),
+            Err(_) => Err(EngineError::Timeout {
+                model: inner.name.clone(),
+                timeout_ms: timeout.as_millis(),
+            }),
+        }
+    }
+}
+
+/// Gathers jobs into batches by the policy and hands them to the worker one at a time.
+async fn batcher_task(
+    policy: BatchPolicy,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    worker: mpsc::Sender<Batch>,
+    queued: Arc<AtomicUsize>,
+    cancelled: Arc<AtomicUsize>,
+) {
+    let mut queue = BatchQueue::new(policy);
+    let mut open = true;
+    loop {
+        if queue.is_empty() {
+            if !open {
+                return;
+            }
+            match rx.recv().await {
+                Some(job) => queue.push(job),
+                None => return,
+            }
+        }
+        while let Ok(job) = rx.try_recv() {
+            queue.push(job);
+        }
+        let gone = queue.remove_cancelled().len();
+        if gone > 0 {
+            queued.fetch_sub(gone, Ordering::AcqRel);
+            cancelled.fetch_add(gone, Ordering::Relaxed);
+        }
+        match queue.poll(Instant::now()) {
+            Next::Idle => continue,
+            Next::WaitUntil(due) => {
+                tokio::select! {
+                    job = rx.recv(), if open => match job {
+                        Some(job) => queue.push(job),
+                        None => open = false,
+                    },
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                }
+            }
+            Next::Ready => {
+                let jobs = queue.take_batch();
+                queued.fetch_sub(jobs.len(), Ordering::AcqRel);
+                let (done, finished) = oneshot::channel();
+                if worker.send(Batch { jobs, done }).await.is_err() {
+                    return; // worker gone: dropping the jobs answers them `Stopped`
+                }
+                let _ = finished.await;
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The worker thread: loads the model, warms it up, then runs one batch at a time.
+//! Compute never runs on tokio's threads; a panic in a forward pass fails that batch only.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::batcher::BatchPolicy;
+use super::{Batch, Completed, EngineError, Job, LoadSpec, Output, RunStats, Work};
+use crate::models::{self, generate, Backend, Frontend, ModelError};
+
+/// Clears the `alive` flag however the thread ends.
+struct AliveGuard(Arc<AtomicBool>);
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
+pub(super) fn run(
+    spec: LoadSpec,
+    policy: BatchPolicy,
+    mut batches: mpsc::Receiver<Batch>,
+    ready: oneshot::Sender<Result<Arc<Frontend>, EngineError>>,
+    alive: Arc<AtomicBool>,
+) {
+    let _guard = AliveGuard(alive);
+    let loaded = catch_unwind(AssertUnwindSafe(|| load(&spec)))
+        .unwrap_or_else(|_| Err(EngineError::Load("the model loader panicked".into())));
+    let (mut backend, frontend) = match loaded {
+        Ok(pair) => pair,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    if ready.send(Ok(frontend.clone())).is_err() {
+        return;
+    }
+    while let Some(batch) = batches.blocking_recv() {
+        run_batch(&mut backend, &frontend, policy, batch);
+    }
+}
+
+/// Verify, load and warm up, all on this thread.
+fn load(spec: &LoadSpec) -> Result<(Backend, Arc<Frontend>), EngineError> {
+    let load_err = |e: &dyn std::fmt::Display| EngineError::Load(e.to_string());
+    spec.manifest
+        .verify_files(&spec.dir)
+        .map_err(|e| load_err(&e))?;
+    let device = models::device::select(spec.device).map_err(|e| load_err(&e))?;
+    let (mut backend, frontend) =
+        models::load(&spec.manifest, &spec.dir, &device).map_err(|e| load_err(&e))?;
+    if spec.warmup {
+        warmup(&mut backend, &frontend).map_err(|e| EngineError::Load(format!("warmup: {e}")))?;
+    }
+    Ok((backend, Arc::new(frontend)))
+}
+
+/// One tiny inference, so the first request does not pay for lazy initialisation.
+fn warmup(backend: &mut Backend, frontend: &Frontend) -> Result<(), ModelError> {
+    let encode = |text: &str| -> Result<Vec<u32>, ModelError> {
+        let codec = frontend
+            .codec
+            .as_ref()
+            .ok_or_else(|| ModelError::Load("no tokenizer".into()))?;
+        codec
+            .encode(text, true)
+            .map_err(|e| ModelError::Tokenizer(format!("{e:?}")))
+    };
+    match backend {
+        Backend::Embedding(m) => {
+            let ids = encode("warm up")?;
+            m.embed(&[&ids, &ids])?;
+        }
+        Backend::Generation(m) => {
+            let ids = encode("Hello")?;
+            if !ids.is_empty() {
+                m.forward(&ids, 0)?;
+            }
+        }
+        Backend::Echo => {}
+    }
+    Ok(())
+}
+
+fn run_batch(backend: &mut Backend, frontend: &Frontend, policy: BatchPolicy, batch: Batch) {
+    let Batch { jobs, done } = batch;
+    let dispatched = Instant::now();
+    let batch_size: usize = jobs.iter().map(|j| j.work.items()).sum();
+    let started = Instant::now();
+    let results = catch_unwind(AssertUnwindSafe(|| {
+        compute(backend, frontend, policy, &jobs)
+    }));
+    let compute_time = started.elapsed();
+    match results {
+        Ok(Ok(outputs)) => {
+            for (job, (output, generated)) in jobs.into_iter().zip(outputs) {
+                let stats = RunStats {
+                    queue: dispatched.saturating_duration_since(job.enqueued),
+                    compute: compute_time,
+                    batch_size,
+                    tokens_processed: match &job.work {
+                        Work::Embed { inputs } => inputs.iter().map(Vec::len).sum(),
+                        Work::Generate { prompts, .. } => prompts.iter().map(Vec::len).sum(),
+                        Work::Echo { .. } => 0,
+                    },
+                    tokens_generated: generated,
+                };
+                let _ = job.reply.send(Ok(Completed { output, stats }));
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "inference failed");
+            for job in jobs {
+                let _ = job.reply.send(Err(EngineError::Model(e.to_string())));
+            }
+        }
+        Err(_) => {
+            tracing::error!("inference panicked; the batch failed, the worker goes on");
+            for job in jobs {
+                let _ = job
+                    .reply
+                    .send(Err(EngineError::Model("inference panicked".into())));
+            }
+        }
+    }
+    let _ = done.send(());
+}
+
+/// Run every job of the batch; per job its output and the tokens it generated.
+fn compute(
+    backend: &mut Backend,
+    frontend: &Frontend,
+    policy: BatchPolicy,
+    jobs: &[Job],
+) -> Result<Vec<(Output, usize)>, ModelError> {
+    match backend {
+        Backend::Embedding(model) => {
+            // One padded forward pass per `max_batch_size` inputs across all jobs.
+            let all: Vec<&[u32]> = jobs
+                .iter()
+                .flat_map(|j| match &j.work {
+                    Work::Embed { inputs } => inputs.iter().map(Vec::as_slice).collect(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            let mut vectors = Vec::with_capacity(all.len());
+            for chunk in all.chunks(policy.max_batch_size.max(1)) {
+                vectors.extend(model.embed(chunk)?);
+            }
+            let mut it = vectors.into_iter();
+            Ok(jobs
+                .iter()
+                .map(|j| {
+                    (
+                        Output::Vectors(it.by_ref().take(j.work.items()).collect()),
+                        0,
+                    )
+                })
+                .collect())
+        }
+        Backend::Generation(model) => {
+            let codec = frontend
+                .codec
+                .as_ref()
+                .ok_or_else(|| ModelError::Inference("model has no tokenizer".into()))?;
+            let mut out = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let Work::Generate { prompts, params } = &job.work else {
+                    return Err(ModelError::Inference("wrong work for a generator".into()));
+                };
+                let mut gens = Vec::with_capacity(prompts.len());
+                let mut generated = 0;
+                for prompt in prompts {
+                    let cancelled = || job.reply.is_closed();
+                    let g = generate::generate(
+                        model.as_mut(),
+                        codec,
+                        &frontend.eos_token_ids,
+                        prompt,
+                        params,
+                        &cancelled,
+                    )?;
+                    generated += g.tokens.len();
+                    gens.push(g);
+                    if job.reply.is_closed() {
+                        break;
+                    }
+                }
+                out.push((Output::Generations(gens), generated));
+            }
+            Ok(out)
+        }
+        Backend::Echo => Ok(jobs
+            .iter()
+            .map(|j| match &j.work {
+                Work::Echo { inputs, delay } => {
+                    if !delay.is_zero() {
+                        std::thread::sleep(*delay);
+                    }
+                    (Output::Values(inputs.clone()), 0)
+                }
+                _ => (Output::Values(vec![]), 0),
+            })
+            .collect()),
+    }
+}

@@ -1,0 +1,218 @@
+//! The one error type every HTTP route answers with, and the envelope it renders to.
+//!
+//! `ErrorKind` decides the status, the public error code and the metrics label in one place,
+//! so a new failure mode cannot get a status without a code. Internal errors (5xx) never show
+//! their cause to the client: it is logged with the request's span instead.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// What went wrong, as a client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RateLimited,
+    Internal,
+    Unavailable,
+    Timeout,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The stable, documented error code (also the metrics label).
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::InvalidRequest => "invalid_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RateLimited => "rate_limit_exceeded",
+            Self::Internal => "internal_error",
+            Self::Unavailable => "service_unavailable",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// Which part of the request was wrong, and how.
+#[derive(Debug, Clone, Default, Serialize, ToSchema, PartialEq)]
+pub struct ErrorDetails {
+    /// The offending field, as a JSON path into the request (`parameters.temperature`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What is wrong with it, including the allowed range or limit where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issue: Option<String>,
+}
+
+/// An error answered to a client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub details: ErrorDetails,
+    /// Seconds for `Retry-After` (503 and 429).
+    pub retry_after_s: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            details: ErrorDetails::default(),
+            retry_after_s: None,
+        }
+    }
+
+    /// A 400 about one field.
+    pub fn invalid(field: impl Into<String>, issue: impl Into<String>) -> Self {
+        let field = field.into();
+        let issue = issue.into();
+        Self::new(
+            ErrorKind::InvalidRequest,
+            format!("invalid `{field}`: {issue}"),
+        )
+        .with_details(ErrorDetails {
+            field: Some(field),
+            issue: Some(issue),
+        })
+    }
+
+    /// A 413 naming the limit that was passed.
+    pub fn too_large(field: impl Into<String>, issue: impl Into<String>) -> Self {
+        let mut e = Self::invalid(field, issue);
+        e.kind = ErrorKind::PayloadTooLarge;
+        e
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    pub fn unavailable(message: impl Into<String>, retry_after_s: u64) -> Self {
+        let mut e = Self::new(ErrorKind::Unavailable, message);
+        e.retry_after_s = Some(retry_after_s);
+        e
+    }
+
+    /// A 500 whose cause is logged, never sent.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(
+            ErrorKind::Internal,
+            "the server failed to process the request",
+        )
+    }
+
+    pub fn with_details(mut self, details: ErrorDetails) -> Self {
+        self.details = details;
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.kind.status()
+    }
+}
+
+/// The JSON body of every error: `{"error": {"code", "message", "details"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code: invalid_request, unauthorized, forbidden, not_found,
+    /// method_not_allowed, payload_too_large, rate_limit_exceeded, internal_error,
+    /// service_unavailable, timeout.
+    pub code: &'static str,
+    pub message: String,
+    pub details: ErrorDetails,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorEnvelope {
+            error: ErrorBody {
+                code: self.kind.code(),
+                message: self.message,
+                details: self.details,
+            },
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.kind == ErrorKind::Unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_documented_status_and_code() {
+        let cases = [
+            (ErrorKind::InvalidRequest, 400, "invalid_request"),
+            (ErrorKind::Unauthorized, 401, "unauthorized"),
+            (ErrorKind::Forbidden, 403, "forbidden"),
+            (ErrorKind::NotFound, 404, "not_found"),
+            (ErrorKind::PayloadTooLarge, 413, "payload_too_large"),
+            (ErrorKind::RateLimited, 429, "rate_limit_exceeded"),
+            (ErrorKind::Internal, 500, "internal_error"),
+            (ErrorKind::Unavailable, 503, "service_unavailable"),
+            (ErrorKind::Timeout, 504, "timeout"),
+        ];
+        for (kind, status, code) in cases {
+            assert_eq!(kind.status().as_u16(), status);
+            assert_eq!(kind.code(), code);
+        }
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let r = ApiError::unavailable("queue full", 1).into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn internal_hides_its_cause() {
+        let e = ApiError::internal("secret path /etc/x");
+        assert!(!e.message.contains("secret"));
+    }
+}

@@ -1,0 +1,72 @@
+//! Liveness and readiness.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorDetails, ErrorEnvelope};
+use crate::server::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Status {
+    pub status: &'static str,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyStatus {
+    pub status: &'static str,
+    /// Model versions serving (`id@version`).
+    pub models: Vec<String>,
+}
+
+/// Liveness: the process answers. Always cheap.
+#[utoipa::path(get, path = "/health", responses((status = 200, body = Status)), tag = "health")]
+pub async fn health() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+/// Readiness: 200 only when every configured model is loaded and warmed up.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    responses(
+        (status = 200, body = ReadyStatus),
+        (status = 503, description = "Models loading, failed, or a worker died", body = ErrorEnvelope),
+    ),
+    tag = "health"
+)]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, ApiError> {
+    let r = state.registry.readiness();
+    if r.ready && !state.registry.list().is_empty() {
+        let models = state
+            .registry
+            .list()
+            .iter()
+            .flat_map(|m| m.versions.keys().map(move |v| format!("{}@{v}", m.id)))
+            .collect();
+        return Ok(Json(ReadyStatus {
+            status: "ready",
+            models,
+        }));
+    }
+    let mut parts = Vec::new();
+    if !r.loading.is_empty() {
+        parts.push(format!("loading: {}", r.loading.join(", ")));
+    }
+    if !r.failed.is_empty() {
+        parts.push(format!("failed: {}", r.failed.join(", ")));
+    }
+    if !r.dead.is_empty() {
+        parts.push(format!("worker stopped: {}", r.dead.join(", ")));
+    }
+    if parts.is_empty() {
+        parts.push("no models configured".into());
+    }
+    Err(
+        ApiError::unavailable("not ready", 5).with_details(ErrorDetails {
+            field: None,
+            issue: Some(parts.join("; ")),
+        }),
+    )
+}

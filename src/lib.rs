@@ -1,0 +1,23 @@
+//! anya: a model-serving daemon.
+//!
+//! Module map (dependencies point inward: `http` knows `engine`, `engine` knows `models`,
+//! `models` knows nothing of HTTP or tokio):
+//! - [`config`]: layered settings (defaults < `config/anya.yaml` < `ANYA__…` env < flags).
+//! - [`error`]: `ApiError`, the one error envelope every route answers with.
+//! - [`registry`]: the model repository on disk (manifests, hashes, path safety) and the live
+//!   map of model id → versions → handle.
+//! - [`engine`]: per model version a bounded queue, a batching policy and a worker thread.
+//! - [`models`]: the model code (candle BERT embeddings, quantized llama generation, echo),
+//!   tokenizers and chat templates.
+//! - [`http`]: the routes (predict, models, health, OpenAPI) and the JSON extractor.
+//! - [`server`]: `app(AppState) -> Router`, the layers, binding and serving.
+//! - [`telemetry`]: tracing setup.
+
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod http;
+pub mod models;
+pub mod registry;
+pub mod server;
+pub mod telemetry;

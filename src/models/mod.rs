@@ -1,0 +1,166 @@
+//! Models: what a worker thread owns and runs. No HTTP and no tokio here.
+//!
+//! A loaded model is split in two:
+//! - a [`Backend`] (the weights and their forward pass), owned by exactly one worker thread, so
+//!   it needs `Send` but never `Sync`;
+//! - a [`Frontend`] (tokenizer, chat template, shapes), shared read-only with the HTTP handlers
+//!   through an `Arc`, so requests are tokenized and validated before they queue.
+
+pub mod bert;
+pub mod device;
+pub mod generate;
+pub mod gguf_tokenizer;
+pub mod llama;
+pub mod sampling;
+pub mod text;
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use crate::registry::manifest::{Format, Manifest, Task};
+pub use generate::{FinishReason, GenParams, Generation};
+pub use text::{ChatMessage, ChatTemplate, TextCodec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model load failed: {0}")]
+    Load(String),
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+impl From<candle_core::Error> for ModelError {
+    fn from(e: candle_core::Error) -> Self {
+        ModelError::Inference(e.to_string())
+    }
+}
+
+/// A model that turns token sequences into fixed-size vectors.
+pub trait Embedder: Send {
+    /// One forward pass over the whole batch; one vector per sequence, in order.
+    fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError>;
+}
+
+/// A causal language model with its own KV cache.
+pub trait CausalLm: Send {
+    /// Run `tokens` at positions `start..start + tokens.len()` and return the logits of the last
+    /// position. `start == 0` begins a new sequence (the cache is reset).
+    fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, ModelError>;
+    /// Most positions a sequence may use (prompt plus generated tokens).
+    fn context_length(&self) -> usize;
+}
+
+/// The compute side of a model, owned by its worker thread.
+pub enum Backend {
+    Embedding(Box<dyn Embedder>),
+    Generation(Box<dyn CausalLm>),
+    /// The identity: outputs are the inputs.
+    Echo,
+}
+
+/// The request side of a model, shared with the handlers.
+#[derive(Debug)]
+pub struct Frontend {
+    pub task: Task,
+    pub codec: Option<TextCodec>,
+    pub chat_template: Option<ChatTemplate>,
+    /// Embedding size.
+    pub dimensions: Option<usize>,
+    /// Tokens that end a generation.
+    pub eos_token_ids: Vec<u32>,
+    pub context_length: Option<usize>,
+    pub device: String,
+}
+
+/// Load a model version from its folder onto `device`. Runs on the worker thread.
+pub fn load(
+    manifest: &Manifest,
+    dir: &Path,
+    device: &Device,
+) -> Result<(Backend, Frontend), ModelError> {
+    let path = |rel: &Option<String>, what: &str| -> Result<std::path::PathBuf, ModelError> {
+        let rel = rel
+            .as_ref()
+            .ok_or_else(|| ModelError::Load(format!("the manifest names no {what}")))?;
+        manifest
+            .path_of(dir, rel)
+            .map_err(|e| ModelError::Load(e.to_string()))
+    };
+    let device_name = device::describe(device);
+    match (manifest.task, manifest.format) {
+        (Task::Embedding, Format::Safetensors) => {
+            let codec = TextCodec::from_file(
+                &path(&manifest.tokenizer, "tokenizer")?,
+                true,
+                manifest.max_input_length,
+            )?;
+            let pooling = match &manifest.pooling_config {
+                Some(_) => {
+                    bert::Pooling::from_file(&path(&manifest.pooling_config, "pooling config")?)?
+                }
+                None => bert::Pooling::Mean,
+            };
+            let model = bert::BertEmbedder::load(
+                &path(&manifest.weights, "weights")?,
+                &path(&manifest.config, "config")?,
+                pooling,
+                manifest.normalize,
+                device,
+            )?;
+            let dims = model.dimensions();
+            Ok((
+                Backend::Embedding(Box::new(model)),
+                Frontend {
+                    task: Task::Embedding,
+                    codec: Some(codec),
+                    chat_template: None,
+                    dimensions: Some(dims),
+                    eos_token_ids: vec![],
+                    context_length: None,
+                    device: device_name,
+                },
+            ))
+        }
+        (Task::TextGeneration, Format::Gguf) => {
+            let tokenizer = match &manifest.tokenizer {
+                Some(_) => Some(path(&manifest.tokenizer, "tokenizer")?),
+                None => None,
+            };
+            let loaded = llama::GgufLlama::load(
+                &path(&manifest.weights, "weights")?,
+                tokenizer.as_deref(),
+                manifest.max_input_length,
+                device,
+            )?;
+            let frontend = Frontend {
+                task: Task::TextGeneration,
+                codec: Some(loaded.codec),
+                chat_template: loaded.chat_template,
+                dimensions: None,
+                eos_token_ids: loaded.eos_token_ids,
+                context_length: Some(loaded.model.context_length()),
+                device: device_name,
+            };
+            Ok((Backend::Generation(Box::new(loaded.model)), frontend))
+        }
+        (Task::Echo, _) => Ok((
+            Backend::Echo,
+            Frontend {
+                task: Task::Echo,
+                codec: None,
+                chat_template: None,
+                dimensions: None,
+                eos_token_ids: vec![],
+                context_length: None,
+                device: "cpu".into(),
+            },
+        )),
+        (task, format) => Err(ModelError::Load(format!(
+            "task {} with format {format:?} is not supported",
+            task.as_str()
+        ))),
+    }
+}

@@ -1,0 +1,225 @@
+//! Tokenization and chat templates: the parts of a model the HTTP side needs before queueing.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+use utoipa::ToSchema;
+
+use super::ModelError;
+
+/// Why an input could not be encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EncodeError {
+    /// More tokens than the model takes, and truncation was not asked for.
+    TooLong {
+        tokens: usize,
+        limit: usize,
+    },
+    Tokenizer(String),
+}
+
+/// A tokenizer with the model's input limit.
+///
+/// The tokenizer files' own truncation and padding are switched off: anya enforces
+/// `max_input_length` itself (an error by default, truncation on request) and pads per batch.
+pub struct TextCodec {
+    tokenizer: Tokenizer,
+    /// The same tokenizer truncating at `max_input_length`, for `truncate: true`.
+    truncating: Tokenizer,
+    add_special_tokens: bool,
+    max_input_length: usize,
+}
+
+impl std::fmt::Debug for TextCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextCodec")
+            .field("vocab_size", &self.tokenizer.get_vocab_size(true))
+            .field("max_input_length", &self.max_input_length)
+            .finish()
+    }
+}
+
+impl TextCodec {
+    pub fn from_file(
+        path: &Path,
+        add_special_tokens: bool,
+        max_input_length: usize,
+    ) -> Result<Self, ModelError> {
+        let tokenizer = Tokenizer::from_file(path)
+            .map_err(|e| ModelError::Load(format!("tokenizer {}: {e}", path.display())))?;
+        Self::new(tokenizer, add_special_tokens, max_input_length)
+    }
+
+    pub fn new(
+        mut tokenizer: Tokenizer,
+        add_special_tokens: bool,
+        max_input_length: usize,
+    ) -> Result<Self, ModelError> {
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| ModelError::Load(e.to_string()))?;
+        let mut truncating = tokenizer.clone();
+        truncating
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_input_length,
+                ..Default::default()
+            }))
+            .map_err(|e| ModelError::Load(e.to_string()))?;
+        Ok(Self {
+            tokenizer,
+            truncating,
+            add_special_tokens,
+            max_input_length,
+        })
+    }
+
+    pub fn max_input_length(&self) -> usize {
+        self.max_input_length
+    }
+
+    /// Token ids of `text` (with the model's special tokens), within the input limit.
+    pub fn encode(&self, text: &str, truncate: bool) -> Result<Vec<u32>, EncodeError> {
+        let tok = if truncate {
+            &self.truncating
+        } else {
+            &self.tokenizer
+        };
+        let enc = tok
+            .encode(text, self.add_special_tokens)
+            .map_err(|e| EncodeError::Tokenizer(e.to_string()))?;
+        let ids = enc.get_ids().to_vec();
+        if ids.len() > self.max_input_length {
+            return Err(EncodeError::TooLong {
+                tokens: ids.len(),
+                limit: self.max_input_length,
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+}
+
+/// One message of a chat conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    pub content: String,
+}
+
+/// A model's Jinja chat template (from the GGUF's `tokenizer.chat_template`).
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate").finish_non_exhaustive()
+    }
+}
+
+impl ChatTemplate {
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ModelError> {
+        let mut env = minijinja::Environment::new();
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| ModelError::Load(format!("chat template: {e}")))?;
+        Ok(Self {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+        })
+    }
+
+    /// The prompt for `messages`, ending with the assistant's turn opened.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, String> {
+        let tmpl = self.env.get_template("chat").map_err(|e| e.to_string())?;
+        tmpl.render(minijinja::context! {
+            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+            add_generation_prompt => true,
+            bos_token => self.bos_token.as_str(),
+            eos_token => self.eos_token.as_str(),
+        })
+        .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn chatml_renders_with_default_system_prompt() {
+        let t = ChatTemplate::new(CHATML, "<|im_start|>", "<|im_end|>").unwrap();
+        let out = t
+            .render(&[ChatMessage {
+                role: "user".into(),
+                content: "Hi".into(),
+            }])
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn template_errors_are_reported_not_panics() {
+        let t = ChatTemplate::new("{{ raise_exception('no') }}", "", "").unwrap();
+        assert!(t.render(&[]).is_err());
+        assert!(ChatTemplate::new("{% for %}", "", "").is_err());
+    }
+
+    fn word_level() -> Tokenizer {
+        let json = serde_json::json!({
+            "version": "1.0",
+            "added_tokens": [],
+            "pre_tokenizer": {"type": "Whitespace"},
+            "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2}, "unk_token": "[UNK]"}
+        });
+        Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn limit_is_enforced_or_truncated() {
+        let c = TextCodec::new(word_level(), false, 3).unwrap();
+        assert_eq!(c.encode("a b a", false).unwrap(), vec![1, 2, 1]);
+        assert_eq!(
+            c.encode("a b a b", false),
+            Err(EncodeError::TooLong {
+                tokens: 4,
+                limit: 3
+            })
+        );
+        assert_eq!(c.encode("a b a b", true).unwrap(), vec![1, 2, 1]);
+    }
+}

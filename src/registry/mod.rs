@@ -1,0 +1,357 @@
+//! The live registry: model id → versions → state (loading, ready with a handle, or failed),
+//! and which version answers when a request names none.
+//!
+//! A plain `std::sync::RwLock` guards the map: it is held only to read or swap an entry, never
+//! across an `.await`, and lookups vastly outnumber the writes (loads).
+
+pub mod manifest;
+pub mod repository;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use semver::Version;
+use time::OffsetDateTime;
+
+use crate::config::DeviceKind;
+use crate::engine::{LoadSpec, ModelHandle};
+use manifest::Manifest;
+use repository::ModelSource;
+
+#[derive(Debug, Clone)]
+pub enum VersionState {
+    Loading,
+    Ready(ModelHandle),
+    Failed(String),
+}
+
+impl VersionState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VersionState::Loading => "loading",
+            VersionState::Ready(_) => "ready",
+            VersionState::Failed(_) => "failed",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    pub manifest: Arc<Manifest>,
+    pub dir: PathBuf,
+    pub state: VersionState,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub load_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelRecord {
+    pub id: String,
+    pub versions: BTreeMap<Version, VersionRecord>,
+    pub default_version: Version,
+}
+
+/// A model version a request can be sent to.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub manifest: Arc<Manifest>,
+    pub handle: ModelHandle,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    #[error("model `{0}` not found")]
+    NotFound(String),
+    #[error("model `{0}` has no version {1}")]
+    VersionNotFound(String, String),
+    #[error("model `{id}` version {version} is still loading")]
+    Loading { id: String, version: Version },
+    #[error("model `{id}` version {version} failed to load: {reason}")]
+    Failed {
+        id: String,
+        version: Version,
+        reason: String,
+    },
+    #[error("model `{0}` version {1} is registered twice")]
+    Duplicate(String, Version),
+}
+
+/// Whether every registered model is ready, and which are not.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    pub ready: bool,
+    pub loading: Vec<String>,
+    pub failed: Vec<String>,
+    pub dead: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    models: RwLock<BTreeMap<String, ModelRecord>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelRecord>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelRecord>> {
+        self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add a version in the `loading` state. The default version is the one whose manifest says
+    /// `default: true` (the highest such), else the highest version.
+    pub fn register(&self, source: &ModelSource) -> Result<(), RegistryError> {
+        let m = &source.manifest;
+        let now = OffsetDateTime::now_utc();
+        let created_at = std::fs::metadata(source.dir.join(manifest::MANIFEST_FILE))
+            .and_then(|md| md.modified())
+            .map(OffsetDateTime::from)
+            .unwrap_or(now);
+        let mut models = self.write();
+        let record = models.entry(m.id.clone()).or_insert_with(|| ModelRecord {
+            id: m.id.clone(),
+            versions: BTreeMap::new(),
+            default_version: m.version.clone(),
+        });
+        if record.versions.contains_key(&m.version) {
+            return Err(RegistryError::Duplicate(m.id.clone(), m.version.clone()));
+        }
+        record.versions.insert(
+            m.version.clone(),
+            VersionRecord {
+                manifest: Arc::new(m.clone()),
+                dir: source.dir.clone(),
+                state: VersionState::Loading,
+                created_at,
+                updated_at: now,
+                load_ms: None,
+            },
+        );
+        record.default_version = pick_default(&record.versions);
+        Ok(())
+    }
+
+    /// Make `version` the default of `id` (from `model.version` in the config).
+    pub fn set_default(&self, id: &str, version: &Version) -> Result<(), RegistryError> {
+        let mut models = self.write();
+        let record = models
+            .get_mut(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        if !record.versions.contains_key(version) {
+            return Err(RegistryError::VersionNotFound(
+                id.into(),
+                version.to_string(),
+            ));
+        }
+        record.default_version = version.clone();
+        Ok(())
+    }
+
+    fn set_state(&self, id: &str, version: &Version, state: VersionState, load_ms: Option<u64>) {
+        let mut models = self.write();
+        if let Some(v) = models.get_mut(id).and_then(|r| r.versions.get_mut(version)) {
+            v.state = state;
+            v.updated_at = OffsetDateTime::now_utc();
+            v.load_ms = load_ms;
+        }
+    }
+
+    /// The version a request for `id` (and optionally `version`) goes to.
+    pub fn resolve(&self, id: &str, version: Option<&str>) -> Result<Resolved, RegistryError> {
+        let models = self.read();
+        let record = models
+            .get(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))?;
+        let v = match version {
+            None => record.default_version.clone(),
+            Some(text) => Version::parse(text)
+                .map_err(|_| RegistryError::VersionNotFound(id.into(), text.into()))?,
+        };
+        let rec = record
+            .versions
+            .get(&v)
+            .ok_or_else(|| RegistryError::VersionNotFound(id.into(), v.to_string()))?;
+        match &rec.state {
+            VersionState::Ready(handle) => Ok(Resolved {
+                manifest: rec.manifest.clone(),
+                handle: handle.clone(),
+            }),
+            VersionState::Loading => Err(RegistryError::Loading {
+                id: id.into(),
+                version: v,
+            }),
+            VersionState::Failed(reason) => Err(RegistryError::Failed {
+                id: id.into(),
+                version: v,
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<ModelRecord> {
+        self.read().get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<ModelRecord> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        let mut r = Readiness::default();
+        for rec in self.read().values() {
+            for (v, ver) in &rec.versions {
+                let name = format!("{}@{}", rec.id, v);
+                match &ver.state {
+                    VersionState::Loading => r.loading.push(name),
+                    VersionState::Failed(_) => r.failed.push(name),
+                    VersionState::Ready(h) if !h.is_alive() => r.dead.push(name),
+                    VersionState::Ready(_) => {}
+                }
+            }
+        }
+        r.ready = r.loading.is_empty() && r.failed.is_empty() && r.dead.is_empty();
+        r
+    }
+
+    /// Load one registered version and record the outcome; logs one line either way.
+    pub async fn load(&self, source: &ModelSource, device: DeviceKind, warmup: bool) {
+        let m = &source.manifest;
+        let started = Instant::now();
+        let result = ModelHandle::start(LoadSpec {
+            manifest: m.clone(),
+            dir: source.dir.clone(),
+            device,
+            warmup,
+        })
+        .await;
+        let ms = started.elapsed().as_millis() as u64;
+        match result {
+            Ok(handle) => {
+                tracing::info!(
+                    model = %m.id,
+                    version = %m.version,
+                    task = m.task.as_str(),
+                    device = %handle.frontend().device,
+                    load_ms = ms,
+                    "model loaded"
+                );
+                self.set_state(&m.id, &m.version, VersionState::Ready(handle), Some(ms));
+            }
+            Err(e) => {
+                tracing::error!(model = %m.id, version = %m.version, error = %e, "model failed to load");
+                self.set_state(
+                    &m.id,
+                    &m.version,
+                    VersionState::Failed(e.to_string()),
+                    Some(ms),
+                );
+            }
+        }
+    }
+}
+
+fn pick_default(versions: &BTreeMap<Version, VersionRecord>) -> Version {
+    versions
+        .iter()
+        .rev()
+        .find(|(_, r)| r.manifest.default)
+        .or_else(|| versions.iter().next_back())
+        .map(|(v, _)| v.clone())
+        .unwrap_or_else(|| Version::new(0, 0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use manifest::{BatchingConfig, Format, Task};
+
+    fn source(id: &str, v: &str, default: bool) -> ModelSource {
+        ModelSource {
+            dir: PathBuf::from("/nonexistent"),
+            manifest: Manifest {
+                id: id.into(),
+                version: Version::parse(v).unwrap(),
+                default,
+                task: Task::Echo,
+                format: Format::None,
+                description: None,
+                license: None,
+                weights: None,
+                config: None,
+                tokenizer: None,
+                pooling_config: None,
+                normalize: true,
+                max_input_length: 8,
+                max_inputs: 4,
+                parameters: vec![],
+                batching: BatchingConfig::default(),
+                files: vec![],
+                labels: Default::default(),
+            },
+        }
+    }
+
+    #[test]
+    fn default_version_rules() {
+        let r = Registry::new();
+        r.register(&source("m", "1.0.0", false)).unwrap();
+        r.register(&source("m", "2.0.0", false)).unwrap();
+        assert_eq!(r.get("m").unwrap().default_version, Version::new(2, 0, 0));
+        r.register(&source("m", "1.5.0", true)).unwrap();
+        assert_eq!(r.get("m").unwrap().default_version, Version::new(1, 5, 0));
+        r.set_default("m", &Version::new(1, 0, 0)).unwrap();
+        assert_eq!(r.get("m").unwrap().default_version, Version::new(1, 0, 0));
+        assert!(matches!(
+            r.register(&source("m", "1.0.0", false)),
+            Err(RegistryError::Duplicate(..))
+        ));
+    }
+
+    #[test]
+    fn resolve_reports_state() {
+        let r = Registry::new();
+        r.register(&source("m", "1.0.0", true)).unwrap();
+        assert!(matches!(
+            r.resolve("m", None),
+            Err(RegistryError::Loading { .. })
+        ));
+        assert!(matches!(
+            r.resolve("x", None),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert!(matches!(
+            r.resolve("m", Some("9.9.9")),
+            Err(RegistryError::VersionNotFound(..))
+        ));
+        assert!(!r.readiness().ready);
+        r.set_state(
+            "m",
+            &Version::new(1, 0, 0),
+            VersionState::Failed("bad".into()),
+            None,
+        );
+        assert!(matches!(
+            r.resolve("m", None),
+            Err(RegistryError::Failed { .. })
+        ));
+        assert_eq!(r.readiness().failed, vec!["m@1.0.0".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn echo_model_loads_and_becomes_ready() {
+        let r = Registry::new();
+        let s = source("echo", "1.0.0", true);
+        r.register(&s).unwrap();
+        r.load(&s, DeviceKind::Cpu, true).await;
+        assert!(r.resolve("echo", None).is_ok());
+        assert!(r.readiness().ready);
+    }
+}

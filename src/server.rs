@@ -1,0 +1,231 @@
+//! The server: `app(AppState) -> Router` with its layers, and `Server::start`, which binds,
+//! registers the models, loads them in the background and serves until told to stop.
+//!
+//! The listener is bound before any model loads, so `/health` answers at once and `/ready`
+//! says 503 until every model is loaded and warmed up — what a Kubernetes probe expects.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Request, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::error::{ApiError, ErrorKind};
+use crate::http::{health, models, openapi, predict};
+use crate::registry::repository::{self, ModelSource, RepositoryError};
+use crate::registry::Registry;
+
+/// What every handler shares: cheap handles only.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub settings: Arc<Settings>,
+    /// How long a request may wait for its model (`server.request_timeout_ms`).
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, registry: Arc<Registry>) -> Self {
+        Self {
+            request_timeout: Duration::from_millis(settings.server.request_timeout_ms),
+            settings: Arc::new(settings),
+            registry,
+        }
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.settings.server.max_body_bytes;
+    Router::new()
+        .route("/models", get(models::list_models))
+        .route("/models/{id}", get(models::get_model))
+        .route("/models/{id}/versions", get(models::list_versions))
+        .route("/models/{id}/predict", post(predict::predict))
+        .route(
+            "/models/{id}/versions/{version}/predict",
+            post(predict::predict_version),
+        )
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Repository(#[from] RepositoryError),
+    #[error("no models to serve: the repository {0} is empty (run scripts/fetch-models.sh, or pass --model PATH)")]
+    NoModels(String),
+    #[error("{0}")]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+/// The model versions to serve: every `--model` (ids from the repository, or paths), else
+/// `model.name` from the config, else the whole repository.
+pub fn select_sources(
+    settings: &Settings,
+    model_args: &[String],
+) -> Result<Vec<ModelSource>, StartupError> {
+    let root = &settings.model.models_dir;
+    let mut args: Vec<String> = model_args.to_vec();
+    if args.is_empty() {
+        if let Some(name) = &settings.model.name {
+            args.push(name.clone());
+        }
+    }
+    let needs_repo = args.is_empty()
+        || args.iter().any(|a| {
+            crate::registry::manifest::is_valid_id(a) && !std::path::Path::new(a).exists()
+        });
+    let found = if root.is_dir() || needs_repo {
+        let (found, problems) = repository::scan(root)?;
+        for p in problems {
+            tracing::error!(dir = %p.dir.display(), error = %p.error, "model version skipped");
+        }
+        found
+    } else {
+        Vec::new()
+    };
+    let sources = if args.is_empty() {
+        found
+    } else {
+        let mut out = Vec::new();
+        for a in &args {
+            out.extend(repository::resolve_model_arg(a, &found, root)?);
+        }
+        out
+    };
+    if sources.is_empty() {
+        return Err(StartupError::NoModels(root.display().to_string()));
+    }
+    Ok(sources)
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    shutdown: Option<oneshot::Sender<()>>,
+    serving: JoinHandle<std::io::Result<()>>,
+    loading: JoinHandle<()>,
+}
+
+impl Server {
+    /// Bind, register `sources`, start loading them in the background, and serve.
+    pub async fn start(
+        settings: Settings,
+        sources: Vec<ModelSource>,
+    ) -> Result<Server, StartupError> {
+        let registry = Arc::new(Registry::new());
+        for s in &sources {
+            registry.register(s)?;
+        }
+        if let (Some(name), Some(version)) = (&settings.model.name, &settings.model.version) {
+            if let (Some(id), Ok(v)) = (
+                sources
+                    .iter()
+                    .find(|s| &s.manifest.id == name || s.dir.to_string_lossy() == name.as_str())
+                    .map(|s| s.manifest.id.clone()),
+                semver::Version::parse(version),
+            ) {
+                registry.set_default(&id, &v)?;
+            }
+        }
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
+
+        let device = settings.model.device;
+        let warmup = settings.model.warmup;
+        let loader = registry.clone();
+        let loading = tokio::spawn(async move {
+            let loads = sources.iter().map(|s| loader.load(s, device, warmup));
+            futures::future::join_all(loads).await;
+            let r = loader.readiness();
+            if r.ready {
+                tracing::info!(models = sources.len(), "ready");
+            } else {
+                tracing::warn!(failed = ?r.failed, "not ready: some models failed to load");
+            }
+        });
+
+        let state = AppState::new(settings, registry.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let router = app(state);
+        let serving = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+        });
+        tracing::info!(addr = %local, "listening");
+        Ok(Server {
+            addr: local,
+            registry,
+            shutdown: Some(tx),
+            serving,
+            loading,
+        })
+    }
+
+    /// Stop accepting, let in-flight requests finish, and return.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.loading.abort();
+        match self.serving.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        }
+    }
+}

@@ -2,10 +2,11 @@
 """Reference greedy generations for SmolLM2-135M-Instruct (Q4_1 GGUF), via llama.cpp.
 
 Produces tests/fixtures/generation_reference.json: for a few fixed prompts
-(raw text, story, code, and a chat conversation rendered with the GGUF's own
-`tokenizer.chat_template`), the exact prompt string, its token ids, and the
-token ids produced by greedy (argmax) decoding for up to MAX_NEW_TOKENS steps,
-stopping early on the EOS token (which is then included in `tokens`).
+(raw text, story, code, and chat conversations rendered with the GGUF's own
+`tokenizer.chat_template` via jinja2, add_generation_prompt=True), the exact
+prompt string, its token ids, and the token ids produced by greedy (argmax)
+decoding for up to MAX_NEW_TOKENS steps, stopping early on the EOS token
+(which is then included in `tokens`).
 
 Decoding is done by hand, token by token, so nothing but the model's logits
 decides the output:
@@ -22,8 +23,9 @@ decoded as UTF-8 with errors="replace".
 
 The Rust implementation in anya must reproduce `prompt_tokens` exactly and, with
 greedy decoding, the same `tokens` (a divergence late in a sequence can be an
-arithmetic near-tie; the script records the top-2 logit margin at each step in
-`min_margin` so such cases can be recognized).
+arithmetic near-tie; the script records, for each generated token, the gap
+between the best and second-best logit in `margins`, so such cases can be
+recognized).
 
 Regenerate (from the repository root, inside a venv with
 scripts/reference/requirements.txt installed; llama-cpp-python builds
@@ -53,7 +55,18 @@ SEED = 0
 ADD_BOS = False
 SPECIAL = True
 
-CHAT_MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+CHAT_CASES = [
+    ("chat", [{"role": "user", "content": "What is the capital of France?"}]),
+    # Short answers that end with EOS (<|im_end|>) well within MAX_NEW_TOKENS.
+    ("chat_eos", [{"role": "user", "content": "What is 2+2?"}]),
+    (
+        "chat_system",
+        [
+            {"role": "system", "content": "You are a friendly assistant."},
+            {"role": "user", "content": "Hi!"},
+        ],
+    ),
+]
 
 RAW_CASES = [
     ("plain", "The capital of France is"),
@@ -101,17 +114,17 @@ def greedy(llm: Llama, prompt_tokens, eos: int):
     llm.reset()
     llm.eval(prompt_tokens)
     out = []
-    min_margin = float("inf")
+    margins = []
     for _ in range(MAX_NEW_TOKENS):
         logits = last_logits(llm)
         tok = int(np.argmax(logits))
         top2 = np.partition(logits, -2)[-2:]
-        min_margin = min(min_margin, float(top2[1] - top2[0]))
+        margins.append(round(float(top2[1] - top2[0]), 4))
         out.append(tok)
         if tok == eos:
             break
         llm.eval([tok])
-    return out, min_margin
+    return out, margins
 
 
 def greedy_via_library(llm: Llama, prompt_tokens, eos: int):
@@ -150,15 +163,15 @@ def main() -> int:
     template = meta.get("tokenizer.chat_template")
     if not template:
         raise SystemExit("GGUF has no tokenizer.chat_template")
-    chat_prompt = render_chat_template(template, CHAT_MESSAGES, piece(bos), piece(eos))
-
     cases = [{"name": n, "prompt": p} for n, p in RAW_CASES]
-    cases.append({"name": "chat", "messages": CHAT_MESSAGES, "prompt": chat_prompt})
+    for name, messages in CHAT_CASES:
+        prompt = render_chat_template(template, messages, piece(bos), piece(eos))
+        cases.append({"name": name, "messages": messages, "prompt": prompt})
 
     results = []
     for case in cases:
         prompt_tokens = llm.tokenize(case["prompt"].encode("utf-8"), add_bos=ADD_BOS, special=SPECIAL)
-        tokens, min_margin = greedy(llm, prompt_tokens, eos)
+        tokens, margins = greedy(llm, prompt_tokens, eos)
         check = greedy_via_library(llm, prompt_tokens, eos)
         if check != tokens:
             print(f"WARNING [{case['name']}]: library sampler disagrees:\n  manual  {tokens}\n  library {check}", file=sys.stderr)
@@ -168,12 +181,12 @@ def main() -> int:
             prompt_tokens=prompt_tokens,
             tokens=tokens,
             hit_eos=bool(tokens and tokens[-1] == eos),
-            min_margin=round(min_margin, 4),
             text=text,
+            margins=margins,
         )
         results.append(entry)
         print(f"[{case['name']}] {len(prompt_tokens)} prompt tokens, {len(tokens)} generated, "
-              f"eos={entry['hit_eos']} min_margin={min_margin:.3f}: {text!r}")
+              f"eos={entry['hit_eos']} min_margin={min(margins):.3f}: {text!r}")
 
     out = {
         "generator": "scripts/reference/generation.py",

@@ -1,0 +1,208 @@
+//! The two real models end to end (all-MiniLM-L6-v2 and SmolLM2-135M-Instruct), checked
+//! against committed references made by sentence-transformers and llama.cpp
+//! (`scripts/reference/`). Needs `scripts/fetch-models.sh`; fails under CI without it.
+
+mod common;
+
+use std::path::Path;
+
+use anya::models::generate::{generate, GenParams};
+use anya::models::sampling::SamplingParams;
+use anya::models::{self, Backend};
+use anya::registry::manifest::Manifest;
+use common::*;
+use serde_json::{json, Value};
+
+const EMBED: &str = "all-minilm-l6-v2";
+const GEN: &str = "smollm2-135m-instruct";
+
+fn fixture(name: &str) -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+async fn real_server(models: &[&str]) -> Option<TestServer> {
+    let dir = real_models()?;
+    let srv = start(settings(&dir), models).await;
+    srv.wait_ready(120).await;
+    Some(srv)
+}
+
+#[tokio::test]
+async fn embeddings_match_sentence_transformers() {
+    let Some(srv) = real_server(&[EMBED]).await else { return };
+    let reference = fixture("embeddings_reference.json");
+    let sentences = reference["sentences"].clone();
+    let (s, _, body) = srv.post(&format!("/models/{EMBED}/predict"), json!({"inputs": sentences})).await;
+    assert_eq!(s, 200, "{body}");
+    let outputs = body["outputs"].as_array().unwrap();
+    let expected = reference["embeddings"].as_array().unwrap();
+    assert_eq!(outputs.len(), expected.len());
+    for (i, (got, want)) in outputs.iter().zip(expected).enumerate() {
+        let (g, w) = (floats(got), floats(want));
+        assert_eq!(g.len(), 384);
+        let cos = cosine(&g, &w);
+        assert!(cos >= 0.9999, "sentence {i}: cosine {cos}");
+        let norm: f64 = g.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "not normalised: {norm}");
+    }
+    // One at a time (no padding) gives the same vectors as the padded batch.
+    for (i, sentence) in reference["sentences"].as_array().unwrap().iter().enumerate().take(3) {
+        let (_, _, b) = srv.post(&format!("/models/{EMBED}/predict"), json!({"inputs": [sentence]})).await;
+        let cos = cosine(&floats(&b["outputs"][0]), &floats(&expected[i]));
+        assert!(cos >= 0.9999, "alone {i}: {cos}");
+    }
+}
+
+#[tokio::test]
+async fn embedding_limits_and_truncation() {
+    let Some(srv) = real_server(&[EMBED]).await else { return };
+    let long = "word ".repeat(400);
+    let (s, _, b) = srv.post(&format!("/models/{EMBED}/predict"), json!({"inputs": ["ok", long]})).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["details"]["field"], "inputs[1]");
+    assert!(b["error"]["details"]["issue"].as_str().unwrap().contains("256"), "{b}");
+    let (s, _, b) = srv
+        .post(&format!("/models/{EMBED}/predict"), json!({"inputs": [long], "parameters": {"truncate": true}}))
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["metadata"]["tokens_processed"], 256);
+    let (s, _, b) = srv.post(&format!("/models/{EMBED}/predict"), json!({"inputs": [42]})).await;
+    assert_eq!(s, 400);
+    assert_eq!(b["error"]["details"]["field"], "inputs[0]");
+    let (s, b) = srv.get(&format!("/models/{EMBED}")).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["dimensions"], 384);
+    assert_eq!(b["output_schema"]["items"]["maxItems"], 384);
+}
+
+#[tokio::test]
+async fn concurrent_embedding_requests_share_batches() {
+    let Some(srv) = real_server(&[EMBED]).await else { return };
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let c = srv.client.clone();
+        let url = srv.url(&format!("/models/{EMBED}/predict"));
+        tasks.push(tokio::spawn(async move {
+            let r = c
+                .post(url)
+                .json(&json!({"inputs": [format!("sentence number {i} about batching")]}))
+                .send()
+                .await
+                .unwrap();
+            split(r).await
+        }));
+    }
+    let mut sizes = Vec::new();
+    for t in tasks {
+        let (s, _, b) = t.await.unwrap();
+        assert_eq!(s, 200, "{b}");
+        sizes.push(b["metadata"]["batch_size"].as_u64().unwrap());
+    }
+    assert!(sizes.iter().any(|&s| s > 1), "32 concurrent clients never shared a batch: {sizes:?}");
+}
+
+/// Cases where candle's f32 attention and llama.cpp's default f16 KV cache part ways, with the
+/// step of the first difference. `story` flips at step 8 (llama.cpp's margin there is 0.30):
+/// llama.cpp itself, run with an f32 KV cache, leaves its own f16 path at step 5 of the same
+/// prompt, so this is precision, not a bug. The test pins the step: a change that moves it
+/// (either way) fails and must be looked at.
+const PRECISION_DIVERGENCES: &[(&str, usize)] = &[("story", 8)];
+
+/// Tokenizer and greedy decoding against llama.cpp, below HTTP, token id for token id.
+#[test]
+fn greedy_generation_matches_llama_cpp() {
+    let Some(dir) = real_models() else { return };
+    let vdir = dir.join(GEN).join("1.0.0");
+    let manifest = Manifest::load(&vdir).unwrap();
+    let reference = fixture("generation_reference.json");
+    let sha = &manifest.files[0].sha256;
+    assert_eq!(reference["model_sha256"].as_str().unwrap(), sha, "reference made on another file");
+    let (backend, frontend) = models::load(&manifest, &vdir, &candle_core::Device::Cpu).unwrap();
+    let Backend::Generation(mut lm) = backend else { panic!("not a generator") };
+    let codec = frontend.codec.as_ref().unwrap();
+    let eos = reference["eos_token_id"].as_u64().unwrap() as u32;
+    assert!(frontend.eos_token_ids.contains(&eos));
+    let mut exact = 0;
+    for case in reference["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let prompt = case["prompt"].as_str().unwrap();
+        if let Some(messages) = case.get("messages") {
+            let msgs: Vec<models::ChatMessage> = serde_json::from_value(messages.clone()).unwrap();
+            let rendered = frontend.chat_template.as_ref().unwrap().render(&msgs).unwrap();
+            assert_eq!(rendered, prompt, "{name}: chat template");
+        }
+        let ids = codec.encode(prompt, false).unwrap();
+        let want_prompt: Vec<u32> = serde_json::from_value(case["prompt_tokens"].clone()).unwrap();
+        assert_eq!(ids, want_prompt, "{name}: prompt tokens");
+        let params = GenParams {
+            max_tokens: 32,
+            sampling: SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 },
+            stop: vec![],
+            seed: 0,
+        };
+        let g = generate(lm.as_mut(), codec, &[eos], &ids, &params, &|| false).unwrap();
+        let mut want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
+        if want.last() == Some(&eos) {
+            want.pop(); // llama.cpp's list includes the EOS; anya stops at it
+        }
+        match PRECISION_DIVERGENCES.iter().find(|(n, _)| *n == name) {
+            None => {
+                assert_eq!(g.tokens, want, "{name}: greedy tokens");
+                assert_eq!(g.text, case["text"].as_str().unwrap(), "{name}: text");
+            }
+            Some((_, step)) => {
+                let first = g.tokens.iter().zip(&want).position(|(a, b)| a != b);
+                assert_eq!(first, Some(*step), "{name}: ours {:?}, llama.cpp {want:?}", g.tokens);
+            }
+        }
+        exact += 1;
+    }
+    assert!(exact >= 6, "every reference case was checked");
+}
+
+#[tokio::test]
+async fn generation_over_http() {
+    let Some(srv) = real_server(&[GEN]).await else { return };
+    let reference = fixture("generation_reference.json");
+    let url = format!("/models/{GEN}/predict");
+    // greedy is deterministic and equals llama.cpp's text
+    let plain = &reference["cases"][0];
+    let body = json!({"inputs": [plain["prompt"]], "parameters": {"temperature": 0, "max_tokens": 32}});
+    let (s, _, a) = srv.post(&url, body.clone()).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["outputs"][0], plain["text"]);
+    assert_eq!(a["metadata"]["tokens_generated"], 32);
+    assert_eq!(a["metadata"]["finish_reasons"], json!(["length"]));
+    // a conversation goes through the chat template (`max_length` is an alias)
+    let chat = reference["cases"].as_array().unwrap().iter().find(|c| c["name"] == "chat").unwrap();
+    let (s, _, c) = srv
+        .post(&url, json!({"inputs": [chat["messages"]], "parameters": {"temperature": 0, "max_length": 32}}))
+        .await;
+    assert_eq!(s, 200, "{c}");
+    assert_eq!(c["outputs"][0], chat["text"]);
+    // a seed makes sampling repeatable
+    let seeded = json!({"inputs": ["Tell me a story."], "parameters": {"temperature": 1.0, "seed": 7, "max_tokens": 12}});
+    let (_, _, x) = srv.post(&url, seeded.clone()).await;
+    let (_, _, y) = srv.post(&url, seeded).await;
+    assert_eq!(x["outputs"], y["outputs"]);
+    // stop strings end the text before them
+    let (s, _, st) = srv
+        .post(&url, json!({"inputs": [plain["prompt"]], "parameters": {"temperature": 0, "max_tokens": 32, "stop": ["\n"]}}))
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(st["outputs"][0], " Paris.");
+    assert_eq!(st["metadata"]["finish_reasons"], json!(["stop"]));
+    // bad parameters and inputs
+    for (bad, field) in [
+        (json!({"inputs": ["x"], "parameters": {"max_tokens": 0}}), "parameters.max_tokens"),
+        (json!({"inputs": ["x"], "parameters": {"top_p": 1.5}}), "parameters.top_p"),
+        (json!({"inputs": [""]}), "inputs[0]"),
+        (json!({"inputs": [[{"role": "robot", "content": "x"}]]}), "inputs[0]"),
+        (json!({"inputs": [{"prompt": "x"}]}), "inputs[0]"),
+    ] {
+        let (s, _, b) = srv.post(&url, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {b}");
+        assert_eq!(b["error"]["details"]["field"], field, "{bad}: {b}");
+    }
+}

@@ -19,7 +19,7 @@ pub enum DeviceKind {
     Auto,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub model: ModelSection,
@@ -76,7 +76,7 @@ pub struct CacheSection {
     pub max_size: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySection {
     pub auth_required: bool,
@@ -125,27 +125,6 @@ impl Default for CacheSection {
             enabled: true,
             ttl: 3600,
             max_size: 100_000,
-        }
-    }
-}
-
-impl Default for SecuritySection {
-    fn default() -> Self {
-        Self {
-            auth_required: false,
-            allowed_origins: Vec::new(),
-        }
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            model: ModelSection::default(),
-            server: ServerSection::default(),
-            monitoring: MonitoringSection::default(),
-            cache: CacheSection::default(),
-            security: SecuritySection::default(),
         }
     }
 }

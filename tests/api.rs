@@ -10,7 +10,12 @@ use serde_json::{json, Value};
 
 fn assert_envelope(body: &Value, code: &str) {
     assert_eq!(body["error"]["code"], code, "{body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(body["error"]["details"].is_object(), "{body}");
 }
 
@@ -25,7 +30,12 @@ async fn echo_server(extra: &str) -> (EchoRepo, TestServer) {
 #[tokio::test]
 async fn predict_echo_returns_inputs_and_metadata() {
     let (_repo, srv) = echo_server(DELAY_PARAM).await;
-    let (s, h, body) = srv.post("/models/echo/predict", json!({"inputs": ["a", {"b": 1}, 3]})).await;
+    let (s, h, body) = srv
+        .post(
+            "/models/echo/predict",
+            json!({"inputs": ["a", {"b": 1}, 3]}),
+        )
+        .await;
     assert_eq!(s, 200, "{body}");
     assert_eq!(body["outputs"], json!(["a", {"b": 1}, 3]));
     assert_eq!(body["model"], "echo");
@@ -34,7 +44,9 @@ async fn predict_echo_returns_inputs_and_metadata() {
     assert!(body["metadata"]["latency_ms"].as_f64().unwrap() >= 0.0);
     assert!(h.contains_key("x-request-id"));
     // a single value is a list of one
-    let (s, _, body) = srv.post("/models/echo/predict", json!({"inputs": "solo"})).await;
+    let (s, _, body) = srv
+        .post("/models/echo/predict", json!({"inputs": "solo"}))
+        .await;
     assert_eq!((s, body["outputs"].clone()), (200, json!(["solo"])));
 }
 
@@ -59,7 +71,13 @@ async fn every_bad_request_gets_the_envelope() {
         let c = srv.client.clone();
         let url = url.clone();
         async move {
-            let r = c.post(url).header("content-type", ct).body(body).send().await.unwrap();
+            let r = c
+                .post(url)
+                .header("content-type", ct)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             split(r).await
         }
     };
@@ -81,39 +99,72 @@ async fn every_bad_request_gets_the_envelope() {
     assert_eq!(s, 400);
     assert_envelope(&b, "invalid_request");
     // missing inputs
-    let (s, _, b) = srv.post("/models/echo/predict", json!({"parameters": {}})).await;
+    let (s, _, b) = srv
+        .post("/models/echo/predict", json!({"parameters": {}}))
+        .await;
     assert_eq!(s, 400);
     assert_envelope(&b, "invalid_request");
     // empty inputs
-    let (s, _, b) = srv.post("/models/echo/predict", json!({"inputs": []})).await;
+    let (s, _, b) = srv
+        .post("/models/echo/predict", json!({"inputs": []}))
+        .await;
     assert_eq!(s, 400);
     assert_eq!(b["error"]["details"]["field"], "inputs");
     // too many inputs: 413 naming the limit
-    let (s, _, b) = srv.post("/models/echo/predict", json!({"inputs": [1, 2, 3, 4, 5]})).await;
+    let (s, _, b) = srv
+        .post("/models/echo/predict", json!({"inputs": [1, 2, 3, 4, 5]}))
+        .await;
     assert_eq!(s, 413);
     assert_envelope(&b, "payload_too_large");
-    assert!(b["error"]["details"]["issue"].as_str().unwrap().contains("at most 4"), "{b}");
+    assert!(
+        b["error"]["details"]["issue"]
+            .as_str()
+            .unwrap()
+            .contains("at most 4"),
+        "{b}"
+    );
     // parameter out of range names field and range
     let (s, _, b) = srv
-        .post("/models/echo/predict", json!({"inputs": [1], "parameters": {"delay_ms": -1}}))
+        .post(
+            "/models/echo/predict",
+            json!({"inputs": [1], "parameters": {"delay_ms": -1}}),
+        )
         .await;
     assert_eq!(s, 400);
     assert_eq!(b["error"]["details"]["field"], "parameters.delay_ms");
-    assert_eq!(b["error"]["details"]["issue"], "must be between 0 and 10000");
+    assert_eq!(
+        b["error"]["details"]["issue"],
+        "must be between 0 and 10000"
+    );
     // unknown parameter
     let (s, _, b) = srv
-        .post("/models/echo/predict", json!({"inputs": [1], "parameters": {"nope": 1}}))
+        .post(
+            "/models/echo/predict",
+            json!({"inputs": [1], "parameters": {"nope": 1}}),
+        )
         .await;
     assert_eq!(s, 400);
     assert_eq!(b["error"]["details"]["field"], "parameters.nope");
     // unknown model, unknown version, bad version
-    let (s, _, b) = srv.post("/models/nope/predict", json!({"inputs": [1]})).await;
+    let (s, _, b) = srv
+        .post("/models/nope/predict", json!({"inputs": [1]}))
+        .await;
     assert_eq!(s, 404);
     assert_envelope(&b, "not_found");
-    let (s, _, b) = srv.post("/models/echo/versions/9.9.9/predict", json!({"inputs": [1]})).await;
+    let (s, _, b) = srv
+        .post(
+            "/models/echo/versions/9.9.9/predict",
+            json!({"inputs": [1]}),
+        )
+        .await;
     assert_eq!(s, 404);
     assert_envelope(&b, "not_found");
-    let (s, _, _) = srv.post("/models/echo/versions/..%2F..%2Fetc/predict", json!({"inputs": [1]})).await;
+    let (s, _, _) = srv
+        .post(
+            "/models/echo/versions/..%2F..%2Fetc/predict",
+            json!({"inputs": [1]}),
+        )
+        .await;
     assert_eq!(s, 404);
     // unknown route and wrong method
     let (s, b) = srv.get("/nowhere").await;
@@ -133,7 +184,9 @@ async fn body_over_the_limit_is_413() {
     let srv = start(st, &[]).await;
     srv.wait_ready(10).await;
     let big = "x".repeat(10_000);
-    let (s, _, b) = srv.post("/models/echo/predict", json!({"inputs": [big]})).await;
+    let (s, _, b) = srv
+        .post("/models/echo/predict", json!({"inputs": [big]}))
+        .await;
     assert_eq!(s, 413, "{b}");
     assert_envelope(&b, "payload_too_large");
 }
@@ -141,12 +194,20 @@ async fn body_over_the_limit_is_413() {
 #[tokio::test]
 async fn versions_default_and_explicit() {
     let repo = EchoRepo::new();
-    repo.add("echo", "1.0.0", "default: true\n").add("echo", "2.0.0", "");
+    repo.add("echo", "1.0.0", "default: true\n")
+        .add("echo", "2.0.0", "");
     let srv = start(settings(repo.path()), &[]).await;
     srv.wait_ready(10).await;
-    let (_, _, b) = srv.post("/models/echo/predict", json!({"inputs": [1]})).await;
+    let (_, _, b) = srv
+        .post("/models/echo/predict", json!({"inputs": [1]}))
+        .await;
     assert_eq!(b["model_version"], "1.0.0", "the manifest's default wins");
-    let (_, _, b) = srv.post("/models/echo/versions/2.0.0/predict", json!({"inputs": [1]})).await;
+    let (_, _, b) = srv
+        .post(
+            "/models/echo/versions/2.0.0/predict",
+            json!({"inputs": [1]}),
+        )
+        .await;
     assert_eq!(b["model_version"], "2.0.0");
     let (s, b) = srv.get("/models/echo/versions").await;
     assert_eq!(s, 200);
@@ -165,7 +226,17 @@ async fn model_listing_and_detail() {
     assert_eq!(b["models"][0]["task"], "echo");
     let (s, b) = srv.get("/models/echo").await;
     assert_eq!(s, 200);
-    for key in ["id", "versions", "task", "framework", "input_schema", "output_schema", "parameters", "created_at", "updated_at"] {
+    for key in [
+        "id",
+        "versions",
+        "task",
+        "framework",
+        "input_schema",
+        "output_schema",
+        "parameters",
+        "created_at",
+        "updated_at",
+    ] {
         assert!(!b[key].is_null(), "missing {key}: {b}");
     }
     assert_eq!(b["parameters"][0]["name"], "delay_ms");
@@ -181,7 +252,11 @@ async fn openapi_documents_every_route() {
     let (_repo, srv) = echo_server("").await;
     let (s, doc) = srv.get("/openapi.json").await;
     assert_eq!(s, 200);
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
     let paths = doc["paths"].as_object().unwrap();
     for p in [
         "/models/{id}/predict",
@@ -237,7 +312,11 @@ async fn a_full_queue_answers_503_with_retry_after_and_nothing_hangs() {
     assert!(ok >= 1 && busy >= 1, "ok={ok} busy={busy}");
     assert_eq!(ok + busy, 24);
     // 24 requests of 100 ms on one worker would take 2.4 s if they all waited.
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -249,7 +328,10 @@ async fn slow_requests_time_out_with_504() {
     let srv = start(st, &[]).await;
     srv.wait_ready(10).await;
     let (s, _, b) = srv
-        .post("/models/echo/predict", json!({"inputs": [1], "parameters": {"delay_ms": 1000}}))
+        .post(
+            "/models/echo/predict",
+            json!({"inputs": [1], "parameters": {"delay_ms": 1000}}),
+        )
         .await;
     assert_eq!(s, 504, "{b}");
     assert_envelope(&b, "timeout");
@@ -263,11 +345,17 @@ async fn requests_of_gone_clients_are_dropped_before_compute() {
     let c = srv.client.clone();
     let url = srv.url("/models/echo/predict");
     let busy = tokio::spawn(async move {
-        c.post(url).json(&json!({"inputs": [0], "parameters": {"delay_ms": 1500}})).send().await
+        c.post(url)
+            .json(&json!({"inputs": [0], "parameters": {"delay_ms": 1500}}))
+            .send()
+            .await
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // Five clients that give up after 100 ms, while their requests still wait in the queue.
-    let quick = reqwest::Client::builder().timeout(Duration::from_millis(100)).build().unwrap();
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
     for i in 0..5 {
         let r = quick
             .post(srv.url("/models/echo/predict"))
@@ -282,9 +370,15 @@ async fn requests_of_gone_clients_are_dropped_before_compute() {
     while handle.cancelled_count() < 5 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(handle.cancelled_count(), 5, "all five were skipped, none computed");
+    assert_eq!(
+        handle.cancelled_count(),
+        5,
+        "all five were skipped, none computed"
+    );
     // and the model still answers
-    let (s, _, _) = srv.post("/models/echo/predict", json!({"inputs": [1]})).await;
+    let (s, _, _) = srv
+        .post("/models/echo/predict", json!({"inputs": [1]}))
+        .await;
     assert_eq!(s, 200);
 }
 
@@ -315,15 +409,31 @@ async fn a_model_with_a_bad_hash_is_refused_and_others_still_serve() {
     }
     let (_, b) = srv.get("/models/broken").await;
     assert_eq!(b["versions"][0]["state"], "failed", "{b}");
-    assert!(b["versions"][0]["error"].as_str().unwrap().contains("sha256 mismatch"), "{b}");
-    let (s, _, b) = srv.post("/models/broken/predict", json!({"inputs": [1]})).await;
+    assert!(
+        b["versions"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("sha256 mismatch"),
+        "{b}"
+    );
+    let (s, _, b) = srv
+        .post("/models/broken/predict", json!({"inputs": [1]}))
+        .await;
     assert_eq!(s, 503);
     assert_envelope(&b, "service_unavailable");
-    let (s, _, _) = srv.post("/models/echo/predict", json!({"inputs": [1]})).await;
+    let (s, _, _) = srv
+        .post("/models/echo/predict", json!({"inputs": [1]}))
+        .await;
     assert_eq!(s, 200, "the good model still serves");
     let (s, b) = srv.get("/ready").await;
     assert_eq!(s, 503, "a failed model keeps the server out of rotation");
-    assert!(b["error"]["details"]["issue"].as_str().unwrap().contains("broken@1.0.0"), "{b}");
+    assert!(
+        b["error"]["details"]["issue"]
+            .as_str()
+            .unwrap()
+            .contains("broken@1.0.0"),
+        "{b}"
+    );
     let (s, _) = srv.get("/health").await;
     assert_eq!(s, 200);
 }
@@ -332,7 +442,14 @@ async fn a_model_with_a_bad_hash_is_refused_and_others_still_serve() {
 async fn a_manifest_path_escaping_the_repository_is_refused() {
     let repo = EchoRepo::new();
     repo.add("echo", "1.0.0", "");
-    repo.add("sneaky", "1.0.0", &format!("files:\n  - path: ../../../etc/passwd\n    sha256: {}\n", "0".repeat(64)));
+    repo.add(
+        "sneaky",
+        "1.0.0",
+        &format!(
+            "files:\n  - path: ../../../etc/passwd\n    sha256: {}\n",
+            "0".repeat(64)
+        ),
+    );
     let srv = start(settings(repo.path()), &[]).await;
     srv.wait_ready(10).await;
     let (s, _) = srv.get("/models/sneaky").await;
@@ -363,7 +480,12 @@ async fn concurrent_requests_are_batched() {
         let c = srv.client.clone();
         let url = srv.url("/models/echo/predict");
         tasks.push(tokio::spawn(async move {
-            let r = c.post(url).json(&json!({"inputs": [i]})).send().await.unwrap();
+            let r = c
+                .post(url)
+                .json(&json!({"inputs": [i]}))
+                .send()
+                .await
+                .unwrap();
             split(r).await.2
         }));
     }

@@ -137,3 +137,95 @@ impl Embedder for BertEmbedder {
         Ok(out.to_vec2::<f32>()?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_nn::VarMap;
+
+    /// A tiny random BERT written to disk the way a real one is (config.json + safetensors).
+    fn tiny_bert(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let config = serde_json::json!({
+            "vocab_size": 32, "hidden_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 32, "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.0, "max_position_embeddings": 64, "type_vocab_size": 2,
+            "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+            "model_type": "bert"
+        });
+        let cfg_path = dir.join("config.json");
+        std::fs::write(&cfg_path, config.to_string()).unwrap();
+        let cfg: Config = serde_json::from_value(config).unwrap();
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        BertModel::load(vb, &cfg).unwrap();
+        let weights = dir.join("model.safetensors");
+        varmap.save(&weights).unwrap();
+        (weights, cfg_path)
+    }
+
+    fn cos(a: &[f32], b: &[f32]) -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (n(a) * n(b))
+    }
+
+    #[test]
+    fn padding_does_not_change_a_sentence_and_outputs_are_unit_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, c) = tiny_bert(dir.path());
+        let mut m = BertEmbedder::load(&w, &c, Pooling::Mean, true, &Device::Cpu).unwrap();
+        assert_eq!(m.dimensions(), 16);
+        let short: &[u32] = &[2, 5, 7, 3];
+        let long: &[u32] = &[2, 9, 9, 4, 11, 6, 8, 3];
+        let alone = m.embed(&[short]).unwrap();
+        let batched = m.embed(&[long, short]).unwrap();
+        assert_eq!(batched.len(), 2);
+        assert!(
+            cos(&alone[0], &batched[1]) > 0.99999,
+            "padding leaked into the pooled vector"
+        );
+        for v in &batched {
+            let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        }
+        assert!(
+            cos(&batched[0], &batched[1]) < 0.9999,
+            "different inputs, different vectors"
+        );
+        assert!(m.embed(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn max_and_cls_pooling_ignore_padding_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, c) = tiny_bert(dir.path());
+        for pooling in [Pooling::Max, Pooling::Cls] {
+            let mut m = BertEmbedder::load(&w, &c, pooling, false, &Device::Cpu).unwrap();
+            let short: &[u32] = &[2, 5, 3];
+            let long: &[u32] = &[2, 9, 9, 4, 11, 3];
+            let alone = m.embed(&[short]).unwrap();
+            let batched = m.embed(&[long, short]).unwrap();
+            for (a, b) in alone[0].iter().zip(&batched[1]) {
+                assert!((a - b).abs() < 1e-4, "{pooling:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn pooling_config_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p.json");
+        std::fs::write(
+            &p,
+            r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}"#,
+        )
+        .unwrap();
+        assert_eq!(Pooling::from_file(&p).unwrap(), Pooling::Cls);
+        std::fs::write(
+            &p,
+            r#"{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true}"#,
+        )
+        .unwrap();
+        assert!(Pooling::from_file(&p).is_err());
+    }
+}

@@ -254,7 +254,8 @@ pub fn derive_id(name: Option<String>) -> String {
         } else {
             '-'
         };
-        if !(c == '-' && id.ends_with('-')) && !(c == '.' && id.ends_with('.')) {
+        let repeated = (c == '-' || c == '.') && id.ends_with(c);
+        if !repeated {
             id.push(c);
         }
     }

@@ -32,7 +32,12 @@ impl TestServer {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.client.get(self.url(path)).send().await.expect("request failed");
+        let r = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request failed");
         let (s, _, v) = split(r).await;
         (s, v)
     }
@@ -45,7 +50,10 @@ impl TestServer {
             if s == 200 {
                 return;
             }
-            assert!(std::time::Instant::now() < deadline, "not ready after {secs}s: {body}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not ready after {secs}s: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -75,7 +83,9 @@ pub async fn start(settings: Settings, model_args: &[&str]) -> TestServer {
 }
 
 pub async fn start_sources(settings: Settings, sources: Vec<ModelSource>) -> TestServer {
-    let server = Server::start(settings, sources).await.expect("server start");
+    let server = Server::start(settings, sources)
+        .await
+        .expect("server start");
     TestServer {
         base: format!("http://{}", server.addr),
         server,
@@ -98,7 +108,10 @@ pub fn real_models() -> Option<PathBuf> {
         return Some(dir);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("real models missing in {}: run scripts/fetch-models.sh", dir.display());
+        panic!(
+            "real models missing in {}: run scripts/fetch-models.sh",
+            dir.display()
+        );
     }
     eprintln!(
         "\n*** SKIPPING: real models missing in {} — run scripts/fetch-models.sh ***\n",

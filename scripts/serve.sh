@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The quick start: fetch the default models if absent, build, and run `anya serve`.
+#   scripts/serve.sh [anya serve flags...]      e.g. scripts/serve.sh --port 9000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+models="${ANYA__MODEL__MODELS_DIR:-models}"
+scripts/fetch-models.sh "$models"
+exec cargo run --release --quiet --bin anya -- serve "$@"

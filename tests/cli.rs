@@ -1,0 +1,152 @@
+//! The `anya` binary: exit code 2 and one clear line for every startup mistake, and a real
+//! `anya serve` that answers over HTTP.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn anya() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_anya"));
+    c.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ANYA__") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
+    assert!(stderr.contains(needle), "expected `{needle}` in: {stderr}");
+}
+
+#[test]
+fn startup_mistakes_exit_2_with_one_clear_line() {
+    let repo = common::EchoRepo::new();
+    repo.add("echo", "1.0.0", "");
+    let dir = repo.path().to_str().unwrap();
+    fails_with(anya().args(["serve", "--bogus"]), "--bogus");
+    fails_with(anya().args(["serve", "--port", "nope"]), "--port");
+    fails_with(
+        anya()
+            .args(["serve", "--models-dir", dir, "--port", "0"])
+            .env("ANYA__SERVER__PROT", "1"),
+        "prot",
+    );
+    fails_with(
+        anya()
+            .args(["serve", "--models-dir", dir, "--port", "0"])
+            .env("ANYA__MODEL__DEVICE", "tpu"),
+        "tpu",
+    );
+    let cfg = repo.path().join("bad.yaml");
+    std::fs::write(&cfg, "server:\n  log_level: loud\n").unwrap();
+    fails_with(
+        anya().args([
+            "serve",
+            "--models-dir",
+            dir,
+            "--config",
+            cfg.to_str().unwrap(),
+        ]),
+        "server.log_level",
+    );
+    fails_with(
+        anya().args(["serve", "--config", "/no/such.yaml"]),
+        "/no/such.yaml",
+    );
+    fails_with(
+        anya().args(["serve", "--models-dir", dir, "--model", "missing"]),
+        "missing",
+    );
+    fails_with(
+        anya().args(["serve", "--model", "/no/such/model.gguf"]),
+        "model.gguf",
+    );
+    fails_with(
+        anya().args(["serve", "--models-dir", "/no/such/dir"]),
+        "/no/such/dir",
+    );
+    // a port in use
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    fails_with(
+        anya().args(["serve", "--models-dir", dir, "--port", &port]),
+        "cannot listen",
+    );
+}
+
+#[test]
+fn serve_answers_and_models_list_verifies() {
+    let repo = common::EchoRepo::new();
+    repo.add("echo", "1.0.0", "");
+    let dir = repo.path().to_str().unwrap();
+    let out = anya()
+        .args(["models", "list", "--models-dir", dir])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        stdout.contains("echo") && stdout.contains("1.0.0") && stdout.contains("yes"),
+        "{stdout}"
+    );
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = anya()
+        .args([
+            "serve",
+            "--models-dir",
+            dir,
+            "--port",
+            &port.to_string(),
+            "--log-format",
+            "json",
+        ])
+        .stderr(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("\"ready\""))
+            .collect::<Vec<_>>()
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ready = false;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            if resp.starts_with("HTTP/1.1 200") {
+                ready = true;
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "anya serve never became ready");
+    let lines = lines.join().unwrap();
+    assert!(
+        lines.iter().any(|l| l.contains("model loaded")
+            && l.contains("\"model\":\"echo\"")
+            && l.contains("load_ms")),
+        "no load line: {lines:?}"
+    );
+}

@@ -57,6 +57,8 @@ pub struct ServerSection {
     pub log_format: String,
     pub request_timeout_ms: u64,
     pub max_body_bytes: usize,
+    /// On SIGTERM: how long in-flight requests may take to finish before the process exits.
+    pub drain_timeout_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +76,8 @@ pub struct CacheSection {
     pub ttl: u64,
     /// Most entries held in process.
     pub max_size: u64,
+    /// A Redis shared by replicas, behind the in-process tier (`redis://…` or `unix://…`).
+    pub redis_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -106,6 +110,7 @@ impl Default for ServerSection {
             log_format: "text".into(),
             request_timeout_ms: 30_000,
             max_body_bytes: 2 * 1024 * 1024,
+            drain_timeout_s: 30,
         }
     }
 }
@@ -125,6 +130,7 @@ impl Default for CacheSection {
             enabled: true,
             ttl: 3600,
             max_size: 100_000,
+            redis_url: None,
         }
     }
 }
@@ -250,6 +256,20 @@ impl Settings {
         }
         if self.model.threads > 1024 {
             return bad("model.threads", "must be at most 1024");
+        }
+        if self.server.drain_timeout_s > 3600 {
+            return bad("server.drain_timeout_s", "must be at most 3600");
+        }
+        if let Some(url) = &self.cache.redis_url {
+            if !["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return bad(
+                    "cache.redis_url",
+                    "must start with redis://, rediss:// or unix://",
+                );
+            }
         }
         if self.cache.ttl == 0 {
             return bad("cache.ttl", "must be at least 1 second");

@@ -10,6 +10,7 @@
 //! - [`models`]: the model code (candle BERT embeddings, quantized llama generation, echo),
 //!   tokenizers and chat templates.
 //! - [`http`]: the routes (predict, models, health, OpenAPI) and the JSON extractor.
+//! - [`lifecycle`]: serving vs draining after SIGTERM, requests in flight.
 //! - [`server`]: `app(AppState) -> Router`, the layers, binding and serving.
 //! - [`telemetry`]: tracing setup.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod http;
+pub mod lifecycle;
 pub mod models;
 pub mod registry;
 pub mod server;

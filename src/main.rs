@@ -30,6 +30,20 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Check configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load every layer (file, ANYA__ environment) and validate it; exit 2 naming the bad key.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -73,6 +87,11 @@ fn main() -> ExitCode {
         Command::Models {
             command: ModelsCommand::List { models_dir, config },
         } => list_models(models_dir, config),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => Settings::load(config.as_deref(), &Overrides::default())
+            .map(|_| println!("configuration is valid"))
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,8 +125,17 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let sources = server::select_sources(&settings, &args.models)?;
         let server = Server::start(settings, sources).await?;
         shutdown_signal().await;
-        tracing::info!("shutting down");
-        server.shutdown().await.context("server error")?;
+        tracing::info!("signal received: draining (a second signal exits at once)");
+        tokio::select! {
+            drained = server.drain() => {
+                let all = drained.context("server error")?;
+                tracing::info!(clean = all, "stopped");
+            }
+            _ = shutdown_signal() => {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
         Ok(())
     })
 }

@@ -8,8 +8,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, Request, Uri};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, Method, Request, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::oneshot;
@@ -20,6 +23,7 @@ use tower_http::trace::TraceLayer;
 use crate::config::Settings;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{health, models, openapi, predict};
+use crate::lifecycle::Lifecycle;
 use crate::registry::repository::{self, ModelSource, RepositoryError};
 use crate::registry::Registry;
 
@@ -28,6 +32,7 @@ use crate::registry::Registry;
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub settings: Arc<Settings>,
+    pub lifecycle: Arc<Lifecycle>,
     /// How long a request may wait for its model (`server.request_timeout_ms`).
     pub request_timeout: Duration,
 }
@@ -38,6 +43,7 @@ impl AppState {
             request_timeout: Duration::from_millis(settings.server.request_timeout_ms),
             settings: Arc::new(settings),
             registry,
+            lifecycle: Arc::new(Lifecycle::new()),
         }
     }
 }
@@ -59,6 +65,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), track_lifecycle))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req
@@ -70,6 +77,26 @@ pub fn app(state: AppState) -> Router {
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Probes always answer; everything else is refused while draining and counted while in flight.
+async fn track_lifecycle(
+    State(state): State<AppState>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let probe = matches!(req.uri().path(), "/health" | "/ready" | "/metrics");
+    if probe {
+        return next.run(req).await;
+    }
+    if state.lifecycle.is_draining() {
+        let mut r = ApiError::unavailable("the server is shutting down", 1).into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
+    }
+    let _in_flight = state.lifecycle.enter();
+    next.run(req).await
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -143,6 +170,8 @@ pub fn select_sources(
 pub struct Server {
     pub addr: SocketAddr,
     pub registry: Arc<Registry>,
+    pub lifecycle: Arc<Lifecycle>,
+    drain_timeout: Duration,
     shutdown: Option<oneshot::Sender<()>>,
     serving: JoinHandle<std::io::Result<()>>,
     loading: JoinHandle<()>,
@@ -194,7 +223,9 @@ impl Server {
             }
         });
 
+        let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
         let state = AppState::new(settings, registry.clone());
+        let lifecycle = state.lifecycle.clone();
         let (tx, rx) = oneshot::channel::<()>();
         let router = app(state);
         let serving = tokio::spawn(async move {
@@ -211,13 +242,42 @@ impl Server {
         Ok(Server {
             addr: local,
             registry,
+            lifecycle,
+            drain_timeout,
             shutdown: Some(tx),
             serving,
             loading,
         })
     }
 
-    /// Stop accepting, let in-flight requests finish, and return.
+    /// Drain: `/ready` turns 503 and new work is refused at once; requests in flight finish
+    /// (up to `server.drain_timeout_s`); then the listener closes. Returns whether everything
+    /// in flight finished in time.
+    pub async fn drain(self) -> std::io::Result<bool> {
+        self.lifecycle.start_draining();
+        let in_flight = self.lifecycle.in_flight();
+        tracing::info!(
+            in_flight,
+            deadline_s = self.drain_timeout.as_secs(),
+            "draining"
+        );
+        let finished = tokio::time::timeout(self.drain_timeout, self.lifecycle.drained())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::warn!(
+                in_flight = self.lifecycle.in_flight(),
+                "drain deadline passed; closing with requests in flight"
+            );
+        }
+        let grace = Duration::from_secs(1);
+        match tokio::time::timeout(grace, self.shutdown()).await {
+            Ok(r) => r.map(|()| finished),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Stop accepting, let open connections finish, and return.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());

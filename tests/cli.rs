@@ -150,3 +150,94 @@ fn serve_answers_and_models_list_verifies() {
         "no load line: {lines:?}"
     );
 }
+
+/// SIGTERM with 20 requests in flight: all 20 finish with 200, `/ready` turns 503 at once, new
+/// requests are refused with 503, and the process exits 0 before the drain deadline.
+#[cfg(unix)]
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_0() {
+    use std::io::{Read, Write};
+    let repo = common::EchoRepo::new();
+    repo.add(
+        "echo",
+        "1.0.0",
+        &format!("batching:\n  max_batch_size: 5\n  max_batch_tokens: 100\n  max_queue_delay_ms: 0\n  queue_capacity: 64\n{}", common::DELAY_PARAM),
+    );
+    let dir = repo.path().to_str().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = anya()
+        .args(["serve", "--models-dir", dir, "--port", &port.to_string()])
+        .env("ANYA__SERVER__DRAIN_TIMEOUT_S", "20")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let http = move |method: &str, path: &str, body: &str| -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).ok()?;
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).ok()?;
+        Some(resp)
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !http("GET", "/ready", "").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // 20 requests of 200 ms on a worker taking 5 at a time: about 0.8 s of work.
+    let workers: Vec<_> = (0..20)
+        .map(|i| {
+            std::thread::spawn(move || {
+                http(
+                    "POST",
+                    "/models/echo/predict",
+                    &format!(r#"{{"inputs":[{i}],"parameters":{{"delay_ms":200}}}}"#),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(150));
+    let signalled = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // /ready turns 503 within 100 ms of the signal
+    let mut ready_503 = None;
+    while signalled.elapsed() < Duration::from_millis(500) {
+        if http("GET", "/ready", "").is_some_and(|r| r.starts_with("HTTP/1.1 503")) {
+            ready_503 = Some(signalled.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ready_503 = ready_503.expect("/ready never turned 503");
+    assert!(
+        ready_503 < Duration::from_millis(100),
+        "/ready took {ready_503:?}"
+    );
+    // new work is refused
+    let refused = http("POST", "/models/echo/predict", r#"{"inputs":[1]}"#).unwrap_or_default();
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    for w in workers {
+        let resp = w.join().unwrap().unwrap_or_default();
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "an in-flight request failed: {resp}"
+        );
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "exited after the deadline"
+    );
+}

@@ -37,6 +37,14 @@ pub async fn health() -> Json<Status> {
     tag = "health"
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, ApiError> {
+    if state.lifecycle.is_draining() {
+        return Err(
+            ApiError::unavailable("draining", 1).with_details(ErrorDetails {
+                field: None,
+                issue: Some("the server is shutting down".into()),
+            }),
+        );
+    }
     let r = state.registry.readiness();
     if r.ready && !state.registry.list().is_empty() {
         let models = state

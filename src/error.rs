@@ -139,6 +139,10 @@ impl ApiError {
     }
 }
 
+/// The error code of a response, for the metrics middleware.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// The JSON body of every error: `{"error": {"code", "message", "details"}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorEnvelope {
@@ -166,6 +170,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(ErrorCode(self.kind.code()));
         if let Some(secs) = self.retry_after_s {
             response
                 .headers_mut()

@@ -11,6 +11,7 @@
 //!   tokenizers and chat templates.
 //! - [`http`]: the routes (predict, models, health, OpenAPI) and the JSON extractor.
 //! - [`lifecycle`]: serving vs draining after SIGTERM, requests in flight.
+//! - [`metrics`]: every `anya_ai_*` metric, recorded in one place per event.
 //! - [`server`]: `app(AppState) -> Router`, the layers, binding and serving.
 //! - [`telemetry`]: tracing setup.
 
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod error;
 pub mod http;
 pub mod lifecycle;
+pub mod metrics;
 pub mod models;
 pub mod registry;
 pub mod server;

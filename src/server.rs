@@ -21,11 +21,15 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use crate::config::Settings;
+use crate::error::ErrorCode;
 use crate::error::{ApiError, ErrorKind};
 use crate::http::{health, models, openapi, predict};
 use crate::lifecycle::Lifecycle;
+use crate::metrics::{Metrics, ModelLabel};
 use crate::registry::repository::{self, ModelSource, RepositoryError};
 use crate::registry::Registry;
+use axum::extract::MatchedPath;
+use std::time::Instant;
 
 /// What every handler shares: cheap handles only.
 #[derive(Clone)]
@@ -33,6 +37,7 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub settings: Arc<Settings>,
     pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Metrics>,
     /// How long a request may wait for its model (`server.request_timeout_ms`).
     pub request_timeout: Duration,
 }
@@ -44,13 +49,18 @@ impl AppState {
             settings: Arc::new(settings),
             registry,
             lifecycle: Arc::new(Lifecycle::new()),
+            metrics: Metrics::new(),
         }
     }
 }
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    if state.settings.monitoring.enabled {
+        router = router.route("/metrics", get(metrics_text));
+    }
+    router
         .route("/models", get(models::list_models))
         .route("/models/{id}", get(models::get_model))
         .route("/models/{id}/versions", get(models::list_versions))
@@ -65,7 +75,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), track_lifecycle))
+        .layer(middleware::from_fn_with_state(state.clone(), observe_request))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req
@@ -79,24 +89,72 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Probes always answer; everything else is refused while draining and counted while in flight.
-async fn track_lifecycle(
+/// Every request passes here once: probes always answer; other requests are refused while
+/// draining and counted while in flight; then the metrics and the access log line are recorded.
+async fn observe_request(
     State(state): State<AppState>,
     req: Request<Body>,
     next: Next,
 ) -> Response {
-    let probe = matches!(req.uri().path(), "/health" | "/ready" | "/metrics");
+    let started = Instant::now();
+    let path = req.uri().path();
+    let probe = matches!(path, "/health" | "/ready" | "/metrics");
     if probe {
         return next.run(req).await;
     }
-    if state.lifecycle.is_draining() {
+    // Route templates, not raw paths: a label value can never come from the client.
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let response = if state.lifecycle.is_draining() {
         let mut r = ApiError::unavailable("the server is shutting down", 1).into_response();
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return r;
-    }
-    let _in_flight = state.lifecycle.enter();
-    next.run(req).await
+        r
+    } else {
+        let _in_flight = state.lifecycle.enter();
+        next.run(req).await
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let label = response
+        .extensions()
+        .get::<ModelLabel>()
+        .cloned()
+        .unwrap_or_default();
+    let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+    state
+        .metrics
+        .observe_http(&label, &endpoint, status, code, elapsed);
+    tracing::info!(
+        target: "anya::access",
+        method = %method,
+        route = %endpoint,
+        model = %label.model,
+        version = %label.version,
+        status,
+        latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        batch_size = label.batch_size.unwrap_or(0),
+        "request"
+    );
+    response
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let body = state
+        .metrics
+        .render(&state.registry, state.lifecycle.in_flight());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -211,9 +269,27 @@ impl Server {
 
         let device = settings.model.device;
         let warmup = settings.model.warmup;
+        let metrics_port = settings
+            .monitoring
+            .metrics_port
+            .filter(|_| settings.monitoring.enabled);
+        let metrics_host = settings.server.host.clone();
+        let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
+        let state = AppState::new(settings, registry.clone());
+        let lifecycle = state.lifecycle.clone();
+        let metrics = state.metrics.clone();
         let loader = registry.clone();
         let loading = tokio::spawn(async move {
-            let loads = sources.iter().map(|s| loader.load(s, device, warmup));
+            let loads = sources.iter().map(|s| {
+                let (id, v) = (s.manifest.id.clone(), s.manifest.version.to_string());
+                let observer = metrics.batch_observer(&id, &v);
+                let (loader, metrics) = (&loader, &metrics);
+                async move {
+                    let started = Instant::now();
+                    let ok = loader.load(s, device, warmup, Some(observer)).await;
+                    metrics.observe_load(&id, &v, ok, started.elapsed());
+                }
+            });
             futures::future::join_all(loads).await;
             let r = loader.readiness();
             if r.ready {
@@ -223,9 +299,19 @@ impl Server {
             }
         });
 
-        let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
-        let state = AppState::new(settings, registry.clone());
-        let lifecycle = state.lifecycle.clone();
+        if let Some(port) = metrics_port {
+            // /metrics on its own port too, so it can stay off the public ingress.
+            let addr = format!("{metrics_host}:{port}");
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|source| StartupError::Bind { addr, source })?;
+            let metrics_app = Router::new()
+                .route("/metrics", get(metrics_text))
+                .with_state(state.clone());
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, metrics_app).await;
+            });
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let router = app(state);
         let serving = tokio::spawn(async move {

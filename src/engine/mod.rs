@@ -78,6 +78,19 @@ pub struct RunStats {
     pub tokens_generated: usize,
 }
 
+/// What the engine reports after each batch (and after dropping cancelled requests), so the
+/// metrics can count per batch without the engine knowing about them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchReport {
+    /// Inputs in the batch (0 when only reporting cancellations).
+    pub size: usize,
+    pub compute: Duration,
+    /// Requests dropped before compute because their client had gone.
+    pub cancelled: usize,
+}
+
+pub type BatchObserver = Arc<dyn Fn(&BatchReport) + Send + Sync>;
+
 #[derive(Debug, Clone)]
 pub struct Completed {
     pub output: Output,
@@ -155,6 +168,7 @@ pub struct LoadSpec {
     pub dir: PathBuf,
     pub device: crate::config::DeviceKind,
     pub warmup: bool,
+    pub observer: Option<BatchObserver>,
 }
 
 impl ModelHandle {
@@ -173,6 +187,7 @@ impl ModelHandle {
         let (ready_tx, ready_rx) = oneshot::channel();
         let alive = Arc::new(AtomicBool::new(true));
         let thread_alive = alive.clone();
+        let observer = spec.observer.clone();
         std::thread::Builder::new()
             .name(format!("anya-worker-{}", spec.manifest.id))
             .spawn(move || worker::run(spec, policy, batch_rx, ready_tx, thread_alive))
@@ -190,6 +205,7 @@ impl ModelHandle {
             batch_tx,
             queued.clone(),
             cancelled.clone(),
+            observer,
         ));
         Ok(ModelHandle {
             inner: Arc::new(Inner {
@@ -265,6 +281,7 @@ async fn batcher_task(
     worker: mpsc::Sender<Batch>,
     queued: Arc<AtomicUsize>,
     cancelled: Arc<AtomicUsize>,
+    observer: Option<BatchObserver>,
 ) {
     let mut queue = BatchQueue::new(policy);
     let mut open = true;
@@ -285,6 +302,12 @@ async fn batcher_task(
         if gone > 0 {
             queued.fetch_sub(gone, Ordering::AcqRel);
             cancelled.fetch_add(gone, Ordering::Relaxed);
+            if let Some(o) = &observer {
+                o(&BatchReport {
+                    cancelled: gone,
+                    ..Default::default()
+                });
+            }
         }
         match queue.poll(Instant::now()) {
             Next::Idle => continue,

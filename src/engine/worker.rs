@@ -9,7 +9,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::batcher::BatchPolicy;
-use super::{Batch, Completed, EngineError, Job, LoadSpec, Output, RunStats, Work};
+use super::{
+    Batch, BatchObserver, BatchReport, Completed, EngineError, Job, LoadSpec, Output, RunStats,
+    Work,
+};
 use crate::models::{self, generate, Backend, Frontend, ModelError};
 
 /// Clears the `alive` flag however the thread ends.
@@ -41,7 +44,13 @@ pub(super) fn run(
         return;
     }
     while let Some(batch) = batches.blocking_recv() {
-        run_batch(&mut backend, &frontend, policy, batch);
+        run_batch(
+            &mut backend,
+            &frontend,
+            policy,
+            batch,
+            spec.observer.as_ref(),
+        );
     }
 }
 
@@ -87,7 +96,13 @@ fn warmup(backend: &mut Backend, frontend: &Frontend) -> Result<(), ModelError> 
     Ok(())
 }
 
-fn run_batch(backend: &mut Backend, frontend: &Frontend, policy: BatchPolicy, batch: Batch) {
+fn run_batch(
+    backend: &mut Backend,
+    frontend: &Frontend,
+    policy: BatchPolicy,
+    batch: Batch,
+    observer: Option<&BatchObserver>,
+) {
     let Batch { jobs, done } = batch;
     let dispatched = Instant::now();
     let batch_size: usize = jobs.iter().map(|j| j.work.items()).sum();
@@ -96,6 +111,15 @@ fn run_batch(backend: &mut Backend, frontend: &Frontend, policy: BatchPolicy, ba
         compute(backend, frontend, policy, &jobs)
     }));
     let compute_time = started.elapsed();
+    // Observed before anyone is answered, so a client that reads /metrics after its response
+    // always finds its batch counted.
+    if let Some(o) = observer {
+        o(&BatchReport {
+            size: batch_size,
+            compute: compute_time,
+            cancelled: 0,
+        });
+    }
     match results {
         Ok(Ok(outputs)) => {
             for (job, (output, generated)) in jobs.into_iter().zip(outputs) {

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -16,6 +17,7 @@ use super::extract::ApiJson;
 use super::params::{self, ValidParams};
 use crate::engine::{Output, Work};
 use crate::error::{ApiError, ErrorEnvelope};
+use crate::metrics::ModelLabel;
 use crate::models::generate::GenParams;
 use crate::models::sampling::SamplingParams;
 use crate::models::text::EncodeError;
@@ -94,8 +96,8 @@ pub async fn predict(
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PredictRequest>,
-) -> Result<Json<PredictResponse>, ApiError> {
-    run(&state, &id, None, req).await.map(Json)
+) -> Response {
+    respond(run(&state, &id, None, req).await)
 }
 
 #[utoipa::path(
@@ -121,24 +123,65 @@ pub async fn predict_version(
     State(state): State<AppState>,
     Path((id, version)): Path<(String, String)>,
     ApiJson(req): ApiJson<PredictRequest>,
-) -> Result<Json<PredictResponse>, ApiError> {
-    run(&state, &id, Some(&version), req).await.map(Json)
+) -> Response {
+    respond(run(&state, &id, Some(&version), req).await)
 }
 
-/// The one prediction path every protocol adapter calls.
+/// The response, labelled with the model version for the metrics middleware.
+fn respond((label, result): (Option<ModelLabel>, Result<PredictResponse, ApiError>)) -> Response {
+    let mut response = match result {
+        Ok(r) => Json(r).into_response(),
+        Err(e) => e.into_response(),
+    };
+    if let Some(label) = label {
+        response.extensions_mut().insert(label);
+    }
+    response
+}
+
+/// The one prediction path every protocol adapter calls. Returns the model version it went to
+/// (once known) beside the outcome.
 pub async fn run(
     state: &AppState,
     id: &str,
     version: Option<&str>,
     req: PredictRequest,
-) -> Result<PredictResponse, ApiError> {
+) -> (Option<ModelLabel>, Result<PredictResponse, ApiError>) {
     let arrived = Instant::now();
-    let resolved = state.registry.resolve(id, version)?;
+    let resolved = match state.registry.resolve(id, version) {
+        Ok(r) => r,
+        Err(e) => return (None, Err(e.into())),
+    };
+    let mut label = ModelLabel {
+        model: resolved.manifest.id.clone(),
+        version: resolved.manifest.version.to_string(),
+        batch_size: None,
+    };
+    let result = infer(state, &resolved, req, arrived, &mut label).await;
+    (Some(label), result)
+}
+
+async fn infer(
+    state: &AppState,
+    resolved: &crate::registry::Resolved,
+    req: PredictRequest,
+    arrived: Instant,
+    label: &mut ModelLabel,
+) -> Result<PredictResponse, ApiError> {
     let valid = validate(&resolved.manifest, resolved.handle.frontend(), req)?;
     let done = resolved
         .handle
         .infer(valid.work, state.request_timeout)
         .await?;
+    label.batch_size = Some(done.stats.batch_size);
+    let no_generations = [];
+    let generations = match &done.output {
+        Output::Generations(gs) => gs.as_slice(),
+        _ => &no_generations,
+    };
+    state
+        .metrics
+        .observe_inference(label, &done.stats, generations);
     let (outputs, finish_reasons) = match done.output {
         Output::Vectors(vs) => (vs.into_iter().map(Value::from).collect(), None),
         Output::Generations(gs) => {

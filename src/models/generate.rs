@@ -32,6 +32,8 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     /// Seconds from the start to the first generated token.
     pub time_to_first_token: f64,
+    /// Seconds the whole generation took.
+    pub duration: f64,
 }
 
 /// Generate from `prompt`. `cancelled` is polled between steps.
@@ -61,6 +63,7 @@ pub fn generate(
             tokens,
             finish_reason: FinishReason::Length,
             time_to_first_token: 0.0,
+            duration: started.elapsed().as_secs_f64(),
         });
     }
     let mut logits = lm.forward(prompt, 0)?;
@@ -88,6 +91,7 @@ pub fn generate(
                     tokens,
                     finish_reason: FinishReason::Stop,
                     time_to_first_token: ttft,
+                    duration: started.elapsed().as_secs_f64(),
                 });
             }
             checked_up_to = text.len();
@@ -105,6 +109,7 @@ pub fn generate(
         tokens,
         finish_reason: finish,
         time_to_first_token: ttft,
+        duration: started.elapsed().as_secs_f64(),
     })
 }
 

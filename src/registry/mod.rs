@@ -221,8 +221,15 @@ impl Registry {
         r
     }
 
-    /// Load one registered version and record the outcome; logs one line either way.
-    pub async fn load(&self, source: &ModelSource, device: DeviceKind, warmup: bool) {
+    /// Load one registered version and record the outcome; logs one line either way. Returns
+    /// whether it loaded.
+    pub async fn load(
+        &self,
+        source: &ModelSource,
+        device: DeviceKind,
+        warmup: bool,
+        observer: Option<crate::engine::BatchObserver>,
+    ) -> bool {
         let m = &source.manifest;
         let started = Instant::now();
         let result = ModelHandle::start(LoadSpec {
@@ -230,6 +237,7 @@ impl Registry {
             dir: source.dir.clone(),
             device,
             warmup,
+            observer,
         })
         .await;
         let ms = started.elapsed().as_millis() as u64;
@@ -244,6 +252,7 @@ impl Registry {
                     "model loaded"
                 );
                 self.set_state(&m.id, &m.version, VersionState::Ready(handle), Some(ms));
+                true
             }
             Err(e) => {
                 tracing::error!(model = %m.id, version = %m.version, error = %e, "model failed to load");
@@ -253,6 +262,7 @@ impl Registry {
                     VersionState::Failed(e.to_string()),
                     Some(ms),
                 );
+                false
             }
         }
     }
@@ -350,7 +360,7 @@ mod tests {
         let r = Registry::new();
         let s = source("echo", "1.0.0", true);
         r.register(&s).unwrap();
-        r.load(&s, DeviceKind::Cpu, true).await;
+        assert!(r.load(&s, DeviceKind::Cpu, true, None).await);
         assert!(r.resolve("echo", None).is_ok());
         assert!(r.readiness().ready);
     }

@@ -58,7 +58,7 @@ pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
     let mut router = Router::new();
     if state.settings.monitoring.enabled {
-        router = router.route("/metrics", get(metrics_text));
+        router = router.route("/metrics", get(health::metrics));
     }
     router
         .route("/models", get(models::list_models))
@@ -141,20 +141,6 @@ async fn observe_request(
         "request"
     );
     response
-}
-
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    let body = state
-        .metrics
-        .render(&state.registry, state.lifecycle.in_flight());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-        .into_response()
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -306,7 +292,7 @@ impl Server {
                 .await
                 .map_err(|source| StartupError::Bind { addr, source })?;
             let metrics_app = Router::new()
-                .route("/metrics", get(metrics_text))
+                .route("/metrics", get(health::metrics))
                 .with_state(state.clone());
             tokio::spawn(async move {
                 let _ = axum::serve(listener, metrics_app).await;

@@ -266,6 +266,7 @@ async fn openapi_documents_every_route() {
         "/models/{id}/versions",
         "/health",
         "/ready",
+        "/metrics",
         "/openapi.json",
     ] {
         assert!(paths.contains_key(p), "undocumented {p}");

@@ -1,6 +1,8 @@
 //! Liveness and readiness.
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -77,4 +79,25 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, A
             issue: Some(parts.join("; ")),
         }),
     )
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain")),
+    tag = "health"
+)]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let body = state
+        .metrics
+        .render(&state.registry, state.lifecycle.in_flight());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }

@@ -18,6 +18,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
         models::list_versions,
         health::health,
         health::ready,
+        health::metrics,
         openapi_json,
     ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorDetails)),

@@ -14,6 +14,7 @@
 //! - [`metrics`]: every `anya_ai_*` metric, recorded in one place per event.
 //! - [`server`]: `app(AppState) -> Router`, the layers, binding and serving.
 //! - [`telemetry`]: tracing setup.
+//! - [`usage`]: usage and cost accounting in time buckets.
 
 pub mod config;
 pub mod engine;
@@ -25,3 +26,4 @@ pub mod models;
 pub mod registry;
 pub mod server;
 pub mod telemetry;
+pub mod usage;

@@ -30,6 +30,10 @@ pub struct ModelLabel {
     pub model: String,
     pub version: String,
     pub batch_size: Option<usize>,
+    pub tokens_input: u64,
+    pub tokens_output: u64,
+    /// Estimated cost from the manifest's prices.
+    pub cost: f64,
 }
 
 pub struct Metrics {

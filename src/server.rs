@@ -23,9 +23,13 @@ use tower_http::trace::TraceLayer;
 use crate::config::Settings;
 use crate::error::ErrorCode;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{health, models, openapi, predict};
+use crate::http::{health, models, openapi, predict, usage};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, ModelLabel};
+use crate::usage::{now_unix, UsageEvent, UsageStore};
+
+/// The principal of requests without credentials.
+pub const ANONYMOUS: &str = "anonymous";
 use crate::registry::repository::{self, ModelSource, RepositoryError};
 use crate::registry::Registry;
 use axum::extract::MatchedPath;
@@ -38,6 +42,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Arc<Metrics>,
+    pub usage: Arc<UsageStore>,
     /// How long a request may wait for its model (`server.request_timeout_ms`).
     pub request_timeout: Duration,
 }
@@ -50,6 +55,7 @@ impl AppState {
             registry,
             lifecycle: Arc::new(Lifecycle::new()),
             metrics: Metrics::new(),
+            usage: Arc::new(UsageStore::new()),
         }
     }
 }
@@ -64,6 +70,8 @@ pub fn app(state: AppState) -> Router {
         .route("/models", get(models::list_models))
         .route("/models/{id}", get(models::get_model))
         .route("/models/{id}/versions", get(models::list_versions))
+        .route("/models/{id}/metrics", get(usage::model_metrics))
+        .route("/usage", get(usage::usage))
         .route("/models/{id}/predict", post(predict::predict))
         .route(
             "/models/{id}/versions/{version}/predict",
@@ -129,6 +137,21 @@ async fn observe_request(
     state
         .metrics
         .observe_http(&label, &endpoint, status, code, elapsed);
+    if !label.model.is_empty() {
+        state.usage.record(
+            &UsageEvent {
+                model: &label.model,
+                version: &label.version,
+                principal: ANONYMOUS,
+                tokens_input: label.tokens_input,
+                tokens_output: label.tokens_output,
+                cost: label.cost,
+                latency_ms: elapsed.as_secs_f64() * 1e3,
+                error: status >= 400,
+            },
+            now_unix(),
+        );
+    }
     tracing::info!(
         target: "anya::access",
         method = %method,

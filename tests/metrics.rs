@@ -246,3 +246,81 @@ async fn token_counters_equal_the_responses_metadata() {
         2.0
     );
 }
+
+#[tokio::test]
+async fn usage_and_model_windows_add_up() {
+    let repo = EchoRepo::new();
+    repo.add(
+        "echo",
+        "1.0.0",
+        &format!("pricing:\n  per_request: 0.25\n  per_1k_input_tokens: 1.0\n{DELAY_PARAM}"),
+    );
+    let srv = start(settings(repo.path()), &[]).await;
+    srv.wait_ready(10).await;
+    for i in 0..4 {
+        let (s, _, _) = srv
+            .post("/models/echo/predict", json!({"inputs": [i]}))
+            .await;
+        assert_eq!(s, 200);
+    }
+    let (s, _, _) = srv
+        .post(
+            "/models/echo/predict",
+            json!({"inputs": [1], "parameters": {"delay_ms": "x"}}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let (s, w) = srv.get("/models/echo/metrics?period=hourly").await;
+    assert_eq!(s, 200, "{w}");
+    assert_eq!(w["requests_count"], 5);
+    assert_eq!(w["errors_count"], 1);
+    assert!((w["error_rate"].as_f64().unwrap() - 0.2).abs() < 1e-9);
+    assert!(
+        (w["estimated_cost"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+        "4 answered × 0.25: {w}"
+    );
+    assert!(w["p99_response_ms"].as_f64().unwrap() >= w["p50_response_ms"].as_f64().unwrap());
+    let (s, u) = srv.get("/usage?period=daily&group_by=principal").await;
+    assert_eq!(s, 200);
+    assert_eq!(u["rows"][0]["key"], "anonymous");
+    assert_eq!(u["rows"][0]["requests"], 5);
+    for bad in [
+        "/usage?period=weekly",
+        "/usage?group_by=x",
+        "/usage?nope=1",
+        "/models/echo/metrics?period=x",
+    ] {
+        let (s, b) = srv.get(bad).await;
+        assert_eq!(s, 400, "{bad}: {b}");
+    }
+    let (s, _) = srv.get("/models/nope/metrics").await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn usage_tokens_equal_the_responses_metadata() {
+    let Some(dir) = real_models() else { return };
+    let srv = start(settings(&dir), &["all-minilm-l6-v2"]).await;
+    srv.wait_ready(120).await;
+    let mut sent = 0u64;
+    for i in 0..6 {
+        let (_, _, b) = srv
+            .post(
+                "/models/all-minilm-l6-v2/predict",
+                json!({"inputs": [format!("usage check number {i}")]}),
+            )
+            .await;
+        sent += b["metadata"]["tokens_processed"].as_u64().unwrap();
+    }
+    let (_, u) = srv.get("/usage?group_by=model").await;
+    let total: u64 = u["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tokens_input"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, sent);
+    let (_, w) = srv.get("/models/all-minilm-l6-v2/metrics").await;
+    assert_eq!(w["tokens_input"].as_u64().unwrap(), sent);
+    assert_eq!(w["requests_count"], 6);
+}

@@ -7,6 +7,7 @@ pub mod models;
 pub mod openapi;
 pub mod params;
 pub mod predict;
+pub mod usage;
 
 use crate::engine::EngineError;
 use crate::error::{ApiError, ErrorDetails, ErrorKind};

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{health, models, predict};
+use super::{health, models, predict, usage};
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
 
 #[derive(OpenApi)]
@@ -19,6 +19,8 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
         health::health,
         health::ready,
         health::metrics,
+        usage::model_metrics,
+        usage::usage,
         openapi_json,
     ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorDetails)),
@@ -26,6 +28,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
         (name = "inference", description = "Run models"),
         (name = "models", description = "The model registry"),
         (name = "health", description = "Probes"),
+        (name = "usage", description = "Usage and cost"),
     )
 )]
 pub struct ApiDoc;

@@ -155,7 +155,7 @@ pub async fn run(
     let mut label = ModelLabel {
         model: resolved.manifest.id.clone(),
         version: resolved.manifest.version.to_string(),
-        batch_size: None,
+        ..Default::default()
     };
     let result = infer(state, &resolved, req, arrived, &mut label).await;
     (Some(label), result)
@@ -174,6 +174,14 @@ async fn infer(
         .infer(valid.work, state.request_timeout)
         .await?;
     label.batch_size = Some(done.stats.batch_size);
+    label.tokens_input = done.stats.tokens_processed as u64;
+    label.tokens_output = done.stats.tokens_generated as u64;
+    label.cost = resolved
+        .manifest
+        .pricing
+        .as_ref()
+        .map(|p| p.cost(label.tokens_input, label.tokens_output))
+        .unwrap_or(0.0);
     let no_generations = [];
     let generations = match &done.output {
         Output::Generations(gs) => gs.as_slice(),

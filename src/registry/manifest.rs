@@ -112,6 +112,23 @@ impl Default for BatchingConfig {
     }
 }
 
+/// Prices for cost accounting (currency by convention USD).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pricing {
+    pub per_1k_input_tokens: f64,
+    pub per_1k_output_tokens: f64,
+    pub per_request: f64,
+}
+
+impl Pricing {
+    pub fn cost(&self, tokens_input: u64, tokens_output: u64) -> f64 {
+        self.per_request
+            + self.per_1k_input_tokens * tokens_input as f64 / 1000.0
+            + self.per_1k_output_tokens * tokens_output as f64 / 1000.0
+    }
+}
+
 fn default_true() -> bool {
     true
 }
@@ -159,6 +176,9 @@ pub struct Manifest {
     pub batching: BatchingConfig,
     #[serde(default)]
     pub files: Vec<FileEntry>,
+    /// Prices, for the usage and cost figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing: Option<Pricing>,
     /// Free-form labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -318,6 +338,12 @@ impl Manifest {
                 ))
             }
         }
+        if let Some(p) = &self.pricing {
+            let prices = [p.per_1k_input_tokens, p.per_1k_output_tokens, p.per_request];
+            if prices.iter().any(|x| !x.is_finite() || *x < 0.0) {
+                return Err("pricing: prices must be zero or more".into());
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for p in &self.parameters {
             if !seen.insert(p.name.as_str()) {
@@ -388,6 +414,7 @@ mod tests {
                 path: "weights.bin".into(),
                 sha256: sha256_file(&dir.join("weights.bin")).unwrap(),
             }],
+            pricing: None,
             labels: BTreeMap::new(),
         }
     }

@@ -304,6 +304,7 @@ mod tests {
                 parameters: vec![],
                 batching: BatchingConfig::default(),
                 files: vec![],
+                pricing: None,
                 labels: Default::default(),
             },
         }

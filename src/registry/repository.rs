@@ -176,6 +176,7 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
                 queue_capacity: 64,
             },
             files: vec![hash_entry(&dir, &name)?],
+            pricing: None,
             labels: Default::default(),
         };
         return Ok(ModelSource { dir, manifest });
@@ -224,6 +225,7 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
                 parameters: embedding_parameters(),
                 batching: BatchingConfig::default(),
                 files,
+                pricing: None,
                 labels: Default::default(),
             };
             return Ok(ModelSource {

@@ -1,0 +1,108 @@
+//! `GET /models/{id}/metrics` and `GET /usage`: usage and cost figures for people (Prometheus
+//! has the same events for machines).
+
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::server::AppState;
+use crate::usage::{now_unix, GroupBy, ModelWindow, Period, UsageRow};
+
+fn period(q: &HashMap<String, String>) -> Result<Period, ApiError> {
+    match q.get("period") {
+        None => Ok(Period::Hourly),
+        Some(p) => {
+            Period::parse(p).ok_or_else(|| ApiError::invalid("period", "must be hourly or daily"))
+        }
+    }
+}
+
+fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::invalid(
+            k.clone(),
+            format!("unknown query parameter; allowed: {}", allowed.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Requests, tokens, latency percentiles, error rate and estimated cost of one model over the
+/// last hour (`period=hourly`, the default) or day (`daily`).
+#[utoipa::path(
+    get,
+    path = "/models/{id}/metrics",
+    params(
+        ("id" = String, Path, description = "Model id"),
+        ("period" = Option<String>, Query, description = "hourly (last 60 minutes, default) or daily (last 24 hours)"),
+    ),
+    responses(
+        (status = 200, body = ModelWindow),
+        (status = 400, description = "Bad period or unknown query parameter", body = ErrorEnvelope),
+        (status = 404, description = "Unknown model", body = ErrorEnvelope),
+    ),
+    tag = "usage"
+)]
+pub async fn model_metrics(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<ModelWindow>, ApiError> {
+    only(&q, &["period"])?;
+    let period = period(&q)?;
+    if state.registry.get(&id).is_none() {
+        return Err(ApiError::not_found(format!("model `{id}` not found")));
+    }
+    Ok(Json(state.usage.model_window(
+        &id,
+        period,
+        None,
+        now_unix(),
+    )))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UsageReport {
+    pub period: String,
+    pub group_by: String,
+    pub rows: Vec<UsageRow>,
+}
+
+/// Token usage and cost per hour or day bucket, grouped by model or principal.
+#[utoipa::path(
+    get,
+    path = "/usage",
+    params(
+        ("period" = Option<String>, Query, description = "hourly (default) or daily buckets"),
+        ("group_by" = Option<String>, Query, description = "model (default) or principal"),
+    ),
+    responses(
+        (status = 200, body = UsageReport),
+        (status = 400, description = "Bad period, group_by or unknown query parameter", body = ErrorEnvelope),
+    ),
+    tag = "usage"
+)]
+pub async fn usage(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<UsageReport>, ApiError> {
+    only(&q, &["period", "group_by"])?;
+    let period = period(&q)?;
+    let group_by = match q.get("group_by").map(String::as_str) {
+        None | Some("model") => GroupBy::Model,
+        Some("principal") => GroupBy::Principal,
+        Some(_) => return Err(ApiError::invalid("group_by", "must be model or principal")),
+    };
+    Ok(Json(UsageReport {
+        period: q.get("period").cloned().unwrap_or_else(|| "hourly".into()),
+        group_by: match group_by {
+            GroupBy::Model => "model".into(),
+            GroupBy::Principal => "principal".into(),
+        },
+        rows: state.usage.usage(period, group_by, None),
+    }))
+}

@@ -52,6 +52,8 @@ pub struct Metrics {
     in_flight: IntGauge,
     models: IntGaugeVec,
     cancelled: IntCounterVec,
+    /// Every `anya_ai_*` family name, registered or not yet observed.
+    names: Vec<String>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,7 +81,8 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 impl Metrics {
     pub fn new() -> Arc<Self> {
         let mv = &["model", "version"];
-        let m = Metrics {
+        let mut m = Metrics {
+            names: Vec::new(),
             registry: Registry::new(),
             requests: counter(
                 "anya_ai_requests_total",
@@ -186,15 +189,24 @@ impl Metrics {
             Box::new(m.cancelled.clone()),
             Box::new(build),
         ];
+        let mut names = Vec::new();
         for c in all {
+            names.extend(c.desc().iter().map(|d| d.fq_name.clone()));
             r.register(c).expect("metric registered once");
         }
+        m.names = names;
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             let _ = r.register(Box::new(pc));
         }
         Arc::new(m)
+    }
+
+    /// The name of every `anya_ai_*` family this server exports (a family shows in the
+    /// exposition once it has a sample).
+    pub fn family_names(&self) -> &[String] {
+        &self.names
     }
 
     /// One HTTP response (from the middleware).

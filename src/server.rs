@@ -140,9 +140,11 @@ async fn observe_request(
         .cloned()
         .unwrap_or_default();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
-    state
-        .metrics
-        .observe_http(&label, &endpoint, status, code, elapsed);
+    if state.settings.monitoring.enabled {
+        state
+            .metrics
+            .observe_http(&label, &endpoint, status, code, elapsed);
+    }
     if !label.model.is_empty() {
         state.usage.record(
             &UsageEvent {

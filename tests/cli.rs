@@ -241,3 +241,86 @@ fn sigterm_drains_in_flight_requests_then_exits_0() {
         "exited after the deadline"
     );
 }
+
+/// JSON logs: every line of a request carries its request id; one access line per request with
+/// route, model, status and latency, and never the inputs.
+#[test]
+fn access_log_lines_carry_the_request_id() {
+    use std::io::{Read, Write};
+    let repo = common::EchoRepo::new();
+    repo.add("echo", "1.0.0", "");
+    let dir = repo.path().to_str().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = anya()
+        .args([
+            "serve",
+            "--models-dir",
+            dir,
+            "--port",
+            &port.to_string(),
+            "--log-format",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    });
+    let send = |req: &str| -> String {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && send("GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .starts_with("HTTP/1.1 200");
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = r#"{"inputs":["secret-input-text"]}"#;
+    let resp = send(&format!(
+        "POST /models/echo/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nx-request-id: rid-4242\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("x-request-id: rid-4242"),
+        "{resp}"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let lines = reader.join().unwrap();
+    let mine: Vec<&String> = lines.iter().filter(|l| l.contains("rid-4242")).collect();
+    let access = mine
+        .iter()
+        .find(|l| l.contains(r#""message":"request""#))
+        .unwrap_or_else(|| panic!("no access line with the request id: {lines:#?}"));
+    let v: serde_json::Value = serde_json::from_str(access).unwrap();
+    assert_eq!(v["status"], 200, "{access}");
+    assert_eq!(v["model"], "echo");
+    assert_eq!(v["route"], "/models/{id}/predict");
+    assert!(v["latency_ms"].as_f64().is_some());
+    assert!(
+        !lines.iter().any(|l| l.contains("secret-input-text")),
+        "inputs leaked into the logs"
+    );
+}

@@ -324,3 +324,57 @@ async fn usage_tokens_equal_the_responses_metadata() {
     assert_eq!(w["tokens_input"].as_u64().unwrap(), sent);
     assert_eq!(w["requests_count"], 6);
 }
+
+/// Every metric the shipped Grafana dashboard queries is one the server really exports.
+#[test]
+fn the_dashboard_queries_exported_metrics() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/grafana/anya.json");
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(e) = m.get("expr").and_then(|e| e.as_str()) {
+                    out.push(e.to_string());
+                }
+                m.values().for_each(|x| walk(x, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut exprs);
+    assert!(exprs.len() >= 8, "{exprs:?}");
+    let metrics = anya::metrics::Metrics::new();
+    let families: std::collections::HashSet<&str> =
+        metrics.family_names().iter().map(String::as_str).collect();
+    for e in &exprs {
+        for name in e
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("anya_ai_"))
+        {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| families.contains(b)))
+                .unwrap_or(name);
+            assert!(
+                families.contains(base),
+                "the dashboard queries {name}, which is not exported"
+            );
+        }
+    }
+    for wanted in [
+        "anya_ai_requests_total",
+        "anya_ai_request_duration_seconds_bucket",
+        "anya_ai_batch_size",
+        "anya_ai_queue_size",
+        "anya_ai_tokens_total",
+        "anya_ai_time_to_first_token_seconds_bucket",
+    ] {
+        assert!(
+            exprs.iter().any(|e| e.contains(wanted)),
+            "no panel uses {wanted}"
+        );
+    }
+}

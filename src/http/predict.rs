@@ -187,9 +187,11 @@ async fn infer(
         Output::Generations(gs) => gs.as_slice(),
         _ => &no_generations,
     };
-    state
-        .metrics
-        .observe_inference(label, &done.stats, generations);
+    if state.settings.monitoring.enabled {
+        state
+            .metrics
+            .observe_inference(label, &done.stats, generations);
+    }
     let (outputs, finish_reasons) = match done.output {
         Output::Vectors(vs) => (vs.into_iter().map(Value::from).collect(), None),
         Output::Generations(gs) => {

@@ -1,16 +1,40 @@
-//! A small closed-loop load generator for anya's predict API that also reads what the server
-//! says about each request (`metadata.batch_size`), which oha and wrk cannot.
+//! A small closed-loop load generator: the one client every server in `scripts/bench/` is
+//! measured with (anya, the FastAPI + sentence-transformers peer, llama-cpp-python's server, a
+//! bare axum handler), so the client side costs the same for all of them.
 //!
-//! cargo run --release --example loadgen -- URL CONCURRENCY REQUESTS [BODY_JSON]
-//! e.g. cargo run --release --example loadgen -- \
-//!        http://127.0.0.1:8000/models/all-minilm-l6-v2/predict 32 2000
-//! Each request embeds one sentence from a fixed, seeded set unless BODY_JSON is given.
-//! Prints one JSON line: requests/s, latency percentiles, errors, and batch sizes seen.
+//! It reads what the server says about each request where it can (anya's `metadata.batch_size`,
+//! `tokens_generated`, `queue_ms`; OpenAI `usage`), and it can read an OpenAI-style completion
+//! stream (server-sent events) for time to first token and tokens per second, which oha and wrk
+//! cannot.
+//!
+//! ```text
+//! loadgen URL CONCURRENCY REQUESTS [BODY_JSON]          (the original form; still works)
+//! loadgen URL -c 8 -d 10 --warmup 2                      8 clients for 10 s after a 2 s warm-up
+//! loadgen URL -c 4 -n 40 --body '{"inputs": "$SENTENCES"}' --batch 32
+//! loadgen URL -c 1 -n 4 --stream --expect-tokens 128 \
+//!   --body '{"prompt": "$PROMPT", "max_tokens": 128, "temperature": 0, "stream": true}'
+//! loadgen --print-prompt 0                               the generation prompt number 0
+//! ```
+//!
+//! The body is a JSON template; these string values are replaced per request `i` (every input
+//! is deterministic, so every server sees the same requests in the same order):
+//! - `"$SENTENCE"`: sentence `i`, 8 to 40 English words from a fixed vocabulary;
+//! - `"$SENTENCES"`: a list of `--batch` sentences (`i * batch ..`);
+//! - `"$PROMPT"`: prompt `i`, `--prompt-words` words (default 64) of which each is one token for
+//!   SmolLM2's tokenizer; its first word changes with `i`, so consecutive prompts share no prefix
+//!   (llama-cpp-python reuses the previous prompt's KV cache on a shared prefix; anya does not).
+//!
+//! Without a body, each request embeds one sentence: `{"inputs": ["$SENTENCE"]}`.
+//! Prints one JSON line: requests/s, inputs/s, latency percentiles, errors, and for generation
+//! tokens generated, aggregate tokens/s and (streaming) time to first token.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{json, Value};
 
 const WORDS: &[&str] = &[
     "the", "model", "serves", "quick", "brown", "fox", "batch", "queue", "token", "vector",
@@ -18,8 +42,21 @@ const WORDS: &[&str] = &[
     "engine", "cloud", "signal", "paper", "light", "story", "ocean", "market", "bridge",
 ];
 
+/// A deterministic word stream for seed `i` (splitmix-style mixing).
+fn words(i: usize) -> impl FnMut() -> &'static str {
+    let mut x = (i as u64)
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    move || {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51afd7ed558ccd);
+        x ^= x >> 33;
+        WORDS[(x % WORDS.len() as u64) as usize]
+    }
+}
+
+/// A deterministic pseudo-random sentence of 8 to 40 words.
 fn sentence(i: usize) -> String {
-    // A deterministic pseudo-random sentence of 8 to 40 words.
     let mut x = (i as u64)
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -36,96 +73,421 @@ fn sentence(i: usize) -> String {
         .join(" ")
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if args.len() < 4 {
-        eprintln!("usage: loadgen URL CONCURRENCY REQUESTS [BODY_JSON]");
-        std::process::exit(2);
+/// Prompt `i`: `n` words, each with a leading space (" the", " model", …: one SmolLM2 token
+/// each, so `n` words are `n` prompt tokens). The first word is `WORDS[i % len]`, so two
+/// consecutive prompts differ from their first token on. Greedy decoding of these prompts runs
+/// to the token budget without an end-of-sequence token (the harness checks it).
+fn prompt(i: usize, n: usize) -> String {
+    let mut next = words(i);
+    let mut out = String::new();
+    for k in 0..n {
+        out.push(' ');
+        out.push_str(if k == 0 {
+            WORDS[i % WORDS.len()]
+        } else {
+            next()
+        });
     }
-    let url = args[1].clone();
-    let concurrency: usize = args[2].parse().expect("concurrency");
-    let total: usize = args[3].parse().expect("requests");
-    let fixed_body: Option<serde_json::Value> = args
-        .get(4)
-        .map(|b| serde_json::from_str(b).expect("body json"));
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()
-        .unwrap();
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, next, fixed_body) = (
-            client.clone(),
-            url.clone(),
-            next.clone(),
-            fixed_body.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut batches: BTreeMap<u64, usize> = BTreeMap::new();
-            let mut errors: BTreeMap<u16, usize> = BTreeMap::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let body = fixed_body
-                    .clone()
-                    .unwrap_or_else(|| serde_json::json!({"inputs": [sentence(i)]}));
-                let t = Instant::now();
-                match client.post(&url).json(&body).send().await {
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let v: serde_json::Value = r.json().await.unwrap_or_default();
-                        lat.push(t.elapsed());
-                        if status == 200 {
-                            let b = v["metadata"]["batch_size"].as_u64().unwrap_or(0);
-                            *batches.entry(b).or_default() += 1;
-                        } else {
-                            *errors.entry(status).or_default() += 1;
+    out
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "Closed-loop HTTP load generator for anya and its peers")]
+struct Args {
+    /// URL to POST to.
+    url: Option<String>,
+    /// Clients (the original positional form; same as -c).
+    concurrency_pos: Option<usize>,
+    /// Requests to measure (the original positional form; same as -n).
+    requests_pos: Option<usize>,
+    /// Body template (the original positional form; same as --body).
+    body_pos: Option<String>,
+    /// Clients, each with one request in flight at a time.
+    #[arg(short = 'c', long)]
+    concurrency: Option<usize>,
+    /// Requests to measure (after the warm-up).
+    #[arg(short = 'n', long)]
+    requests: Option<usize>,
+    /// Or: measure for this many seconds (requests started before the end are waited for).
+    #[arg(short = 'd', long)]
+    duration: Option<f64>,
+    /// Seconds of load at the same concurrency before measuring (not counted).
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
+    /// Or: requests before measuring (not counted).
+    #[arg(long, default_value_t = 0)]
+    warmup_requests: usize,
+    /// JSON body template (see the module docs for `$SENTENCE`, `$SENTENCES`, `$PROMPT`).
+    #[arg(long)]
+    body: Option<String>,
+    /// Sentences in `$SENTENCES`.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Words (= SmolLM2 tokens) in `$PROMPT`.
+    #[arg(long, default_value_t = 64)]
+    prompt_words: usize,
+    /// Read the response as an OpenAI completion stream (server-sent events).
+    #[arg(long)]
+    stream: bool,
+    /// Count responses that generated a different number of tokens as `short`.
+    #[arg(long)]
+    expect_tokens: Option<u64>,
+    /// First request index (inputs are a function of the index).
+    #[arg(long, default_value_t = 0)]
+    seed: usize,
+    /// Client runtime threads (1: a single-threaded runtime, leaving the cores to the server).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Per-request timeout, seconds.
+    #[arg(long, default_value_t = 300.0)]
+    timeout: f64,
+    /// A label copied into the output.
+    #[arg(long)]
+    label: Option<String>,
+    /// Print prompt number N (as a JSON string) and exit.
+    #[arg(long, value_name = "N")]
+    print_prompt: Option<usize>,
+}
+
+/// What one request gave back.
+#[derive(Default)]
+struct Sample {
+    latency: Duration,
+    status: u16,
+    ttft: Option<Duration>,
+    tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    queue_ms: Option<f64>,
+    batch_size: Option<u64>,
+    error: Option<String>,
+}
+
+fn fill(template: &Value, i: usize, args: &Args) -> Value {
+    match template {
+        Value::String(s) if s == "$SENTENCE" => Value::String(sentence(i)),
+        Value::String(s) if s == "$SENTENCES" => Value::Array(
+            (0..args.batch)
+                .map(|k| Value::String(sentence(i * args.batch + k)))
+                .collect(),
+        ),
+        Value::String(s) if s == "$PROMPT" => Value::String(prompt(i, args.prompt_words)),
+        Value::Array(a) => Value::Array(a.iter().map(|v| fill(v, i, args)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (k.clone(), fill(v, i, args)))
+                .collect(),
+        ),
+        v => v.clone(),
+    }
+}
+
+/// Inputs in one request (for inputs/s): the length of `inputs` (or `prompt`) when it is a list.
+fn inputs_in(body: &Value) -> usize {
+    match body.get("inputs").or_else(|| body.get("prompt")) {
+        Some(Value::Array(a)) => a.len(),
+        _ => 1,
+    }
+}
+
+async fn one(client: &reqwest::Client, url: &str, body: &Value, stream: bool) -> Sample {
+    let t = Instant::now();
+    let mut s = Sample::default();
+    let mut r = match client.post(url).json(body).send().await {
+        Ok(r) => r,
+        Err(e) => {
+            s.latency = t.elapsed();
+            s.error = Some(format!("send: {e}"));
+            return s;
+        }
+    };
+    s.status = r.status().as_u16();
+    if stream && s.status == 200 {
+        // OpenAI completion stream: `data: {json}` events, one per generated token (llama-cpp-
+        // python sends one per token, then one with `finish_reason` and empty text), `[DONE]`.
+        let mut buf: Vec<u8> = Vec::new();
+        let mut tokens = 0u64;
+        let mut usage: Option<u64> = None;
+        loop {
+            match r.chunk().await {
+                Ok(Some(bytes)) => {
+                    buf.extend_from_slice(&bytes);
+                    while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                        let line: Vec<u8> = buf.drain(..=pos).collect();
+                        let line = String::from_utf8_lossy(&line);
+                        let Some(data) = line.trim().strip_prefix("data:") else {
+                            continue;
+                        };
+                        let data = data.trim();
+                        if data == "[DONE]" || data.is_empty() {
+                            continue;
+                        }
+                        let Ok(v) = serde_json::from_str::<Value>(data) else {
+                            continue;
+                        };
+                        if let Some(e) = v.get("error") {
+                            s.error = Some(e.to_string());
+                        }
+                        if let Some(u) = v["usage"]["completion_tokens"].as_u64() {
+                            usage = Some(u);
+                        }
+                        if let Some(u) = v["usage"]["prompt_tokens"].as_u64() {
+                            s.prompt_tokens = Some(u);
+                        }
+                        let choice = &v["choices"][0];
+                        if choice.is_object() && choice["finish_reason"].is_null() {
+                            tokens += 1;
+                            if s.ttft.is_none() {
+                                s.ttft = Some(t.elapsed());
+                            }
                         }
                     }
-                    Err(_) => *errors.entry(0).or_default() += 1,
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    s.error = Some(format!("stream: {e}"));
+                    break;
                 }
             }
-            (lat, batches, errors)
+        }
+        s.tokens = Some(usage.unwrap_or(tokens));
+        s.latency = t.elapsed();
+        return s;
+    }
+    let text = r.text().await.unwrap_or_default();
+    s.latency = t.elapsed();
+    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+    if s.status != 200 {
+        s.error = Some(text.chars().take(300).collect());
+        return s;
+    }
+    let md = &v["metadata"];
+    s.batch_size = md["batch_size"].as_u64();
+    s.queue_ms = md["queue_ms"].as_f64();
+    s.tokens = md["tokens_generated"]
+        .as_u64()
+        .or_else(|| v["usage"]["completion_tokens"].as_u64());
+    s.prompt_tokens = md["tokens_processed"]
+        .as_u64()
+        .or_else(|| v["usage"]["prompt_tokens"].as_u64());
+    s
+}
+
+/// What every client shares.
+#[derive(Clone)]
+struct Load {
+    client: reqwest::Client,
+    args: Arc<Args>,
+    template: Arc<Value>,
+    url: Arc<str>,
+    concurrency: usize,
+    /// The index of the next request (inputs are a function of it).
+    next: Arc<AtomicUsize>,
+}
+
+/// Run the clients until `total` requests were sent or `until` passed; returns each request's
+/// sample with its number of inputs, and the seconds the phase took.
+async fn phase(
+    load: &Load,
+    total: Option<usize>,
+    until: Option<Instant>,
+) -> (Vec<(Sample, usize)>, f64) {
+    let started = Instant::now();
+    let first = load.next.load(Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for _ in 0..load.concurrency {
+        let Load {
+            client,
+            args,
+            template,
+            url,
+            next,
+            ..
+        } = load.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                if until.is_some_and(|u| Instant::now() >= u) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if total.is_some_and(|n| i - first >= n) {
+                    break;
+                }
+                let body = fill(&template, i, &args);
+                let n_inputs = inputs_in(&body);
+                out.push((one(&client, &url, &body, args.stream).await, n_inputs));
+            }
+            out
         }));
     }
-    let mut lat: Vec<Duration> = Vec::new();
-    let mut batches: BTreeMap<u64, usize> = BTreeMap::new();
-    let mut errors: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut samples = Vec::new();
     for t in tasks {
-        let (l, b, e) = t.await.unwrap();
-        lat.extend(l);
-        for (k, v) in b {
-            *batches.entry(k).or_default() += v;
+        samples.extend(t.await.unwrap_or_default());
+    }
+    (samples, started.elapsed().as_secs_f64())
+}
+
+fn pct(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    // nearest rank
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+fn summary(mut v: Vec<f64>) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    json!({"p50": pct(&v, 0.50), "p90": pct(&v, 0.90), "p99": pct(&v, 0.99),
+           "mean": mean, "min": v[0], "max": v[v.len() - 1], "n": v.len()})
+}
+
+fn main() {
+    let mut args = Args::parse();
+    if let Some(n) = args.print_prompt {
+        println!("{}", json!(prompt(n, args.prompt_words)));
+        return;
+    }
+    let Some(url) = args.url.clone() else {
+        eprintln!("usage: loadgen URL CONCURRENCY REQUESTS [BODY_JSON]  (or see --help)");
+        std::process::exit(2);
+    };
+    args.concurrency = args.concurrency.or(args.concurrency_pos);
+    args.requests = args.requests.or(args.requests_pos);
+    args.body = args.body.take().or(args.body_pos.take());
+    if args.requests.is_none() && args.duration.is_none() {
+        eprintln!("loadgen: give a number of requests (-n) or a duration (-d)");
+        std::process::exit(2);
+    }
+    let threads = args.threads.max(1);
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+    .expect("tokio runtime");
+    rt.block_on(run(url, args));
+}
+
+async fn run(url: String, args: Args) {
+    let concurrency = args.concurrency.unwrap_or(1).max(1);
+    let template: Value = match &args.body {
+        Some(b) => serde_json::from_str(b).unwrap_or_else(|e| {
+            eprintln!("loadgen: the body is not JSON: {e}");
+            std::process::exit(2);
+        }),
+        None => json!({"inputs": ["$SENTENCE"]}),
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs_f64(args.timeout))
+        .build()
+        .expect("http client");
+    let next = Arc::new(AtomicUsize::new(args.seed));
+    let load = Load {
+        client,
+        args: Arc::new(args),
+        template: Arc::new(template),
+        url: url.clone().into(),
+        concurrency,
+        next,
+    };
+    let args = load.args.clone();
+
+    // Warm-up: the same load, not counted.
+    let mut warmup_errors = 0usize;
+    if args.warmup > 0.0 || args.warmup_requests > 0 {
+        let until =
+            (args.warmup > 0.0).then(|| Instant::now() + Duration::from_secs_f64(args.warmup));
+        let total = (args.warmup_requests > 0).then_some(args.warmup_requests);
+        let (w, _) = phase(&load, total, until).await;
+        warmup_errors = w
+            .iter()
+            .filter(|(s, _)| s.status != 200 || s.error.is_some())
+            .count();
+    }
+
+    let until = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let (samples, elapsed) = phase(&load, args.requests, until).await;
+
+    let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+    let mut first_error: Option<String> = None;
+    let mut batches: BTreeMap<u64, usize> = BTreeMap::new();
+    let (mut lat, mut ttft, mut queue, mut decode) = (vec![], vec![], vec![], vec![]);
+    let (mut ok, mut inputs, mut tokens, mut short) = (0usize, 0usize, 0u64, 0usize);
+    let mut prompt_tokens: Vec<f64> = vec![];
+    for (s, n_inputs) in &samples {
+        if s.status != 200 || s.error.is_some() {
+            *errors.entry(s.status.to_string()).or_default() += 1;
+            if first_error.is_none() {
+                first_error = s.error.clone();
+            }
+            continue;
         }
-        for (k, v) in e {
-            *errors.entry(k).or_default() += v;
+        ok += 1;
+        inputs += n_inputs;
+        lat.push(s.latency.as_secs_f64() * 1e3);
+        if let Some(b) = s.batch_size {
+            *batches.entry(b).or_default() += 1;
+        }
+        if let Some(q) = s.queue_ms {
+            queue.push(q);
+        }
+        if let Some(p) = s.prompt_tokens {
+            prompt_tokens.push(p as f64);
+        }
+        if let Some(t) = s.tokens {
+            tokens += t;
+            if args.expect_tokens.is_some_and(|e| e != t) {
+                short += 1;
+            }
+            if let Some(f) = s.ttft {
+                ttft.push(f.as_secs_f64() * 1e3);
+                let rest = (s.latency - f).as_secs_f64();
+                if t > 1 && rest > 0.0 {
+                    decode.push((t - 1) as f64 / rest);
+                }
+            }
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    lat.sort();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map(|d| d.as_secs_f64() * 1e3)
-            .unwrap_or(0.0)
-    };
-    let ok: usize = batches.values().sum();
-    let mean_batch = batches
-        .iter()
-        .map(|(k, v)| *k as f64 * *v as f64)
-        .sum::<f64>()
-        / ok.max(1) as f64;
+    let batched: usize = batches.values().sum();
+    let mean_batch = (batched > 0).then(|| {
+        batches
+            .iter()
+            .map(|(k, v)| *k as f64 * *v as f64)
+            .sum::<f64>()
+            / batched as f64
+    });
+    let latency = summary(lat);
     println!(
         "{}",
-        serde_json::json!({
-            "url": url, "concurrency": concurrency, "requests": total, "ok": ok,
-            "errors": errors, "seconds": elapsed, "rps": ok as f64 / elapsed,
-            "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+        json!({
+            "label": args.label, "url": url, "stream": args.stream,
+            "concurrency": concurrency, "requests": samples.len(), "ok": ok,
+            "errors": errors, "first_error": first_error, "warmup_errors": warmup_errors,
+            "short": short, "seconds": elapsed,
+            "rps": ok as f64 / elapsed, "inputs_per_s": inputs as f64 / elapsed,
+            // the original field names, kept for existing users
+            "p50_ms": latency["p50"], "p90_ms": latency["p90"], "p99_ms": latency["p99"],
+            "latency_ms": latency,
+            "ttft_ms": summary(ttft),
+            "tokens_generated": tokens,
+            "tokens_per_s": tokens as f64 / elapsed,
+            "decode_tokens_per_s_per_request": summary(decode),
+            "prompt_tokens": summary(prompt_tokens),
+            "queue_ms": summary(queue),
             "mean_batch_size": mean_batch, "batch_sizes": batches,
         })
     );

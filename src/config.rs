@@ -78,6 +78,8 @@ pub struct CacheSection {
     pub max_size: u64,
     /// A Redis shared by replicas, behind the in-process tier (`redis://…` or `unix://…`).
     pub redis_url: Option<String>,
+    /// Longest a Redis call may take before the request goes on without the cache.
+    pub redis_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -131,6 +133,7 @@ impl Default for CacheSection {
             ttl: 3600,
             max_size: 100_000,
             redis_url: None,
+            redis_timeout_ms: 50,
         }
     }
 }
@@ -270,6 +273,9 @@ impl Settings {
                     "must start with redis://, rediss:// or unix://",
                 );
             }
+        }
+        if !(1..=10_000).contains(&self.cache.redis_timeout_ms) {
+            return bad("cache.redis_timeout_ms", "must be between 1 and 10000");
         }
         if self.cache.ttl == 0 {
             return bad("cache.ttl", "must be at least 1 second");

@@ -2,6 +2,7 @@
 //!
 //! Module map (dependencies point inward: `http` knows `engine`, `engine` knows `models`,
 //! `models` knows nothing of HTTP or tokio):
+//! - [`cache`]: the response cache (memory, Redis behind it, fail-open).
 //! - [`config`]: layered settings (defaults < `config/anya.yaml` < `ANYA__…` env < flags).
 //! - [`error`]: `ApiError`, the one error envelope every route answers with.
 //! - [`registry`]: the model repository on disk (manifests, hashes, path safety) and the live
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: tracing setup.
 //! - [`usage`]: usage and cost accounting in time buckets.
 
+pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod error;

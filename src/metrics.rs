@@ -52,6 +52,10 @@ pub struct Metrics {
     in_flight: IntGauge,
     models: IntGaugeVec,
     cancelled: IntCounterVec,
+    cache_requests: IntCounterVec,
+    cache_errors: IntCounterVec,
+    cache_lookup: HistogramVec,
+    cache_entries: IntGauge,
     /// Every `anya_ai_*` family name, registered or not yet observed.
     names: Vec<String>,
 }
@@ -83,6 +87,27 @@ impl Metrics {
         let mv = &["model", "version"];
         let mut m = Metrics {
             names: Vec::new(),
+            cache_requests: counter(
+                "anya_ai_cache_requests_total",
+                "Cache lookups per tier and result (hit, miss, error).",
+                &["tier", "result"],
+            ),
+            cache_errors: counter(
+                "anya_ai_cache_errors_total",
+                "Cache tier failures (errors, time-outs, undecodable values); the request went on without the cache.",
+                &["tier", "operation"],
+            ),
+            cache_lookup: hist(
+                "anya_ai_cache_lookup_duration_seconds",
+                "Time of one cache lookup per tier.",
+                &["tier"],
+                LATENCY_BUCKETS,
+            ),
+            cache_entries: IntGauge::new(
+                "anya_ai_cache_entries",
+                "Entries (one per cached input) in the in-process cache.",
+            )
+            .expect("static metric definition"),
             registry: Registry::new(),
             requests: counter(
                 "anya_ai_requests_total",
@@ -187,6 +212,10 @@ impl Metrics {
             Box::new(m.in_flight.clone()),
             Box::new(m.models.clone()),
             Box::new(m.cancelled.clone()),
+            Box::new(m.cache_requests.clone()),
+            Box::new(m.cache_errors.clone()),
+            Box::new(m.cache_lookup.clone()),
+            Box::new(m.cache_entries.clone()),
             Box::new(build),
         ];
         let mut names = Vec::new();
@@ -238,7 +267,7 @@ impl Metrics {
         &self,
         label: &ModelLabel,
         stats: &RunStats,
-        generations: &[Generation],
+        generations: &[&Generation],
     ) {
         let lv = [label.model.as_str(), label.version.as_str()];
         self.queue_wait
@@ -267,6 +296,28 @@ impl Metrics {
         }
     }
 
+    /// One lookup in one cache tier.
+    pub fn observe_cache(&self, tier: crate::cache::Tier, result: &str, took: Duration) {
+        self.cache_requests
+            .with_label_values(&[tier.as_str(), result])
+            .inc();
+        self.cache_lookup
+            .with_label_values(&[tier.as_str()])
+            .observe(took.as_secs_f64());
+        if result == "error" {
+            self.cache_errors
+                .with_label_values(&[tier.as_str(), "read"])
+                .inc();
+        }
+    }
+
+    /// A failed write to the Redis tier.
+    pub fn observe_cache_write_error(&self) {
+        self.cache_errors
+            .with_label_values(&["redis", "write"])
+            .inc();
+    }
+
     pub fn observe_load(&self, model: &str, version: &str, ok: bool, took: Duration) {
         self.model_loads
             .with_label_values(&[model, version, if ok { "success" } else { "failure" }])
@@ -290,8 +341,9 @@ impl Metrics {
     }
 
     /// The text exposition, with the gauges that are read at scrape time brought up to date.
-    pub fn render(&self, models: &ModelRegistry, in_flight: usize) -> String {
+    pub fn render(&self, models: &ModelRegistry, in_flight: usize, cache_entries: u64) -> String {
         self.in_flight.set(in_flight as i64);
+        self.cache_entries.set(cache_entries as i64);
         let (mut loading, mut ready, mut failed) = (0, 0, 0);
         for rec in models.list() {
             for (v, ver) in &rec.versions {

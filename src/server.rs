@@ -13,17 +13,18 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderValue, Method, Request, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::cache::{CacheError, ResponseCache};
 use crate::config::Settings;
 use crate::error::ErrorCode;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{health, models, openapi, predict, usage};
+use crate::http::{cache, health, models, openapi, predict, usage};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::usage::{now_unix, UsageEvent, UsageStore};
@@ -43,20 +44,25 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Arc<Metrics>,
     pub usage: Arc<UsageStore>,
+    /// The response cache; `None` when `cache.enabled` is false.
+    pub cache: Option<Arc<ResponseCache>>,
     /// How long a request may wait for its model (`server.request_timeout_ms`).
     pub request_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, registry: Arc<Registry>) -> Self {
-        Self {
+    pub fn new(settings: Settings, registry: Arc<Registry>) -> Result<Self, CacheError> {
+        let metrics = Metrics::new();
+        let cache = ResponseCache::new(&settings.cache, metrics.clone())?.map(Arc::new);
+        Ok(Self {
             request_timeout: Duration::from_millis(settings.server.request_timeout_ms),
             settings: Arc::new(settings),
             registry,
             lifecycle: Arc::new(Lifecycle::new()),
-            metrics: Metrics::new(),
+            metrics,
             usage: Arc::new(UsageStore::new()),
-        }
+            cache,
+        })
     }
 }
 
@@ -72,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         .route("/models/{id}/versions", get(models::list_versions))
         .route("/models/{id}/metrics", get(usage::model_metrics))
         .route("/usage", get(usage::usage))
+        .route("/cache", delete(cache::clear))
         .route("/models/{id}/predict", post(predict::predict))
         .route(
             "/models/{id}/versions/{version}/predict",
@@ -198,6 +205,8 @@ pub enum StartupError {
     NoModels(String),
     #[error("{0}")]
     Registry(#[from] crate::registry::RegistryError),
+    #[error("{0}")]
+    Cache(#[from] CacheError),
 }
 
 /// The model versions to serve: every `--model` (ids from the repository, or paths), else
@@ -292,7 +301,7 @@ impl Server {
             .filter(|_| settings.monitoring.enabled);
         let metrics_host = settings.server.host.clone();
         let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
-        let state = AppState::new(settings, registry.clone());
+        let state = AppState::new(settings, registry.clone())?;
         let lifecycle = state.lifecycle.clone();
         let metrics = state.metrics.clone();
         let loader = registry.clone();

@@ -49,6 +49,24 @@ impl Work {
         }
     }
 
+    /// The same work for the inputs at `idx` only (the others came from the cache).
+    pub fn subset(&self, idx: &[usize]) -> Work {
+        let pick = |v: &Vec<Vec<u32>>| idx.iter().filter_map(|&i| v.get(i).cloned()).collect();
+        match self {
+            Work::Embed { inputs } => Work::Embed {
+                inputs: pick(inputs),
+            },
+            Work::Generate { prompts, params } => Work::Generate {
+                prompts: pick(prompts),
+                params: params.clone(),
+            },
+            Work::Echo { inputs, delay } => Work::Echo {
+                inputs: idx.iter().filter_map(|&i| inputs.get(i).cloned()).collect(),
+                delay: *delay,
+            },
+        }
+    }
+
     pub fn tokens(&self) -> usize {
         match self {
             Work::Embed { inputs } => inputs.iter().map(Vec::len).sum(),

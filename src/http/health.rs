@@ -89,9 +89,11 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, A
     tag = "health"
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let body = state
-        .metrics
-        .render(&state.registry, state.lifecycle.in_flight());
+    let body = state.metrics.render(
+        &state.registry,
+        state.lifecycle.in_flight(),
+        state.cache.as_ref().map_or(0, |c| c.entry_count()),
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -1,6 +1,7 @@
 //! HTTP routes. Each handler is thin: extract, validate into a typed request, call the engine,
 //! shape the answer. All errors are `ApiError`.
 
+pub mod cache;
 pub mod extract;
 pub mod health;
 pub mod models;

@@ -4,7 +4,7 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use super::{health, models, predict, usage};
+use super::{cache, health, models, predict, usage};
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
 
 #[derive(OpenApi)]
@@ -21,6 +21,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
         health::metrics,
         usage::model_metrics,
         usage::usage,
+        cache::clear,
         openapi_json,
     ),
     components(schemas(ErrorEnvelope, ErrorBody, ErrorDetails)),
@@ -29,6 +30,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
         (name = "models", description = "The model registry"),
         (name = "health", description = "Probes"),
         (name = "usage", description = "Usage and cost"),
+        (name = "cache", description = "The response cache"),
     )
 )]
 pub struct ApiDoc;

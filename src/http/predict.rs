@@ -7,15 +7,18 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use std::sync::Arc;
 use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use super::params::{self, ValidParams};
-use crate::engine::{Output, Work};
+use crate::cache::{CacheKey, CachedOutput};
+use crate::engine::{Output, RunStats, Work};
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::metrics::ModelLabel;
 use crate::models::generate::GenParams;
@@ -69,11 +72,33 @@ pub struct PredictMetadata {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<String>>)]
     pub finish_reasons: Option<Vec<FinishReason>>,
+    /// Every output came from the response cache.
+    pub cached: bool,
+    /// Outputs that came from the cache (the others were computed; the token counts above are
+    /// for those only).
+    pub cache_hits: usize,
 }
 
 /// A request that passed validation; only `validate` makes one.
 pub struct ValidRequest {
     work: Work,
+    /// Deterministic: embeddings always, generation when greedy or seeded.
+    cacheable: bool,
+    /// Separates tasks in cache keys.
+    kind: &'static str,
+    /// The parameters that change the output, canonically encoded (for cache keys).
+    key_params: Vec<u8>,
+}
+
+impl ValidRequest {
+    /// Each input's token ids (the canonical form the cache keys on).
+    fn inputs(&self) -> Vec<&[u32]> {
+        match &self.work {
+            Work::Embed { inputs } => inputs.iter().map(Vec::as_slice).collect(),
+            Work::Generate { prompts, .. } => prompts.iter().map(Vec::as_slice).collect(),
+            Work::Echo { .. } => Vec::new(),
+        }
+    }
 }
 
 #[utoipa::path(
@@ -95,9 +120,10 @@ pub struct ValidRequest {
 pub async fn predict(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<PredictRequest>,
 ) -> Response {
-    respond(run(&state, &id, None, req).await)
+    respond(run(&state, &id, None, no_cache(&headers), req).await)
 }
 
 #[utoipa::path(
@@ -122,15 +148,40 @@ pub async fn predict(
 pub async fn predict_version(
     State(state): State<AppState>,
     Path((id, version)): Path<(String, String)>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<PredictRequest>,
 ) -> Response {
-    respond(run(&state, &id, Some(&version), req).await)
+    respond(run(&state, &id, Some(&version), no_cache(&headers), req).await)
+}
+
+/// `Cache-Control: no-cache` (or `no-store`) asks for a fresh computation.
+fn no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            matches!(
+                d.trim().to_ascii_lowercase().as_str(),
+                "no-cache" | "no-store"
+            )
+        })
 }
 
 /// The response, labelled with the model version for the metrics middleware.
-fn respond((label, result): (Option<ModelLabel>, Result<PredictResponse, ApiError>)) -> Response {
+type Outcome = Result<(PredictResponse, Option<&'static str>), ApiError>;
+
+fn respond((label, result): (Option<ModelLabel>, Outcome)) -> Response {
     let mut response = match result {
-        Ok(r) => Json(r).into_response(),
+        Ok((r, cache_status)) => {
+            let mut resp = Json(r).into_response();
+            if let Some(s) = cache_status {
+                resp.headers_mut()
+                    .insert("x-cache", HeaderValue::from_static(s));
+            }
+            resp
+        }
         Err(e) => e.into_response(),
     };
     if let Some(label) = label {
@@ -145,8 +196,9 @@ pub async fn run(
     state: &AppState,
     id: &str,
     version: Option<&str>,
+    no_cache: bool,
     req: PredictRequest,
-) -> (Option<ModelLabel>, Result<PredictResponse, ApiError>) {
+) -> (Option<ModelLabel>, Outcome) {
     let arrived = Instant::now();
     let resolved = match state.registry.resolve(id, version) {
         Ok(r) => r,
@@ -157,67 +209,139 @@ pub async fn run(
         version: resolved.manifest.version.to_string(),
         ..Default::default()
     };
-    let result = infer(state, &resolved, req, arrived, &mut label).await;
+    let result = infer(state, &resolved, req, arrived, no_cache, &mut label).await;
     (Some(label), result)
 }
 
 async fn infer(
     state: &AppState,
     resolved: &crate::registry::Resolved,
-    req: PredictRequest,
+    mut req: PredictRequest,
     arrived: Instant,
+    no_cache_header: bool,
     label: &mut ModelLabel,
-) -> Result<PredictResponse, ApiError> {
-    let valid = validate(&resolved.manifest, resolved.handle.frontend(), req)?;
-    let done = resolved
-        .handle
-        .infer(valid.work, state.request_timeout)
-        .await?;
-    label.batch_size = Some(done.stats.batch_size);
-    label.tokens_input = done.stats.tokens_processed as u64;
-    label.tokens_output = done.stats.tokens_generated as u64;
-    label.cost = resolved
-        .manifest
+) -> Result<(PredictResponse, Option<&'static str>), ApiError> {
+    let cache_param = match req.parameters.remove("cache") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => b,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "parameters.cache",
+                "must be true or false",
+            ))
+        }
+    };
+    let manifest = &resolved.manifest;
+    let valid = validate(manifest, resolved.handle.frontend(), req)?;
+    let n = valid.work.items();
+    let cache = state
+        .cache
+        .as_ref()
+        .filter(|_| cache_param && !no_cache_header && valid.cacheable);
+    let version = manifest.version.to_string();
+    let keys: Vec<CacheKey> = match cache {
+        Some(_) => valid
+            .inputs()
+            .iter()
+            .map(|ids| CacheKey::new(&manifest.id, &version, valid.kind, ids, &valid.key_params))
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut items: Vec<Option<Item>> = vec![None; n];
+    if let Some(cache) = cache {
+        let found = futures::future::join_all(keys.iter().map(|k| cache.get(k))).await;
+        for (slot, hit) in items.iter_mut().zip(found) {
+            *slot = hit.map(|(v, _tier)| Item::Output(v));
+        }
+    }
+    let hits = items.iter().filter(|i| i.is_some()).count();
+    let missing: Vec<usize> = (0..n).filter(|&i| items[i].is_none()).collect();
+    let mut stats = RunStats::default();
+    if !missing.is_empty() {
+        let work = if missing.len() == n {
+            valid.work
+        } else {
+            valid.work.subset(&missing)
+        };
+        let done = resolved.handle.infer(work, state.request_timeout).await?;
+        stats = done.stats;
+        let computed: Vec<Item> = match done.output {
+            Output::Vectors(vs) => vs
+                .into_iter()
+                .map(|v| Item::Output(CachedOutput::Vector(v.into())))
+                .collect(),
+            Output::Generations(gs) => gs
+                .into_iter()
+                .map(|g| Item::Output(CachedOutput::Generation(Arc::new(g))))
+                .collect(),
+            Output::Values(vs) => vs.into_iter().map(Item::Value).collect(),
+        };
+        let mut fresh_generations = Vec::new();
+        for (&slot, item) in missing.iter().zip(computed) {
+            if let Item::Output(out) = &item {
+                if let CachedOutput::Generation(g) = out {
+                    fresh_generations.push(g.clone());
+                }
+                let complete = !matches!(out, CachedOutput::Generation(g) if g.finish_reason == FinishReason::Cancelled);
+                if let (Some(cache), true) = (cache, complete) {
+                    cache.put(keys[slot].clone(), out.clone()).await;
+                }
+            }
+            items[slot] = Some(item);
+        }
+        if state.settings.monitoring.enabled {
+            let gens: Vec<&crate::models::Generation> =
+                fresh_generations.iter().map(|g| g.as_ref()).collect();
+            state.metrics.observe_inference(label, &stats, &gens);
+        }
+    }
+    label.batch_size = Some(stats.batch_size);
+    label.tokens_input = stats.tokens_processed as u64;
+    label.tokens_output = stats.tokens_generated as u64;
+    label.cost = manifest
         .pricing
         .as_ref()
         .map(|p| p.cost(label.tokens_input, label.tokens_output))
         .unwrap_or(0.0);
-    let no_generations = [];
-    let generations = match &done.output {
-        Output::Generations(gs) => gs.as_slice(),
-        _ => &no_generations,
-    };
-    if state.settings.monitoring.enabled {
-        state
-            .metrics
-            .observe_inference(label, &done.stats, generations);
+
+    let mut outputs = Vec::with_capacity(n);
+    let mut finish_reasons = Vec::new();
+    for item in items.into_iter().flatten() {
+        outputs.push(match item {
+            Item::Output(CachedOutput::Vector(v)) => Value::from(v.to_vec()),
+            Item::Output(CachedOutput::Generation(g)) => {
+                finish_reasons.push(g.finish_reason);
+                Value::from(g.text.clone())
+            }
+            Item::Value(v) => v,
+        });
     }
-    let (outputs, finish_reasons) = match done.output {
-        Output::Vectors(vs) => (vs.into_iter().map(Value::from).collect(), None),
-        Output::Generations(gs) => {
-            let reasons = gs.iter().map(|g| g.finish_reason).collect();
-            (
-                gs.into_iter().map(|g| Value::from(g.text)).collect(),
-                Some(reasons),
-            )
-        }
-        Output::Values(vs) => (vs, None),
-    };
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
-    Ok(PredictResponse {
+    let response = PredictResponse {
         outputs,
-        model: resolved.manifest.id.clone(),
-        model_version: resolved.manifest.version.to_string(),
+        model: manifest.id.clone(),
+        model_version: version,
         metadata: PredictMetadata {
-            tokens_processed: done.stats.tokens_processed,
-            tokens_generated: done.stats.tokens_generated,
+            tokens_processed: stats.tokens_processed,
+            tokens_generated: stats.tokens_generated,
             latency_ms: ms(arrived.elapsed()),
-            queue_ms: ms(done.stats.queue),
-            compute_ms: ms(done.stats.compute),
-            batch_size: done.stats.batch_size,
-            finish_reasons,
+            queue_ms: ms(stats.queue),
+            compute_ms: ms(stats.compute),
+            batch_size: stats.batch_size,
+            finish_reasons: (!finish_reasons.is_empty()).then_some(finish_reasons),
+            cached: cache.is_some() && hits == n,
+            cache_hits: hits,
         },
-    })
+    };
+    let cache_status = cache.map(|_| if hits == n { "hit" } else { "miss" });
+    Ok((response, cache_status))
+}
+
+/// One input's output, computed or from the cache.
+#[derive(Debug, Clone)]
+enum Item {
+    Output(CachedOutput),
+    Value(Value),
 }
 
 /// Check a request against the model's manifest and tokenizer.
@@ -245,6 +369,7 @@ pub fn validate(
         ));
     }
     let params = params::validate(&manifest.parameters, &req.parameters)?;
+    let (mut cacheable, mut kind, mut key_params) = (false, "echo", Vec::new());
     let work = match manifest.task {
         Task::Embedding => {
             let truncate = params.bool("truncate").unwrap_or(false);
@@ -258,6 +383,7 @@ pub fn validate(
                     encode(frontend, text, truncate, i)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            (cacheable, kind) = (true, "embed");
             Work::Embed { inputs: ids }
         }
         Task::TextGeneration => {
@@ -277,6 +403,24 @@ pub fn validate(
                     Ok(ids)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            // Greedy, or sampling from a seed the client chose: the same request gives the
+            // same text, so it may be cached.
+            let greedy = gen.sampling.temperature <= 0.0;
+            cacheable = greedy || params.u64("seed").is_some();
+            kind = "generate";
+            let canonical = if greedy {
+                serde_json::json!([gen.max_tokens, gen.stop, 0.0])
+            } else {
+                serde_json::json!([
+                    gen.max_tokens,
+                    gen.stop,
+                    gen.sampling.temperature,
+                    gen.sampling.top_k,
+                    gen.sampling.top_p,
+                    gen.seed
+                ])
+            };
+            key_params = canonical.to_string().into_bytes();
             Work::Generate {
                 prompts,
                 params: gen,
@@ -287,7 +431,12 @@ pub fn validate(
             delay: Duration::from_millis(params.u64("delay_ms").unwrap_or(0)),
         },
     };
-    Ok(ValidRequest { work })
+    Ok(ValidRequest {
+        work,
+        cacheable,
+        kind,
+        key_params,
+    })
 }
 
 fn encode(frontend: &Frontend, text: &str, truncate: bool, i: usize) -> Result<Vec<u32>, ApiError> {

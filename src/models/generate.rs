@@ -12,7 +12,7 @@ pub struct GenParams {
     pub seed: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// `max_tokens` or the context end.
@@ -25,7 +25,7 @@ pub enum FinishReason {
     Cancelled,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     pub text: String,
     pub tokens: Vec<u32>,

@@ -73,6 +73,8 @@ pub fn settings(models_dir: &Path) -> Settings {
     s.server.host = "127.0.0.1".into();
     s.model.models_dir = models_dir.to_path_buf();
     s.model.device = DeviceKind::Cpu;
+    // Tests share two cores with each other: never let a slow machine turn into a 504.
+    s.server.request_timeout_ms = 300_000;
     s
 }
 

@@ -1,0 +1,57 @@
+//! `DELETE /cache`: drop cached responses, all or one model's.
+
+use std::collections::HashMap;
+
+use axum::extract::{Query, State};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::cache::Cleared;
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::server::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClearReport {
+    /// Entries removed per tier.
+    pub cleared: Cleared,
+    /// The model whose entries were removed; absent: all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// Clear the response cache (both tiers), or only one model's entries with `?model=ID`.
+#[utoipa::path(
+    delete,
+    path = "/cache",
+    params(("model" = Option<String>, Query, description = "Only this model's entries")),
+    responses(
+        (status = 200, body = ClearReport),
+        (status = 400, description = "Unknown query parameter", body = ErrorEnvelope),
+        (status = 404, description = "Unknown model, or the cache is disabled", body = ErrorEnvelope),
+    ),
+    tag = "cache"
+)]
+pub async fn clear(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<ClearReport>, ApiError> {
+    if let Some(k) = q.keys().find(|k| k.as_str() != "model") {
+        return Err(ApiError::invalid(
+            k.clone(),
+            "unknown query parameter; allowed: model",
+        ));
+    }
+    let cache = state
+        .cache
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the cache is disabled (cache.enabled: false)"))?;
+    let model = q.get("model").cloned();
+    if let Some(m) = &model {
+        if state.registry.get(m).is_none() {
+            return Err(ApiError::not_found(format!("model `{m}` not found")));
+        }
+    }
+    let cleared = cache.clear(model.as_deref()).await;
+    Ok(Json(ClearReport { cleared, model }))
+}

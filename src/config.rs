@@ -27,6 +27,7 @@ pub struct Settings {
     pub monitoring: MonitoringSection,
     pub cache: CacheSection,
     pub security: SecuritySection,
+    pub rate_limits: RateLimitSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +60,10 @@ pub struct ServerSection {
     pub max_body_bytes: usize,
     /// On SIGTERM: how long in-flight requests may take to finish before the process exits.
     pub drain_timeout_s: u64,
+    /// Requests processed at once; more are answered 503 at once.
+    pub max_concurrent_requests: usize,
+    /// Most bytes of request headers; more is 431.
+    pub max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,8 +90,68 @@ pub struct CacheSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySection {
+    /// Every route but /health and /ready needs `Authorization: Bearer <JWT>`.
     pub auth_required: bool,
+    /// Exact origins allowed by CORS; empty: no CORS.
     pub allowed_origins: Vec<String>,
+    /// File holding the HS256 secret (trailing whitespace ignored).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// Name of an environment variable holding the HS256 secret.
+    pub jwt_secret_env: Option<String>,
+    /// RS256/ES256 public keys: a PEM file (one or more keys) or a JWKS JSON file (with `kid`s).
+    /// Re-read on SIGHUP and when the file changes.
+    pub jwt_public_keys: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, seconds.
+    pub jwt_leeway_s: u64,
+    /// Serve /metrics without a token (it is always open on `monitoring.metrics_port`).
+    pub metrics_public: bool,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// ed25519 public keys (base64 or hex) that may sign model manifests.
+    pub trusted_keys: Vec<String>,
+    /// Load only model versions whose manifest is signed by a trusted key.
+    pub require_signed_models: bool,
+}
+
+/// Per-principal request and token limits, by tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSection {
+    pub enabled: bool,
+    /// The tier of anonymous clients and of tokens that name none.
+    pub default_tier: String,
+    pub tiers: std::collections::BTreeMap<String, TierLimits>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierLimits {
+    pub requests_per_minute: u32,
+    /// Generation budget: prompt plus `max_tokens` per minute (none: unlimited).
+    #[serde(default)]
+    pub tokens_per_minute: Option<u32>,
+}
+
+impl Default for RateLimitSection {
+    fn default() -> Self {
+        let tier = |rpm, tpm| TierLimits {
+            requests_per_minute: rpm,
+            tokens_per_minute: tpm,
+        };
+        Self {
+            enabled: false,
+            default_tier: "free".into(),
+            tiers: [
+                ("free".to_string(), tier(100, Some(20_000))),
+                ("pro".to_string(), tier(1000, Some(200_000))),
+                ("enterprise".to_string(), tier(10_000, None)),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
 }
 
 impl Default for ModelSection {
@@ -113,6 +178,8 @@ impl Default for ServerSection {
             request_timeout_ms: 30_000,
             max_body_bytes: 2 * 1024 * 1024,
             drain_timeout_s: 30,
+            max_concurrent_requests: 1024,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -197,6 +264,8 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("security.allowed_origins")
+                .with_list_parse_key("security.trusted_proxies")
+                .with_list_parse_key("security.trusted_keys")
                 .source(Some(env)),
         );
 
@@ -276,6 +345,68 @@ impl Settings {
         }
         if !(1..=10_000).contains(&self.cache.redis_timeout_ms) {
             return bad("cache.redis_timeout_ms", "must be between 1 and 10000");
+        }
+        if self.security.auth_required
+            && self.security.jwt_secret_file.is_none()
+            && self.security.jwt_secret_env.is_none()
+            && self.security.jwt_public_keys.is_none()
+        {
+            return bad(
+                "security.auth_required",
+                "is true but no key is configured: set security.jwt_secret_file, security.jwt_secret_env or security.jwt_public_keys",
+            );
+        }
+        if self.security.jwt_leeway_s > 600 {
+            return bad("security.jwt_leeway_s", "must be at most 600");
+        }
+        for p in &self.security.trusted_proxies {
+            if crate::net::IpNet::parse(p).is_none() {
+                return bad(
+                    "security.trusted_proxies",
+                    "each entry must be an IP address or a CIDR such as 10.0.0.0/8",
+                );
+            }
+        }
+        for k in &self.security.trusted_keys {
+            if crate::registry::signing::parse_public_key(k).is_none() {
+                return bad(
+                    "security.trusted_keys",
+                    "each entry must be a 32-byte ed25519 public key in base64 or hex",
+                );
+            }
+        }
+        if self.security.require_signed_models && self.security.trusted_keys.is_empty() {
+            return bad(
+                "security.require_signed_models",
+                "is true but security.trusted_keys is empty",
+            );
+        }
+        if !self
+            .rate_limits
+            .tiers
+            .contains_key(&self.rate_limits.default_tier)
+        {
+            return bad(
+                "rate_limits.default_tier",
+                "must name one of rate_limits.tiers",
+            );
+        }
+        if self
+            .rate_limits
+            .tiers
+            .values()
+            .any(|t| t.requests_per_minute == 0 || t.tokens_per_minute == Some(0))
+        {
+            return bad(
+                "rate_limits.tiers",
+                "requests_per_minute and tokens_per_minute must be at least 1",
+            );
+        }
+        if self.server.max_concurrent_requests == 0 {
+            return bad("server.max_concurrent_requests", "must be at least 1");
+        }
+        if self.server.max_header_bytes < 1024 {
+            return bad("server.max_header_bytes", "must be at least 1024");
         }
         if self.cache.ttl == 0 {
             return bad("cache.ttl", "must be at least 1 second");
@@ -392,6 +523,27 @@ mod tests {
                 "*",
                 "security.allowed_origins",
             ),
+            (
+                "ANYA__SECURITY__AUTH_REQUIRED",
+                "true",
+                "no key is configured",
+            ),
+            (
+                "ANYA__SECURITY__TRUSTED_PROXIES",
+                "not-an-ip",
+                "security.trusted_proxies",
+            ),
+            (
+                "ANYA__SECURITY__REQUIRE_SIGNED_MODELS",
+                "true",
+                "security.trusted_keys is empty",
+            ),
+            (
+                "ANYA__RATE_LIMITS__DEFAULT_TIER",
+                "gold",
+                "rate_limits.default_tier",
+            ),
+            ("ANYA__CACHE__REDIS_URL", "http://x", "cache.redis_url"),
         ];
         for (k, v, needle) in cases {
             let err = Settings::load_from(None, env(&[(k, v)]), &Overrides::default())

@@ -2,6 +2,8 @@
 //!
 //! Module map (dependencies point inward: `http` knows `engine`, `engine` knows `models`,
 //! `models` knows nothing of HTTP or tokio):
+//! - [`auth`]: JWT bearer tokens → `Principal` (scopes, tier, models); key reload.
+//! - [`ratelimit`]: per-principal request and token limits by tier.
 //! - [`cache`]: the response cache (memory, Redis behind it, fail-open).
 //! - [`config`]: layered settings (defaults < `config/anya.yaml` < `ANYA__…` env < flags).
 //! - [`error`]: `ApiError`, the one error envelope every route answers with.
@@ -10,6 +12,7 @@
 //! - [`engine`]: per model version a bounded queue, a batching policy and a worker thread.
 //! - [`models`]: the model code (candle BERT embeddings, quantized llama generation, echo),
 //!   tokenizers and chat templates.
+//! - [`net`]: client addresses and trusted proxies.
 //! - [`http`]: the routes (predict, models, health, OpenAPI) and the JSON extractor.
 //! - [`lifecycle`]: serving vs draining after SIGTERM, requests in flight.
 //! - [`metrics`]: every `anya_ai_*` metric, recorded in one place per event.
@@ -17,6 +20,7 @@
 //! - [`telemetry`]: tracing setup.
 //! - [`usage`]: usage and cost accounting in time buckets.
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod engine;
@@ -25,6 +29,8 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod models;
+pub mod net;
+pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod telemetry;

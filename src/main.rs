@@ -30,6 +30,8 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Mint a development token with the configured HS256 secret.
+    Token(TokenArgs),
     /// Check configuration.
     Config {
         #[command(subcommand)]
@@ -78,6 +80,44 @@ enum ModelsCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Make an ed25519 signing key: writes the private key (hex) to FILE, prints the public key.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a version's manifest (after checking its files' sha256).
+    Sign {
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The version folder, e.g. models/all-minilm-l6-v2/1.0.0
+        dir: PathBuf,
+    },
+    /// Check every version's files and signature against security.trusted_keys.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        models_dir: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    #[arg(long)]
+    sub: String,
+    /// predict, admin, metrics (repeatable)
+    #[arg(long = "scope", required = true)]
+    scopes: Vec<String>,
+    #[arg(long)]
+    tier: Option<String>,
+    /// Lifetime: 30m, 1h, 7d, or seconds.
+    #[arg(long, default_value = "1h")]
+    ttl: String,
+    /// Models the token may use (repeatable; none: all).
+    #[arg(long = "model")]
+    models: Vec<String>,
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +127,16 @@ fn main() -> ExitCode {
         Command::Models {
             command: ModelsCommand::List { models_dir, config },
         } => list_models(models_dir, config),
+        Command::Models {
+            command: ModelsCommand::Keygen { out },
+        } => keygen(&out),
+        Command::Models {
+            command: ModelsCommand::Sign { key, dir },
+        } => sign(&key, &dir),
+        Command::Models {
+            command: ModelsCommand::Verify { models_dir, config },
+        } => verify_models(models_dir, config),
+        Command::Token(args) => token(args),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Settings::load(config.as_deref(), &Overrides::default())
@@ -191,6 +241,126 @@ fn list_models(models_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::
     }
     for p in problems {
         println!("{:<28} unreadable: {}", p.dir.display(), p.error);
+    }
+    Ok(())
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref(), &Overrides::default())?;
+    let mut security = settings.security.clone();
+    security.jwt_public_keys = None; // minting needs only the secret
+    let auth = anya::auth::Authenticator::new(&security)?;
+    let ttl_s = anya::auth::parse_ttl(&args.ttl)
+        .ok_or_else(|| anyhow::anyhow!("--ttl {}: use e.g. 30m, 1h, 7d or seconds", args.ttl))?;
+    for s in &args.scopes {
+        if !["predict", "admin", "metrics"].contains(&s.as_str()) {
+            anyhow::bail!("--scope {s}: must be predict, admin or metrics");
+        }
+    }
+    if let Some(t) = &args.tier {
+        if !settings.rate_limits.tiers.contains_key(t) {
+            anyhow::bail!("--tier {t}: not one of rate_limits.tiers");
+        }
+    }
+    let token = auth
+        .mint(&anya::auth::MintRequest {
+            sub: args.sub,
+            scopes: args.scopes,
+            tier: args.tier,
+            models: (!args.models.is_empty()).then_some(args.models),
+            ttl_s,
+            not_before_s: None,
+        })
+        .map_err(|e| anyhow::anyhow!(e))?;
+    println!("{token}");
+    Ok(())
+}
+
+fn keygen(out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+    writeln!(f, "{}", hex::encode(seed))?;
+    println!(
+        "{}",
+        anya::registry::signing::encode_public_key(&key.verifying_key())
+    );
+    Ok(())
+}
+
+fn sign(key: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let key = anya::registry::signing::parse_signing_key(&text).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: not a 32-byte ed25519 key in hex or base64",
+            key.display()
+        )
+    })?;
+    let mut manifest = anya::registry::manifest::Manifest::load(dir)?;
+    manifest.verify_files(dir)?;
+    anya::registry::signing::sign(&mut manifest, &key);
+    let path = dir.join(anya::registry::manifest::MANIFEST_FILE);
+    let tmp = path.with_extension("yaml.tmp");
+    std::fs::write(&tmp, manifest.to_yaml())?;
+    std::fs::rename(&tmp, &path)?;
+    println!(
+        "signed {} {} with {}",
+        manifest.id,
+        manifest.version,
+        anya::registry::signing::encode_public_key(&key.verifying_key())
+    );
+    Ok(())
+}
+
+fn verify_models(models_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        models_dir,
+        ..Default::default()
+    };
+    let settings = Settings::load(config.as_deref(), &overrides)?;
+    let trusted: Vec<_> = settings
+        .security
+        .trusted_keys
+        .iter()
+        .filter_map(|k| anya::registry::signing::parse_public_key(k))
+        .collect();
+    let (found, problems) = repository::scan(&settings.model.models_dir)?;
+    let mut bad = problems.len();
+    for p in &problems {
+        println!("{}: unreadable: {}", p.dir.display(), p.error);
+    }
+    for s in &found {
+        let m = &s.manifest;
+        let files = m.verify_files(&s.dir).map_err(|e| e.to_string());
+        let sig = anya::registry::signing::verify(m, &trusted).map_err(|e| e.to_string());
+        match (&files, &sig) {
+            (Ok(()), Ok(())) => println!("{} {}: files and signature ok", m.id, m.version),
+            _ => {
+                bad += 1;
+                println!(
+                    "{} {}: files {}, signature {}",
+                    m.id,
+                    m.version,
+                    files.err().unwrap_or_else(|| "ok".into()),
+                    sig.err().unwrap_or_else(|| "ok".into())
+                );
+            }
+        }
+    }
+    if bad > 0 {
+        anyhow::bail!("{bad} model version(s) failed verification");
     }
     Ok(())
 }

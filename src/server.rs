@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::{Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT};
 use crate::cache::{CacheError, ResponseCache};
 use crate::config::Settings;
 use crate::error::ErrorCode;
@@ -27,7 +28,11 @@ use crate::error::{ApiError, ErrorKind};
 use crate::http::{cache, health, models, openapi, predict, usage};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, ModelLabel};
+use crate::net::{client_ip, IpNet};
+use crate::ratelimit::RateLimits;
 use crate::usage::{now_unix, UsageEvent, UsageStore};
+use axum::extract::ConnectInfo;
+use tokio::sync::Semaphore;
 
 /// The principal of requests without credentials.
 pub const ANONYMOUS: &str = "anonymous";
@@ -46,15 +51,44 @@ pub struct AppState {
     pub usage: Arc<UsageStore>,
     /// The response cache; `None` when `cache.enabled` is false.
     pub cache: Option<Arc<ResponseCache>>,
+    /// Token checks; `None` when `security.auth_required` is false (everyone is anonymous).
+    pub auth: Option<Arc<Authenticator>>,
+    /// Per-principal limits; `None` when `rate_limits.enabled` is false.
+    pub limits: Option<Arc<RateLimits>>,
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// Requests processed at once (`server.max_concurrent_requests`).
+    pub concurrency: Arc<Semaphore>,
     /// How long a request may wait for its model (`server.request_timeout_ms`).
     pub request_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(settings: Settings, registry: Arc<Registry>) -> Result<Self, CacheError> {
+    pub fn new(settings: Settings, registry: Arc<Registry>) -> Result<Self, StartupError> {
         let metrics = Metrics::new();
         let cache = ResponseCache::new(&settings.cache, metrics.clone())?.map(Arc::new);
+        let auth = if settings.security.auth_required {
+            Some(Arc::new(Authenticator::new(&settings.security)?))
+        } else {
+            None
+        };
+        let limits = settings
+            .rate_limits
+            .enabled
+            .then(|| Arc::new(RateLimits::new(&settings.rate_limits)));
+        let trusted_proxies = Arc::new(
+            settings
+                .security
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| IpNet::parse(p))
+                .collect(),
+        );
+        let concurrency = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
         Ok(Self {
+            auth,
+            limits,
+            trusted_proxies,
+            concurrency,
             request_timeout: Duration::from_millis(settings.server.request_timeout_ms),
             settings: Arc::new(settings),
             registry,
@@ -90,7 +124,9 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn_with_state(state.clone(), observe_request))
+        .layer(cors(&state.settings.security.allowed_origins))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             // Failures are in the access log line already (with their status); the default
@@ -130,14 +166,34 @@ async fn observe_request(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().clone();
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
     let response = if state.lifecycle.is_draining() {
         let mut r = ApiError::unavailable("the server is shutting down", 1).into_response();
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         r
-    } else {
+    } else if header_bytes > state.settings.server.max_header_bytes {
+        ApiError::new(
+            ErrorKind::HeadersTooLarge,
+            format!(
+                "request headers are {header_bytes} bytes; the limit is {} (server.max_header_bytes)",
+                state.settings.server.max_header_bytes
+            ),
+        )
+        .into_response()
+    } else if let Ok(_permit) = state.concurrency.clone().try_acquire_owned() {
         let _in_flight = state.lifecycle.enter();
         next.run(req).await
+    } else {
+        ApiError::unavailable(
+            "too many requests in flight (server.max_concurrent_requests); retry later",
+            1,
+        )
+        .into_response()
     };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -152,12 +208,17 @@ async fn observe_request(
             .metrics
             .observe_http(&label, &endpoint, status, code, elapsed);
     }
+    let account = response
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.account().to_string())
+        .unwrap_or_else(|| ANONYMOUS.to_string());
     if !label.model.is_empty() {
         state.usage.record(
             &UsageEvent {
                 model: &label.model,
                 version: &label.version,
-                principal: ANONYMOUS,
+                principal: &account,
                 tokens_input: label.tokens_input,
                 tokens_output: label.tokens_output,
                 cost: label.cost,
@@ -176,9 +237,165 @@ async fn observe_request(
         status,
         latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
         batch_size = label.batch_size.unwrap_or(0),
+        principal = %account,
         "request"
     );
     response
+}
+
+/// What a route asks of the caller.
+enum Need {
+    /// Probes: no token, no rate limit.
+    Open,
+    /// Any valid token.
+    Authenticated,
+    /// A token with this scope (`admin` implies every scope).
+    Scope(&'static str),
+}
+
+fn need(state: &AppState, method: &Method, route: &str) -> Need {
+    match route {
+        "/health" | "/ready" => Need::Open,
+        "/metrics" if state.settings.security.metrics_public => Need::Open,
+        "/metrics" | "/models/{id}/metrics" => Need::Scope(SCOPE_METRICS),
+        "/models/{id}/predict" | "/models/{id}/versions/{version}/predict" => {
+            Need::Scope(SCOPE_PREDICT)
+        }
+        "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
+        _ => Need::Authenticated,
+    }
+}
+
+/// Authentication, authorisation and rate limits, for every route but the probes. The principal
+/// goes into the request's extensions (handlers read it) and the response's (the access log and
+/// usage accounting read it).
+async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let need = need(&state, req.method(), &route);
+    if matches!(need, Need::Open) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = client_ip(peer, forwarded, &state.trusted_proxies);
+    let principal = match &state.auth {
+        None => Principal::anonymous(&client.to_string()),
+        Some(auth) => {
+            let token = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            let verified = match token {
+                None | Some("") => Err(crate::auth::AuthError::Missing),
+                Some(t) => auth.verify(t),
+            };
+            match verified {
+                Ok(p) => p,
+                Err(e) => {
+                    return ApiError::new(ErrorKind::Unauthorized, e.to_string()).into_response()
+                }
+            }
+        }
+    };
+    if let Need::Scope(scope) = need {
+        if !principal.has_scope(scope) {
+            return with_principal(
+                ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!("this route needs the `{scope}` scope"),
+                )
+                .into_response(),
+                principal,
+            );
+        }
+    }
+    if route.starts_with("/models/{id}/") {
+        let id = req.uri().path().split('/').nth(2).unwrap_or_default();
+        if !principal.may_use(id) {
+            return with_principal(
+                ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!("this token may not use model `{id}`"),
+                )
+                .into_response(),
+                principal,
+            );
+        }
+    }
+    let decision = state
+        .limits
+        .as_ref()
+        .and_then(|l| l.check_request(&principal.sub, principal.tier.as_deref()));
+    let mut response = match decision {
+        Some(d) if !d.allowed => {
+            let mut e = ApiError::new(
+                ErrorKind::RateLimited,
+                format!("more than {} requests per minute", d.limit),
+            );
+            e.retry_after_s = Some(d.reset_s);
+            e.into_response()
+        }
+        _ => {
+            req.extensions_mut().insert(principal.clone());
+            next.run(req).await
+        }
+    };
+    if let Some(d) = decision {
+        let h = response.headers_mut();
+        h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_s));
+    }
+    with_principal(response, principal)
+}
+
+fn with_principal(mut r: Response, p: Principal) -> Response {
+    r.extensions_mut().insert(p);
+    r
+}
+
+/// CORS for the exact origins in `security.allowed_origins` (none: no CORS headers at all).
+/// Credentials are never allowed, so no origin list can widen into a wildcard.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(list))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
+            header::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static("x-cache"),
+            header::HeaderName::from_static("x-ratelimit-limit"),
+            header::HeaderName::from_static("x-ratelimit-remaining"),
+            header::HeaderName::from_static("x-ratelimit-reset"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -207,6 +424,8 @@ pub enum StartupError {
     Registry(#[from] crate::registry::RegistryError),
     #[error("{0}")]
     Cache(#[from] CacheError),
+    #[error("{0}")]
+    Keys(#[from] crate::auth::KeyError),
 }
 
 /// The model versions to serve: every `--model` (ids from the repository, or paths), else
@@ -295,6 +514,18 @@ impl Server {
 
         let device = settings.model.device;
         let warmup = settings.model.warmup;
+        let trusted_keys: Option<Arc<Vec<ed25519_dalek::VerifyingKey>>> =
+            settings.security.require_signed_models.then(|| {
+                Arc::new(
+                    settings
+                        .security
+                        .trusted_keys
+                        .iter()
+                        .filter_map(|k| crate::registry::signing::parse_public_key(k))
+                        .collect(),
+                )
+            });
+        announce_exposure(&settings);
         let metrics_port = settings
             .monitoring
             .metrics_port
@@ -309,10 +540,10 @@ impl Server {
             let loads = sources.iter().map(|s| {
                 let (id, v) = (s.manifest.id.clone(), s.manifest.version.to_string());
                 let observer = metrics.batch_observer(&id, &v);
-                let (loader, metrics) = (&loader, &metrics);
+                let (loader, metrics, keys) = (&loader, &metrics, trusted_keys.clone());
                 async move {
                     let started = Instant::now();
-                    let ok = loader.load(s, device, warmup, Some(observer)).await;
+                    let ok = loader.load(s, device, warmup, Some(observer), keys).await;
                     metrics.observe_load(&id, &v, ok, started.elapsed());
                 }
             });
@@ -338,6 +569,7 @@ impl Server {
                 let _ = axum::serve(listener, metrics_app).await;
             });
         }
+        spawn_housekeeping(&state);
         let (tx, rx) = oneshot::channel::<()>();
         let router = app(state);
         let serving = tokio::spawn(async move {
@@ -399,5 +631,78 @@ impl Server {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),
         }
+    }
+}
+
+/// Say how exposed the server is: without auth it should listen on loopback only.
+fn announce_exposure(settings: &Settings) {
+    let host = settings.server.host.as_str();
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false);
+    match (settings.security.auth_required, loopback) {
+        (true, _) => {
+            tracing::info!("auth is on: every route but /health and /ready needs a bearer token")
+        }
+        (false, true) => tracing::info!(
+            host,
+            "auth is off: listening on loopback only (set security.auth_required to expose anya)"
+        ),
+        (false, false) => tracing::warn!(
+            host,
+            "auth is off and anya listens beyond loopback: anyone who reaches it can use it"
+        ),
+    }
+}
+
+/// Background upkeep: JWT keys re-read on SIGHUP or when their file changes; idle rate-limit
+/// keys evicted every minute.
+fn spawn_housekeeping(state: &AppState) {
+    if let Some(auth) = state.auth.clone() {
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            let mut hup =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+            loop {
+                #[cfg(unix)]
+                let forced = match hup.as_mut() {
+                    Some(h) => tokio::select! {
+                        _ = h.recv() => true,
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+                    },
+                    None => {
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        false
+                    }
+                };
+                #[cfg(not(unix))]
+                let forced = {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    false
+                };
+                let outcome = if forced {
+                    Some(auth.reload())
+                } else {
+                    auth.reload_if_changed()
+                };
+                match outcome {
+                    Some(Ok(())) => tracing::info!("JWT keys reloaded"),
+                    Some(Err(e)) => {
+                        tracing::error!(error = %e, "JWT keys not reloaded; the old keys stay")
+                    }
+                    None => {}
+                }
+            }
+        });
+    }
+    if let Some(limits) = state.limits.clone() {
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RateLimits::evict_every()).await;
+                limits.evict_idle();
+            }
+        });
     }
 }

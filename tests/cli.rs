@@ -324,3 +324,85 @@ fn access_log_lines_carry_the_request_id() {
         "inputs leaked into the logs"
     );
 }
+
+#[test]
+fn token_keygen_sign_and_verify() {
+    let repo = common::EchoRepo::new();
+    repo.add("echo", "1.0.0", "");
+    let dir = repo.path().to_str().unwrap();
+    let secret = repo.path().join("secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let out = anya()
+        .args([
+            "token", "--sub", "alice", "--scope", "predict", "--ttl", "1h",
+        ])
+        .env("ANYA__SECURITY__JWT_SECRET_FILE", &secret)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
+    fails_with(
+        anya()
+            .args(["token", "--sub", "a", "--scope", "root"])
+            .env("ANYA__SECURITY__JWT_SECRET_FILE", &secret),
+        "--scope root",
+    );
+    fails_with(
+        anya().args(["token", "--sub", "a", "--scope", "predict"]),
+        "no HS256 secret",
+    );
+
+    let key = repo.path().join("signing.key");
+    let out = anya()
+        .args(["models", "keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let version = repo.path().join("echo/1.0.0");
+    fails_with(
+        anya()
+            .args(["models", "verify", "--models-dir", dir])
+            .env("ANYA__SECURITY__TRUSTED_KEYS", &public),
+        "failed verification",
+    );
+    let out = anya()
+        .args(["models", "sign", "--key"])
+        .arg(&key)
+        .arg(&version)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = anya()
+        .args(["models", "verify", "--models-dir", dir])
+        .env("ANYA__SECURITY__TRUSTED_KEYS", &public)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = version.join("anya.yaml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("max_inputs: 4", "max_inputs: 5");
+    std::fs::write(&manifest, text).unwrap();
+    fails_with(
+        anya()
+            .args(["models", "verify", "--models-dir", dir])
+            .env("ANYA__SECURITY__TRUSTED_KEYS", &public),
+        "failed verification",
+    );
+}

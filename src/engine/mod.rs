@@ -187,6 +187,8 @@ pub struct LoadSpec {
     pub device: crate::config::DeviceKind,
     pub warmup: bool,
     pub observer: Option<BatchObserver>,
+    /// When set, the manifest must carry a valid signature by one of these keys.
+    pub trusted_keys: Option<Arc<Vec<ed25519_dalek::VerifyingKey>>>,
 }
 
 impl ModelHandle {

@@ -57,6 +57,13 @@ pub(super) fn run(
 /// Verify, load and warm up, all on this thread.
 fn load(spec: &LoadSpec) -> Result<(Backend, Arc<Frontend>), EngineError> {
     let load_err = |e: &dyn std::fmt::Display| EngineError::Load(e.to_string());
+    if let Some(keys) = &spec.trusted_keys {
+        crate::registry::signing::verify(&spec.manifest, keys).map_err(|e| {
+            EngineError::Load(format!(
+                "refused: {e} (security.require_signed_models is on)"
+            ))
+        })?;
+    }
     spec.manifest
         .verify_files(&spec.dir)
         .map_err(|e| load_err(&e))?;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -17,9 +18,10 @@ use utoipa::ToSchema;
 
 use super::extract::ApiJson;
 use super::params::{self, ValidParams};
+use crate::auth::Principal;
 use crate::cache::{CacheKey, CachedOutput};
 use crate::engine::{Output, RunStats, Work};
-use crate::error::{ApiError, ErrorEnvelope};
+use crate::error::{ApiError, ErrorEnvelope, ErrorKind};
 use crate::metrics::ModelLabel;
 use crate::models::generate::GenParams;
 use crate::models::sampling::SamplingParams;
@@ -120,10 +122,12 @@ impl ValidRequest {
 pub async fn predict(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<PredictRequest>,
 ) -> Response {
-    respond(run(&state, &id, None, no_cache(&headers), req).await)
+    let p = principal.map(|e| e.0);
+    respond(run(&state, &id, None, p.as_ref(), no_cache(&headers), req).await)
 }
 
 #[utoipa::path(
@@ -148,10 +152,22 @@ pub async fn predict(
 pub async fn predict_version(
     State(state): State<AppState>,
     Path((id, version)): Path<(String, String)>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<PredictRequest>,
 ) -> Response {
-    respond(run(&state, &id, Some(&version), no_cache(&headers), req).await)
+    let p = principal.map(|e| e.0);
+    respond(
+        run(
+            &state,
+            &id,
+            Some(&version),
+            p.as_ref(),
+            no_cache(&headers),
+            req,
+        )
+        .await,
+    )
 }
 
 /// `Cache-Control: no-cache` (or `no-store`) asks for a fresh computation.
@@ -196,6 +212,7 @@ pub async fn run(
     state: &AppState,
     id: &str,
     version: Option<&str>,
+    principal: Option<&Principal>,
     no_cache: bool,
     req: PredictRequest,
 ) -> (Option<ModelLabel>, Outcome) {
@@ -209,7 +226,10 @@ pub async fn run(
         version: resolved.manifest.version.to_string(),
         ..Default::default()
     };
-    let result = infer(state, &resolved, req, arrived, no_cache, &mut label).await;
+    let result = infer(
+        state, &resolved, req, arrived, principal, no_cache, &mut label,
+    )
+    .await;
     (Some(label), result)
 }
 
@@ -218,6 +238,7 @@ async fn infer(
     resolved: &crate::registry::Resolved,
     mut req: PredictRequest,
     arrived: Instant,
+    principal: Option<&Principal>,
     no_cache_header: bool,
     label: &mut ModelLabel,
 ) -> Result<(PredictResponse, Option<&'static str>), ApiError> {
@@ -263,6 +284,17 @@ async fn infer(
         } else {
             valid.work.subset(&missing)
         };
+        if let (Some(limits), Some(p), Work::Generate { .. }) = (&state.limits, principal, &work) {
+            let tokens = u32::try_from(work.tokens()).unwrap_or(u32::MAX);
+            if let Err(wait) = limits.charge_tokens(&p.sub, p.tier.as_deref(), tokens) {
+                let mut e = ApiError::new(
+                    ErrorKind::RateLimited,
+                    "over this principal's generation token budget per minute (prompt + max_tokens)",
+                );
+                e.retry_after_s = Some(wait);
+                return Err(e);
+            }
+        }
         let done = resolved.handle.infer(work, state.request_timeout).await?;
         stats = done.stats;
         let computed: Vec<Item> = match done.output {

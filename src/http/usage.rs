@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
+use axum::Extension;
+
+use crate::auth::{Principal, SCOPE_ADMIN};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -88,8 +91,14 @@ pub struct UsageReport {
 )]
 pub async fn usage(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<UsageReport>, ApiError> {
+    // Principals see their own usage; admins (and everyone when auth is off) see all.
+    let own = principal
+        .as_ref()
+        .filter(|p| !p.anonymous && !p.has_scope(SCOPE_ADMIN))
+        .map(|p| p.account().to_string());
     only(&q, &["period", "group_by"])?;
     let period = period(&q)?;
     let group_by = match q.get("group_by").map(String::as_str) {
@@ -103,6 +112,6 @@ pub async fn usage(
             GroupBy::Model => "model".into(),
             GroupBy::Principal => "principal".into(),
         },
-        rows: state.usage.usage(period, group_by, None),
+        rows: state.usage.usage(period, group_by, own.as_deref()),
     }))
 }

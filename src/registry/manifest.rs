@@ -176,6 +176,9 @@ pub struct Manifest {
     pub batching: BatchingConfig,
     #[serde(default)]
     pub files: Vec<FileEntry>,
+    /// An ed25519 signature over the rest of the manifest (`anya models sign`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<super::signing::ManifestSignature>,
     /// Prices, for the usage and cost figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
@@ -415,6 +418,7 @@ mod tests {
                 sha256: sha256_file(&dir.join("weights.bin")).unwrap(),
             }],
             pricing: None,
+            signature: None,
             labels: BTreeMap::new(),
         }
     }

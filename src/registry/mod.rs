@@ -6,6 +6,7 @@
 
 pub mod manifest;
 pub mod repository;
+pub mod signing;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -229,6 +230,7 @@ impl Registry {
         device: DeviceKind,
         warmup: bool,
         observer: Option<crate::engine::BatchObserver>,
+        trusted_keys: Option<Arc<Vec<ed25519_dalek::VerifyingKey>>>,
     ) -> bool {
         let m = &source.manifest;
         let started = Instant::now();
@@ -238,6 +240,7 @@ impl Registry {
             device,
             warmup,
             observer,
+            trusted_keys,
         })
         .await;
         let ms = started.elapsed().as_millis() as u64;
@@ -305,6 +308,7 @@ mod tests {
                 batching: BatchingConfig::default(),
                 files: vec![],
                 pricing: None,
+                signature: None,
                 labels: Default::default(),
             },
         }
@@ -361,7 +365,7 @@ mod tests {
         let r = Registry::new();
         let s = source("echo", "1.0.0", true);
         r.register(&s).unwrap();
-        assert!(r.load(&s, DeviceKind::Cpu, true, None).await);
+        assert!(r.load(&s, DeviceKind::Cpu, true, None, None).await);
         assert!(r.resolve("echo", None).is_ok());
         assert!(r.readiness().ready);
     }

@@ -177,6 +177,7 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
             },
             files: vec![hash_entry(&dir, &name)?],
             pricing: None,
+            signature: None,
             labels: Default::default(),
         };
         return Ok(ModelSource { dir, manifest });
@@ -226,6 +227,7 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
                 batching: BatchingConfig::default(),
                 files,
                 pricing: None,
+                signature: None,
                 labels: Default::default(),
             };
             return Ok(ModelSource {

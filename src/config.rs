@@ -568,6 +568,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_file_documents_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_CONFIG_FILE);
+        let s = Settings::load_from(Some(&path), env(&[]), &Overrides::default()).unwrap();
+        assert_eq!(s, Settings::default());
+    }
+
+    #[test]
     fn missing_explicit_file_is_an_error() {
         let err = Settings::load_from(
             Some(Path::new("/nonexistent/anya.yaml")),

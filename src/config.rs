@@ -87,7 +87,7 @@ pub struct CacheSection {
     pub redis_timeout_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecuritySection {
     /// Every route but /health and /ready needs `Authorization: Bearer <JWT>`.
@@ -113,6 +113,25 @@ pub struct SecuritySection {
     pub trusted_keys: Vec<String>,
     /// Load only model versions whose manifest is signed by a trusted key.
     pub require_signed_models: bool,
+}
+
+impl Default for SecuritySection {
+    fn default() -> Self {
+        Self {
+            auth_required: false,
+            allowed_origins: Vec::new(),
+            jwt_secret_file: None,
+            jwt_secret_env: None,
+            jwt_public_keys: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_s: 30,
+            metrics_public: false,
+            trusted_proxies: Vec::new(),
+            trusted_keys: Vec::new(),
+            require_signed_models: false,
+        }
+    }
 }
 
 /// Per-principal request and token limits, by tier.

@@ -135,6 +135,9 @@ struct Args {
     /// First request index (inputs are a function of the index).
     #[arg(long, default_value_t = 0)]
     seed: usize,
+    /// Extra request header `NAME: VALUE` (repeatable), e.g. `authorization: Bearer …`.
+    #[arg(long = "header")]
+    headers: Vec<String>,
     /// Client runtime threads (1: a single-threaded runtime, leaving the cores to the server).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -159,6 +162,8 @@ struct Sample {
     prompt_tokens: Option<u64>,
     queue_ms: Option<f64>,
     batch_size: Option<u64>,
+    /// anya's response cache answered (all or some of) the inputs.
+    cache_hit: bool,
     error: Option<String>,
 }
 
@@ -201,6 +206,10 @@ async fn one(client: &reqwest::Client, url: &str, body: &Value, stream: bool) ->
         }
     };
     s.status = r.status().as_u16();
+    s.cache_hit = r
+        .headers()
+        .get("x-cache")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"hit"));
     if stream && s.status == 200 {
         // OpenAI completion stream: `data: {json}` events, one per generated token (llama-cpp-
         // python sends one per token, then one with `finish_reason` and empty text), `[DONE]`.
@@ -261,6 +270,7 @@ async fn one(client: &reqwest::Client, url: &str, body: &Value, stream: bool) ->
         return s;
     }
     let md = &v["metadata"];
+    s.cache_hit |= md["cached"].as_bool() == Some(true) || md["cache_hits"].as_u64() > Some(0);
     s.batch_size = md["batch_size"].as_u64();
     s.queue_ms = md["queue_ms"].as_f64();
     s.tokens = md["tokens_generated"]
@@ -387,7 +397,16 @@ async fn run(url: String, args: Args) {
         }),
         None => json!({"inputs": ["$SENTENCE"]}),
     };
+    let mut default_headers = reqwest::header::HeaderMap::new();
+    for h in &args.headers {
+        let (k, v) = h.split_once(':').expect("--header takes NAME: VALUE");
+        default_headers.insert(
+            reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).expect("header name"),
+            reqwest::header::HeaderValue::from_str(v.trim()).expect("header value"),
+        );
+    }
     let client = reqwest::Client::builder()
+        .default_headers(default_headers)
         .pool_max_idle_per_host(concurrency)
         .tcp_nodelay(true)
         .timeout(Duration::from_secs_f64(args.timeout))
@@ -427,6 +446,7 @@ async fn run(url: String, args: Args) {
     let mut batches: BTreeMap<u64, usize> = BTreeMap::new();
     let (mut lat, mut ttft, mut queue, mut decode) = (vec![], vec![], vec![], vec![]);
     let (mut ok, mut inputs, mut tokens, mut short) = (0usize, 0usize, 0u64, 0usize);
+    let mut cache_hits = 0usize;
     let mut prompt_tokens: Vec<f64> = vec![];
     for (s, n_inputs) in &samples {
         if s.status != 200 || s.error.is_some() {
@@ -438,6 +458,7 @@ async fn run(url: String, args: Args) {
         }
         ok += 1;
         inputs += n_inputs;
+        cache_hits += usize::from(s.cache_hit);
         lat.push(s.latency.as_secs_f64() * 1e3);
         if let Some(b) = s.batch_size {
             *batches.entry(b).or_default() += 1;
@@ -477,7 +498,7 @@ async fn run(url: String, args: Args) {
             "label": args.label, "url": url, "stream": args.stream,
             "concurrency": concurrency, "requests": samples.len(), "ok": ok,
             "errors": errors, "first_error": first_error, "warmup_errors": warmup_errors,
-            "short": short, "seconds": elapsed,
+            "short": short, "cache_hits": cache_hits, "seconds": elapsed,
             "rps": ok as f64 / elapsed, "inputs_per_s": inputs as f64 / elapsed,
             // the original field names, kept for existing users
             "p50_ms": latency["p50"], "p90_ms": latency["p90"], "p99_ms": latency["p99"],

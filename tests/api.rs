@@ -399,15 +399,7 @@ async fn a_model_with_a_bad_hash_is_refused_and_others_still_serve() {
     )
     .unwrap();
     let srv = start(settings(repo.path()), &[]).await;
-    // wait for both loads to settle
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, b) = srv.get("/models/broken").await;
-        if b["versions"][0]["state"] != "loading" || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    srv.wait_settled(10).await;
     let (_, b) = srv.get("/models/broken").await;
     assert_eq!(b["versions"][0]["state"], "failed", "{b}");
     assert!(

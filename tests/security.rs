@@ -564,20 +564,7 @@ async fn unsigned_or_tampered_models_are_refused_when_signing_is_required() {
     st.security.require_signed_models = true;
     st.security.trusted_keys = vec![signing::encode_public_key(&key.verifying_key())];
     let srv = start(st, &[]).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, b) = srv.get("/models").await;
-        if b["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|m| m["state"] != "loading")
-            || std::time::Instant::now() > deadline
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    srv.wait_settled(10).await;
     let state = |id: &'static str| {
         let srv = &srv;
         async move { srv.get(&format!("/models/{id}")).await.1["versions"][0].clone() }

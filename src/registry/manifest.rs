@@ -258,6 +258,33 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 impl Manifest {
+    /// A manifest for the built-in echo task (no files): what a repository needs to serve the
+    /// server without a model, and the base of test manifests.
+    pub fn echo(id: &str, version: semver::Version) -> Manifest {
+        Manifest {
+            id: id.into(),
+            version,
+            default: true,
+            task: Task::Echo,
+            format: Format::None,
+            description: None,
+            license: None,
+            weights: None,
+            config: None,
+            tokenizer: None,
+            pooling_config: None,
+            normalize: true,
+            max_input_length: 8,
+            max_inputs: 4,
+            parameters: vec![],
+            batching: BatchingConfig::default(),
+            files: vec![],
+            pricing: None,
+            signature: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
     /// Read and check the manifest of the version folder `dir`.
     pub fn load(dir: &Path) -> Result<Self, ManifestError> {
         let path = dir.join(MANIFEST_FILE);
@@ -396,31 +423,12 @@ mod tests {
 
     pub(crate) fn sample(dir: &Path) -> Manifest {
         std::fs::write(dir.join("weights.bin"), b"hello").unwrap();
-        Manifest {
-            id: "m".into(),
-            version: semver::Version::new(1, 0, 0),
-            default: true,
-            task: Task::Echo,
-            format: Format::None,
-            description: None,
-            license: None,
-            weights: None,
-            config: None,
-            tokenizer: None,
-            pooling_config: None,
-            normalize: true,
-            max_input_length: 8,
-            max_inputs: 4,
-            parameters: vec![],
-            batching: BatchingConfig::default(),
-            files: vec![FileEntry {
-                path: "weights.bin".into(),
-                sha256: sha256_file(&dir.join("weights.bin")).unwrap(),
-            }],
-            pricing: None,
-            signature: None,
-            labels: BTreeMap::new(),
-        }
+        let mut m = Manifest::echo("m", semver::Version::new(1, 0, 0));
+        m.files = vec![FileEntry {
+            path: "weights.bin".into(),
+            sha256: sha256_file(&dir.join("weights.bin")).unwrap(),
+        }];
+        m
     }
 
     #[test]

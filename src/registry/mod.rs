@@ -284,33 +284,13 @@ fn pick_default(versions: &BTreeMap<Version, VersionRecord>) -> Version {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use manifest::{BatchingConfig, Format, Task};
 
     fn source(id: &str, v: &str, default: bool) -> ModelSource {
+        let mut manifest = Manifest::echo(id, Version::parse(v).unwrap());
+        manifest.default = default;
         ModelSource {
             dir: PathBuf::from("/nonexistent"),
-            manifest: Manifest {
-                id: id.into(),
-                version: Version::parse(v).unwrap(),
-                default,
-                task: Task::Echo,
-                format: Format::None,
-                description: None,
-                license: None,
-                weights: None,
-                config: None,
-                tokenizer: None,
-                pooling_config: None,
-                normalize: true,
-                max_input_length: 8,
-                max_inputs: 4,
-                parameters: vec![],
-                batching: BatchingConfig::default(),
-                files: vec![],
-                pricing: None,
-                signature: None,
-                labels: Default::default(),
-            },
+            manifest,
         }
     }
 

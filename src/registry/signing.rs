@@ -86,31 +86,9 @@ pub fn verify(m: &Manifest, trusted: &[VerifyingKey]) -> Result<(), SignatureErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::manifest::{BatchingConfig, Format, Task};
 
     fn manifest() -> Manifest {
-        Manifest {
-            id: "m".into(),
-            version: semver::Version::new(1, 0, 0),
-            default: true,
-            task: Task::Echo,
-            format: Format::None,
-            description: None,
-            license: None,
-            weights: None,
-            config: None,
-            tokenizer: None,
-            pooling_config: None,
-            normalize: true,
-            max_input_length: 8,
-            max_inputs: 4,
-            parameters: vec![],
-            batching: BatchingConfig::default(),
-            files: vec![],
-            pricing: None,
-            signature: None,
-            labels: Default::default(),
-        }
+        Manifest::echo("m", semver::Version::new(1, 0, 0))
     }
 
     #[test]

@@ -59,6 +59,28 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Wait until no model version is still loading (some may have failed).
+    pub async fn wait_settled(&self, secs: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let (_, body) = self.get("/models").await;
+            let loading = body["models"]
+                .as_array()
+                .map(|ms| ms.iter().any(|m| m["state"] == "loading"))
+                .unwrap_or(true);
+            if !loading {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still loading after {secs}s: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 pub async fn split(r: reqwest::Response) -> (u16, reqwest::header::HeaderMap, Value) {
     let status = r.status().as_u16();
     let headers = r.headers().clone();

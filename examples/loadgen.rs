@@ -194,6 +194,18 @@ fn inputs_in(body: &Value) -> usize {
     }
 }
 
+/// An error with its causes (reqwest's own message leaves them out).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}
+
 async fn one(client: &reqwest::Client, url: &str, body: &Value, stream: bool) -> Sample {
     let t = Instant::now();
     let mut s = Sample::default();
@@ -201,7 +213,7 @@ async fn one(client: &reqwest::Client, url: &str, body: &Value, stream: bool) ->
         Ok(r) => r,
         Err(e) => {
             s.latency = t.elapsed();
-            s.error = Some(format!("send: {e}"));
+            s.error = Some(format!("send: {}", chain(&e)));
             return s;
         }
     };
@@ -253,7 +265,7 @@ async fn one(client: &reqwest::Client, url: &str, body: &Value, stream: bool) ->
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    s.error = Some(format!("stream: {e}"));
+                    s.error = Some(format!("stream: {}", chain(&e)));
                     break;
                 }
             }
@@ -408,6 +420,9 @@ async fn run(url: String, args: Args) {
     let client = reqwest::Client::builder()
         .default_headers(default_headers)
         .pool_max_idle_per_host(concurrency)
+        // Below the servers' keep-alive (uvicorn's is 5 s): a connection the server is about to
+        // close is not reused, so no request is lost to that race.
+        .pool_idle_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
         .timeout(Duration::from_secs_f64(args.timeout))
         .build()

@@ -225,15 +225,7 @@ async fn memory_cache_hits_partial_hits_opt_out_versions_and_clear() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    let text = srv
-        .client
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = srv.metrics_text().await;
     assert!(
         text.contains(r#"anya_ai_cache_requests_total{result="hit",tier="memory"}"#),
         "{text}"
@@ -338,15 +330,7 @@ async fn redis_is_shared_and_never_a_single_point_of_failure() {
     }
     let (s, _, _) = embed(&a, json!(["while redis is down"])).await;
     assert_eq!(s, 200);
-    let text = a
-        .client
-        .get(a.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = a.metrics_text().await;
     assert!(
         text.lines()
             .any(|l| l.starts_with("anya_ai_cache_errors_total") && !l.ends_with(" 0")),

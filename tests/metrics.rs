@@ -62,15 +62,7 @@ async fn counts_are_exact_and_the_exposition_is_valid() {
         .post("/models/nope-secret-id/predict", json!({"inputs": [1]}))
         .await;
     assert_eq!(s, 404);
-    let text = srv
-        .client
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = srv.metrics_text().await;
 
     let ep = r#"endpoint="/models/{id}/predict""#;
     assert_eq!(
@@ -221,15 +213,7 @@ async fn token_counters_equal_the_responses_metadata() {
         gen_in += b["metadata"]["tokens_processed"].as_u64().unwrap();
         gen_out += b["metadata"]["tokens_generated"].as_u64().unwrap();
     }
-    let text = srv
-        .client
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = srv.metrics_text().await;
     let emb = r#"anya_ai_tokens_total{direction="input",model="all-minilm-l6-v2",version="1.0.0"}"#;
     assert_eq!(sample(&text, emb), emb_in as f64);
     let gi =

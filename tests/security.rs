@@ -186,14 +186,22 @@ async fn forged_and_broken_tokens_get_401_and_never_reach_a_model() {
         401
     );
     // and the good token works
-    let (s, _, b) = call(
-        &srv,
-        Some(&good),
+    let (s, _, b) = predict_as(&srv, &good).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+/// POST one input to the echo model with `token`.
+async fn predict_as(
+    srv: &TestServer,
+    token: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    call(
+        srv,
+        Some(token),
         reqwest::Method::POST,
         "/models/echo/predict",
     )
-    .await;
-    assert_eq!(s, 200, "{b}");
+    .await
 }
 
 fn base64_url_decode(s: &str) -> Vec<u8> {
@@ -265,13 +273,7 @@ async fn public_keys_kid_rotation_and_key_confusion() {
         &EncodingKey::from_secret(public_pem.as_bytes()),
     )
     .unwrap();
-    let (s, _, _) = call(
-        &srv,
-        Some(&confused),
-        reqwest::Method::POST,
-        "/models/echo/predict",
-    )
-    .await;
+    let (s, _, _) = predict_as(&srv, &confused).await;
     assert_eq!(s, 401, "HS/ES key confusion");
 }
 
@@ -280,28 +282,12 @@ async fn scopes_and_model_lists_give_403() {
     let (_r, _k, srv) = hs_server(|_| {}).await;
     let t = |r: MintRequest| mint(&r, Some("https://issuer.test"), Some("anya"));
     let metrics_only = t(req("ops", &["metrics"]));
-    let (s, _, b) = call(
-        &srv,
-        Some(&metrics_only),
-        reqwest::Method::POST,
-        "/models/echo/predict",
-    )
-    .await;
+    let (s, _, b) = predict_as(&srv, &metrics_only).await;
     assert_eq!((s, b["error"]["code"].as_str()), (403, Some("forbidden")));
     let mut limited = req("bob", &["predict"]);
     limited.models = Some(vec!["other".into()]);
     let limited = t(limited);
-    assert_eq!(
-        call(
-            &srv,
-            Some(&limited),
-            reqwest::Method::POST,
-            "/models/echo/predict"
-        )
-        .await
-        .0,
-        403
-    );
+    assert_eq!(predict_as(&srv, &limited).await.0, 403);
     assert_eq!(
         call(
             &srv,
@@ -314,17 +300,7 @@ async fn scopes_and_model_lists_give_403() {
         200
     );
     let predict = t(req("carol", &["predict"]));
-    assert_eq!(
-        call(
-            &srv,
-            Some(&predict),
-            reqwest::Method::POST,
-            "/models/echo/predict"
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(predict_as(&srv, &predict).await.0, 200);
     assert_eq!(
         call(&srv, Some(&predict), reqwest::Method::DELETE, "/cache")
             .await
@@ -389,37 +365,19 @@ async fn the_n_plus_first_request_gets_429_and_other_principals_are_unaffected()
     };
     let (a, b) = (t("a"), t("b"));
     for left in [2, 1, 0] {
-        let (s, h, _) = call(
-            &srv,
-            Some(&a),
-            reqwest::Method::POST,
-            "/models/echo/predict",
-        )
-        .await;
+        let (s, h, _) = predict_as(&srv, &a).await;
         assert_eq!(s, 200);
         assert_eq!(h["x-ratelimit-limit"], "3");
         assert_eq!(h["x-ratelimit-remaining"], left.to_string().as_str());
         assert!(h.contains_key("x-ratelimit-reset"));
     }
-    let (s, h, body) = call(
-        &srv,
-        Some(&a),
-        reqwest::Method::POST,
-        "/models/echo/predict",
-    )
-    .await;
+    let (s, h, body) = predict_as(&srv, &a).await;
     assert_eq!(s, 429, "{body}");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=20).contains(&retry), "{retry}");
     assert_eq!(h["x-ratelimit-remaining"], "0");
-    let (s, _, _) = call(
-        &srv,
-        Some(&b),
-        reqwest::Method::POST,
-        "/models/echo/predict",
-    )
-    .await;
+    let (s, _, _) = predict_as(&srv, &b).await;
     assert_eq!(s, 200, "another principal is unaffected");
 }
 
@@ -578,15 +536,7 @@ async fn unsigned_or_tampered_models_are_refused_when_signing_is_required() {
         t["error"].as_str().unwrap().contains("does not match"),
         "{t}"
     );
-    let text = srv
-        .client
-        .get(srv.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = srv.metrics_text().await;
     assert!(
         text.contains(
             r#"anya_ai_model_load_count{model="unsigned",result="failure",version="1.0.0"} 1"#

@@ -36,12 +36,7 @@ pub async fn clear(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<ClearReport>, ApiError> {
-    if let Some(k) = q.keys().find(|k| k.as_str() != "model") {
-        return Err(ApiError::invalid(
-            k.clone(),
-            "unknown query parameter; allowed: model",
-        ));
-    }
+    super::usage::only(&q, &["model"])?;
     let cache = state
         .cache
         .as_ref()

@@ -24,7 +24,8 @@ fn period(q: &HashMap<String, String>) -> Result<Period, ApiError> {
     }
 }
 
-fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
+/// A 400 naming the first query parameter not in `allowed` (shared by the query-taking routes).
+pub(crate) fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
     match q.keys().find(|k| !allowed.contains(&k.as_str())) {
         Some(k) => Err(ApiError::invalid(
             k.clone(),

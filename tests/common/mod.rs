@@ -42,6 +42,18 @@ impl TestServer {
         (s, v)
     }
 
+    /// The `/metrics` exposition (no token: for servers without auth).
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request failed")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
     /// Wait until `/ready` says 200 (or panic after `secs`).
     pub async fn wait_ready(&self, secs: u64) {
         let deadline = std::time::Instant::now() + Duration::from_secs(secs);

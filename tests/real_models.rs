@@ -145,12 +145,14 @@ async fn concurrent_embedding_requests_share_batches() {
     );
 }
 
-/// Cases where candle's f32 attention and llama.cpp's default f16 KV cache part ways, with the
-/// step of the first difference. `story` flips at step 8 (llama.cpp's margin there is 0.30):
-/// llama.cpp itself, run with an f32 KV cache, leaves its own f16 path at step 5 of the same
-/// prompt, so this is precision, not a bug. The test pins the step: a change that moves it
-/// (either way) fails and must be looked at.
-const PRECISION_DIVERGENCES: &[(&str, usize)] = &[("story", 8)];
+/// Cases where our CPU forward pass and llama.cpp part ways, with the step of the first
+/// difference. We follow llama.cpp's numerics (Q8_1/Q8_0 activations, K and V at f16, the query
+/// and the attention weights rounded to f16), which closed `story` (candle's f32 attention left
+/// it at step 8); `chat` flips at step 15, where llama.cpp's own margin is 0.29. What is left
+/// is summation order and the exp approximations of ggml's SIMD softmax/SiLU: turning any one of
+/// the f16 roundings off moves three or four cases instead. The test pins the step: a change
+/// that moves it (either way) fails and must be looked at.
+const PRECISION_DIVERGENCES: &[(&str, usize)] = &[("chat", 15)];
 
 /// Tokenizer and greedy decoding against llama.cpp, below HTTP, token id for token id.
 #[test]
@@ -173,6 +175,7 @@ fn greedy_generation_matches_llama_cpp() {
     let eos = reference["eos_token_id"].as_u64().unwrap() as u32;
     assert!(frontend.eos_token_ids.contains(&eos));
     let mut checked = 0;
+    let mut mismatches = Vec::new();
     for case in reference["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let prompt = case["prompt"].as_str().unwrap();
@@ -204,24 +207,23 @@ fn greedy_generation_matches_llama_cpp() {
         if want.last() == Some(&eos) {
             want.pop(); // llama.cpp's list includes the EOS; anya stops at it
         }
-        match PRECISION_DIVERGENCES.iter().find(|(n, _)| *n == name) {
-            None => {
-                assert_eq!(g.tokens, want, "{name}: greedy tokens");
-                assert_eq!(g.text, case["text"].as_str().unwrap(), "{name}: text");
-            }
-            Some((_, step)) => {
-                let first = g.tokens.iter().zip(&want).position(|(a, b)| a != b);
-                assert_eq!(
-                    first,
-                    Some(*step),
-                    "{name}: ours {:?}, llama.cpp {want:?}",
-                    g.tokens
-                );
-            }
+        let step = g.tokens.iter().zip(&want).position(|(a, b)| a != b);
+        let pinned = PRECISION_DIVERGENCES
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, s)| *s);
+        if step != pinned || (step.is_none() && g.tokens != want) {
+            mismatches.push(format!(
+                "{name}: first difference at step {step:?}: ours {:?}, llama.cpp {want:?}",
+                g.tokens
+            ));
+        } else if pinned.is_none() {
+            assert_eq!(g.text, case["text"].as_str().unwrap(), "{name}: text");
         }
         checked += 1;
     }
     assert!(checked >= 6, "every reference case was checked");
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
 
 #[tokio::test]

@@ -36,7 +36,117 @@ pub struct Generation {
     pub duration: f64,
 }
 
-/// Generate from `prompt`. `cancelled` is polled between steps.
+/// One generation in progress: the sampler, the tokens so far and the checks that end it.
+/// The caller runs the model; [`Sequence::accept`] takes each step's logits.
+pub struct Sequence {
+    started: std::time::Instant,
+    prompt_len: usize,
+    budget: usize,
+    sampler: Sampler,
+    tokens: Vec<u32>,
+    stop: Vec<String>,
+    longest_stop: usize,
+    checked_up_to: usize,
+    ttft: f64,
+    /// The text cut before a stop string, once one appeared.
+    stopped_text: Option<String>,
+}
+
+/// What a sequence needs next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Run this token at position [`Sequence::position`] and hand back its logits.
+    Feed(u32),
+    Done(FinishReason),
+}
+
+impl Sequence {
+    pub fn new(prompt_len: usize, params: &GenParams, context_length: usize) -> Sequence {
+        let room = context_length.saturating_sub(prompt_len);
+        let budget = params.max_tokens.min(room);
+        Sequence {
+            started: std::time::Instant::now(),
+            prompt_len,
+            budget,
+            sampler: Sampler::new(params.sampling, params.seed),
+            tokens: Vec::with_capacity(budget),
+            stop: params.stop.clone(),
+            longest_stop: params.stop.iter().map(|s| s.len()).max().unwrap_or(0),
+            checked_up_to: 0,
+            ttft: 0.0,
+            stopped_text: None,
+        }
+    }
+
+    /// Nothing may be generated (no budget or no room left in the context).
+    pub fn is_empty_budget(&self) -> bool {
+        self.budget == 0
+    }
+
+    /// Where the next fed token goes.
+    pub fn position(&self) -> usize {
+        self.prompt_len + self.tokens.len() - 1
+    }
+
+    pub fn generated(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Take the logits of the last position: choose the next token and check every end.
+    pub fn accept(
+        &mut self,
+        logits: &[f32],
+        codec: &TextCodec,
+        eos: &[u32],
+    ) -> Result<Next, ModelError> {
+        let next = self.sampler.sample(logits);
+        if self.tokens.is_empty() {
+            self.ttft = self.started.elapsed().as_secs_f64();
+        }
+        if eos.contains(&next) {
+            return Ok(Next::Done(FinishReason::Eos));
+        }
+        self.tokens.push(next);
+        if self.longest_stop > 0 {
+            let text = codec.decode(&self.tokens)?;
+            // Only the new tail can hold a stop string that was not there before.
+            let from = floor_char_boundary(
+                &text,
+                self.checked_up_to.saturating_sub(self.longest_stop),
+            );
+            if let Some(cut) = self
+                .stop
+                .iter()
+                .filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i))
+                .min()
+            {
+                self.stopped_text = Some(text[..cut].to_string());
+                return Ok(Next::Done(FinishReason::Stop));
+            }
+            self.checked_up_to = text.len();
+        }
+        if self.tokens.len() >= self.budget {
+            return Ok(Next::Done(FinishReason::Length));
+        }
+        Ok(Next::Feed(next))
+    }
+
+    pub fn finish(self, reason: FinishReason, codec: &TextCodec) -> Result<Generation, ModelError> {
+        let text = match self.stopped_text {
+            Some(t) => t,
+            None => codec.decode(&self.tokens)?,
+        };
+        Ok(Generation {
+            text,
+            tokens: self.tokens,
+            finish_reason: reason,
+            time_to_first_token: self.ttft,
+            duration: self.started.elapsed().as_secs_f64(),
+        })
+    }
+}
+
+/// Generate from `prompt` in slot 0 of `lm`. `cancelled` is polled between steps.
 pub fn generate(
     lm: &mut dyn CausalLm,
     codec: &TextCodec,
@@ -45,72 +155,25 @@ pub fn generate(
     params: &GenParams,
     cancelled: &dyn Fn() -> bool,
 ) -> Result<Generation, ModelError> {
-    let started = std::time::Instant::now();
     if prompt.is_empty() {
         return Err(ModelError::Inference("empty prompt".into()));
     }
-    let room = lm.context_length().saturating_sub(prompt.len());
-    let budget = params.max_tokens.min(room);
-    let mut sampler = Sampler::new(params.sampling, params.seed);
-    let mut tokens: Vec<u32> = Vec::with_capacity(budget);
-    let longest_stop = params.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-    let mut checked_up_to = 0usize;
-    let mut ttft = 0.0;
-
-    if budget == 0 {
-        return Ok(Generation {
-            text: String::new(),
-            tokens,
-            finish_reason: FinishReason::Length,
-            time_to_first_token: 0.0,
-            duration: started.elapsed().as_secs_f64(),
-        });
+    let mut seq = Sequence::new(prompt.len(), params, lm.context_length());
+    if seq.is_empty_budget() {
+        return seq.finish(FinishReason::Length, codec);
     }
     let mut logits = lm.forward(prompt, 0)?;
-    let finish = loop {
-        let next = sampler.sample(&logits);
-        if tokens.is_empty() {
-            ttft = started.elapsed().as_secs_f64();
-        }
-        if eos.contains(&next) {
-            break FinishReason::Eos;
-        }
-        tokens.push(next);
-        if longest_stop > 0 {
-            let text = codec.decode(&tokens)?;
-            // Only the new tail can hold a stop string that was not there before.
-            let from = floor_char_boundary(&text, checked_up_to.saturating_sub(longest_stop));
-            if let Some(cut) = params
-                .stop
-                .iter()
-                .filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i))
-                .min()
-            {
-                return Ok(Generation {
-                    text: text[..cut].to_string(),
-                    tokens,
-                    finish_reason: FinishReason::Stop,
-                    time_to_first_token: ttft,
-                    duration: started.elapsed().as_secs_f64(),
-                });
+    loop {
+        match seq.accept(&logits, codec, eos)? {
+            Next::Done(reason) => return seq.finish(reason, codec),
+            Next::Feed(token) => {
+                if cancelled() {
+                    return seq.finish(FinishReason::Cancelled, codec);
+                }
+                logits = lm.forward(&[token], seq.position())?;
             }
-            checked_up_to = text.len();
         }
-        if tokens.len() >= budget {
-            break FinishReason::Length;
-        }
-        if cancelled() {
-            break FinishReason::Cancelled;
-        }
-        logits = lm.forward(&[next], prompt.len() + tokens.len() - 1)?;
-    };
-    Ok(Generation {
-        text: codec.decode(&tokens)?,
-        tokens,
-        finish_reason: finish,
-        time_to_first_token: ttft,
-        duration: started.elapsed().as_secs_f64(),
-    })
+    }
 }
 
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
@@ -126,6 +189,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::Chunk;
 
     /// A tiny deterministic LM: after token t it always predicts (t + 1) % vocab.
     struct Counter {
@@ -135,12 +199,16 @@ mod tests {
     }
 
     impl CausalLm for Counter {
-        fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, ModelError> {
-            self.calls.push((tokens.to_vec(), start));
-            let last = *tokens.last().unwrap() as usize;
-            let mut l = vec![0.0; self.vocab];
-            l[(last + 1) % self.vocab] = 10.0;
-            Ok(l)
+        fn step(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+            let mut out = vec![];
+            for c in chunks {
+                self.calls.push((c.tokens.to_vec(), c.start));
+                let last = *c.tokens.last().unwrap() as usize;
+                let mut l = vec![0.0; self.vocab];
+                l[(last + 1) % self.vocab] = 10.0;
+                out.push(l);
+            }
+            Ok(out)
         }
         fn context_length(&self) -> usize {
             self.ctx

@@ -1,4 +1,6 @@
-//! GGUF llama-family text generation on candle's quantized llama.
+//! GGUF llama-family text generation: the metadata (tokenizer, chat template, EOS), then the
+//! weights on our own CPU forward pass ([`super::llama_cpu`]) or, on other devices or formats it
+//! does not cover, on candle's quantized llama (one sequence at a time).
 
 use std::path::Path;
 
@@ -6,7 +8,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
-use super::{gguf_tokenizer, CausalLm, ChatTemplate, ModelError, TextCodec};
+use super::llama_cpu::CpuLlama;
+use super::{gguf_tokenizer, CausalLm, ChatTemplate, Chunk, ModelError, TextCodec};
 
 pub struct GgufLlama {
     weights: ModelWeights,
@@ -16,7 +19,7 @@ pub struct GgufLlama {
 
 /// A loaded GGUF model with what its metadata says about text.
 pub struct LoadedLlama {
-    pub model: GgufLlama,
+    pub model: Box<dyn CausalLm>,
     pub codec: TextCodec,
     pub chat_template: Option<ChatTemplate>,
     pub eos_token_ids: Vec<u32>,
@@ -24,11 +27,14 @@ pub struct LoadedLlama {
 
 impl GgufLlama {
     /// Load weights, and the tokenizer from `tokenizer_json` or else the GGUF metadata.
+    /// On the CPU, `sequences` sequences can decode together on `threads` threads.
     pub fn load(
         path: &Path,
         tokenizer_json: Option<&Path>,
         max_input_length: usize,
         device: &Device,
+        sequences: usize,
+        threads: usize,
     ) -> Result<LoadedLlama, ModelError> {
         let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
         let mut file = std::fs::File::open(path).map_err(|e| load(&e))?;
@@ -71,13 +77,21 @@ impl GgufLlama {
                 eos_token_ids.push(id);
             }
         }
-        let weights = ModelWeights::from_gguf(content, &mut file, device).map_err(|e| load(&e))?;
-        Ok(LoadedLlama {
-            model: GgufLlama {
+        let model: Box<dyn CausalLm> = if device.is_cpu() && CpuLlama::supports(&content) {
+            Box::new(CpuLlama::load(
+                path, &content, &mut file, sequences, threads,
+            )?)
+        } else {
+            let weights =
+                ModelWeights::from_gguf(content, &mut file, device).map_err(|e| load(&e))?;
+            Box::new(GgufLlama {
                 weights,
                 device: device.clone(),
                 context_length,
-            },
+            })
+        };
+        Ok(LoadedLlama {
+            model,
             codec,
             chat_template,
             eos_token_ids,
@@ -99,10 +113,20 @@ fn chat_template(
 }
 
 impl CausalLm for GgufLlama {
-    fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, ModelError> {
-        let x = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let logits = self.weights.forward(&x, start)?;
-        Ok(logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    /// One sequence (slot 0) at a time: candle's model keeps a single KV cache.
+    fn step(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let [chunk] = chunks else {
+            return Err(ModelError::Inference(
+                "this model runs one sequence per step".into(),
+            ));
+        };
+        if chunk.slot != 0 {
+            return Err(ModelError::Inference(format!("slot {} of 1", chunk.slot)));
+        }
+        let x = Tensor::new(chunk.tokens, &self.device)?.unsqueeze(0)?;
+        let logits = self.weights.forward(&x, chunk.start)?;
+        let logits = logits.squeeze(0)?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(if chunk.logits { vec![logits] } else { vec![] })
     }
 
     fn context_length(&self) -> usize {

@@ -11,6 +11,8 @@ pub mod device;
 pub mod generate;
 pub mod gguf_tokenizer;
 pub mod llama;
+pub mod llama_cpu;
+pub mod quant;
 pub mod sampling;
 pub mod text;
 
@@ -44,13 +46,51 @@ pub trait Embedder: Send {
     fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError>;
 }
 
-/// A causal language model with its own KV cache.
+/// Tokens of one sequence to run in a step: `tokens` at positions `start..start + len` of the
+/// sequence held in KV-cache slot `slot`. What the slot held from `start` on is replaced.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub slot: usize,
+    pub start: usize,
+    pub tokens: &'a [u32],
+    /// Return the logits of the chunk's last token.
+    pub logits: bool,
+}
+
+/// A causal language model with a KV cache per sequence slot.
 pub trait CausalLm: Send {
-    /// Run `tokens` at positions `start..start + tokens.len()` and return the logits of the last
-    /// position. `start == 0` begins a new sequence (the cache is reset).
-    fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, ModelError>;
+    /// Run every chunk (each in a different slot) as one batch; for each chunk that asks, in
+    /// order, the logits of its last token.
+    fn step(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError>;
     /// Most positions a sequence may use (prompt plus generated tokens).
     fn context_length(&self) -> usize;
+    /// Sequences that can be in flight at once (KV-cache slots).
+    fn max_sequences(&self) -> usize {
+        1
+    }
+    /// Forget what `slot` holds (its memory can be reused).
+    fn release(&mut self, _slot: usize) {}
+    /// One sequence in slot 0: run `tokens` from `start`, return the last token's logits.
+    fn forward(&mut self, tokens: &[u32], start: usize) -> Result<Vec<f32>, ModelError> {
+        self.step(&[Chunk {
+            slot: 0,
+            start,
+            tokens,
+            logits: true,
+        }])?
+        .pop()
+        .ok_or_else(|| ModelError::Inference("no logits".into()))
+    }
+}
+
+/// Threads for a model's compute pool: `RAYON_NUM_THREADS` (set from `model.threads`) or one per
+/// core.
+pub fn compute_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// The compute side of a model, owned by its worker thread.
@@ -134,6 +174,8 @@ pub fn load(
                 tokenizer.as_deref(),
                 manifest.max_input_length,
                 device,
+                manifest.batching.max_batch_size,
+                compute_threads(),
             )?;
             let frontend = Frontend {
                 task: Task::TextGeneration,
@@ -144,7 +186,7 @@ pub fn load(
                 context_length: Some(loaded.model.context_length()),
                 device: device_name,
             };
-            Ok((Backend::Generation(Box::new(loaded.model)), frontend))
+            Ok((Backend::Generation(loaded.model), frontend))
         }
         (Task::Echo, _) => Ok((
             Backend::Echo,

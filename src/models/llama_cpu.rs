@@ -1,0 +1,554 @@
+//! Our own llama-family forward pass for the CPU, on the quantized kernels of [`super::quant`].
+//!
+//! It serves several sequences at once: each has a slot with its own KV cache, and one
+//! [`CausalLm::step`] runs any mix of prompt chunks and single decode tokens from different
+//! slots as one batch, so every weight row is read once per step whatever the number of
+//! sequences (continuous batching). Numerics follow llama.cpp's CPU path: activations quantized
+//! to Q8_1 (Q8_0 against Q8_0 weights) before each matmul, K and V kept at f16 precision, the
+//! query and the attention weights rounded to f16 before their products with K and V.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{self, Content};
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+use super::quant::{quantize_row, round_f16, BlockQ8, Kernel, QMatrix, QK};
+use super::{CausalLm, Chunk, ModelError};
+
+#[derive(Debug, Clone)]
+struct Config {
+    layers: usize,
+    dim: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    ffn: usize,
+    eps: f32,
+    rope_base: f32,
+    context: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// q, k and v stacked: `dim + 2 * kv_dim` rows.
+    wqkv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    /// gate and up stacked: `2 * ffn` rows.
+    w13: QMatrix,
+    w2: QMatrix,
+}
+
+/// One sequence's KV cache: per layer, `len` positions of `kv_dim` values each.
+#[derive(Default)]
+struct Slot {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    len: usize,
+}
+
+/// Buffers reused across steps.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    acts: Vec<BlockQ8>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    proj: Vec<f32>,
+    gu: Vec<f32>,
+    h: Vec<f32>,
+    transpose: Vec<f32>,
+}
+
+pub struct CpuLlama {
+    cfg: Config,
+    kernel: Kernel,
+    embed: QMatrix,
+    output: Option<QMatrix>,
+    out_norm: Vec<f32>,
+    layers: Vec<Layer>,
+    slots: Vec<Slot>,
+    pool: rayon::ThreadPool,
+    scratch: Scratch,
+}
+
+fn load_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Load(format!("{}: {e}", path.display()))
+}
+
+/// A tensor's raw bytes and its `(rows, cols)` (GGUF lists dimensions innermost first).
+fn raw_tensor<R: Read + Seek>(
+    content: &Content,
+    file: &mut R,
+    name: &str,
+) -> Result<(GgmlDType, usize, usize, Vec<u8>), String> {
+    let info = content
+        .tensor_infos
+        .get(name)
+        .ok_or_else(|| format!("tensor {name} is missing"))?;
+    let dims = info.shape.dims();
+    let cols = *dims.last().ok_or_else(|| format!("{name} has no shape"))?;
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let bytes = match info.ggml_dtype {
+        GgmlDType::F32 => rows * cols * 4,
+        GgmlDType::Q4_1 => rows * cols / QK * 20,
+        GgmlDType::Q8_0 => rows * cols / QK * 34,
+        other => return Err(format!("{name}: type {other:?} is not supported here")),
+    };
+    let mut buf = vec![0u8; bytes];
+    file.seek(SeekFrom::Start(content.tensor_data_offset + info.offset))
+        .and_then(|_| file.read_exact(&mut buf))
+        .map_err(|e| format!("{name}: {e}"))?;
+    Ok((info.ggml_dtype, rows, cols, buf))
+}
+
+fn read_matrix<R: Read + Seek>(
+    path: &Path,
+    content: &Content,
+    file: &mut R,
+    name: &str,
+) -> Result<QMatrix, ModelError> {
+    let (ty, rows, cols, bytes) = raw_tensor(content, file, name).map_err(|e| load_err(path, e))?;
+    let id = match ty {
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q8_0 => 8,
+        other => return Err(load_err(path, format!("{name}: {other:?} matrix"))),
+    };
+    QMatrix::from_bytes(id, rows, cols, &bytes).map_err(|e| load_err(path, e))
+}
+
+fn read_vector<R: Read + Seek>(
+    path: &Path,
+    content: &Content,
+    file: &mut R,
+    name: &str,
+    len: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let (ty, rows, cols, bytes) = raw_tensor(content, file, name).map_err(|e| load_err(path, e))?;
+    if ty != GgmlDType::F32 || rows * cols != len {
+        return Err(load_err(path, format!("{name}: expected {len} f32 values")));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+impl CpuLlama {
+    /// Whether this loader handles the GGUF (llama architecture with Q4_1 / Q8_0 matrices).
+    pub fn supports(content: &Content) -> bool {
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok().cloned());
+        arch.as_deref() == Some("llama")
+            && content.tensor_infos.iter().all(|(_, t)| {
+                matches!(
+                    t.ggml_dtype,
+                    GgmlDType::F32 | GgmlDType::Q4_1 | GgmlDType::Q8_0
+                )
+            })
+    }
+
+    /// Load the weights of a GGUF already opened as `content`. `slots` is how many sequences
+    /// may run at once; `threads` the size of the compute pool.
+    pub fn load<R: Read + Seek>(
+        path: &Path,
+        content: &Content,
+        file: &mut R,
+        slots: usize,
+        threads: usize,
+    ) -> Result<CpuLlama, ModelError> {
+        let md = |k: &str| content.metadata.get(&format!("llama.{k}"));
+        let num = |k: &str| -> Result<usize, ModelError> {
+            md(k)
+                .and_then(|v| v.to_u32().ok())
+                .map(|v| v as usize)
+                .ok_or_else(|| load_err(path, format!("metadata llama.{k} is missing")))
+        };
+        let float = |k: &str, default: f32| md(k).and_then(|v| v.to_f32().ok()).unwrap_or(default);
+        let dim = num("embedding_length")?;
+        let heads = num("attention.head_count")?;
+        let kv_heads = md("attention.head_count_kv")
+            .and_then(|v| v.to_u32().ok())
+            .map(|v| v as usize)
+            .unwrap_or(heads);
+        if heads == 0 || kv_heads == 0 || dim % heads != 0 || heads % kv_heads != 0 {
+            return Err(load_err(path, "inconsistent head counts"));
+        }
+        let cfg = Config {
+            layers: num("block_count")?,
+            dim,
+            heads,
+            kv_heads,
+            head_dim: dim / heads,
+            ffn: num("feed_forward_length")?,
+            eps: float("attention.layer_norm_rms_epsilon", 1e-5),
+            rope_base: float("rope.freq_base", 10_000.0),
+            context: md("context_length")
+                .and_then(|v| v.to_u32().ok())
+                .map(|v| v as usize)
+                .unwrap_or(2048),
+        };
+        if cfg.head_dim % 2 != 0 {
+            return Err(load_err(path, "odd head size"));
+        }
+        let embed = read_matrix(path, content, file, "token_embd.weight")?;
+        let output = if content.tensor_infos.contains_key("output.weight") {
+            Some(read_matrix(path, content, file, "output.weight")?)
+        } else {
+            None
+        };
+        let out_norm = read_vector(path, content, file, "output_norm.weight", dim)?;
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for l in 0..cfg.layers {
+            let p = format!("blk.{l}.");
+            let attn_norm = read_vector(path, content, file, &format!("{p}attn_norm.weight"), dim)?;
+            let ffn_norm = read_vector(path, content, file, &format!("{p}ffn_norm.weight"), dim)?;
+            let mut m = |n: &str| read_matrix(path, content, file, &format!("{p}{n}.weight"));
+            let wqkv = QMatrix::concat(vec![m("attn_q")?, m("attn_k")?, m("attn_v")?])
+                .map_err(|e| load_err(path, e))?;
+            let wo = m("attn_output")?;
+            let w13 = QMatrix::concat(vec![m("ffn_gate")?, m("ffn_up")?])
+                .map_err(|e| load_err(path, e))?;
+            let w2 = m("ffn_down")?;
+            let kv_dim = cfg.kv_heads * cfg.head_dim;
+            let shapes_ok = wqkv.rows == dim + 2 * kv_dim
+                && wqkv.cols == dim
+                && wo.rows == dim
+                && wo.cols == dim
+                && w13.rows == 2 * cfg.ffn
+                && w13.cols == dim
+                && w2.rows == dim
+                && w2.cols == cfg.ffn;
+            if !shapes_ok {
+                return Err(load_err(path, format!("layer {l}: unexpected shapes")));
+            }
+            layers.push(Layer {
+                attn_norm,
+                wqkv,
+                wo,
+                ffn_norm,
+                w13,
+                w2,
+            });
+        }
+        if embed.cols != dim || output.as_ref().is_some_and(|o| o.cols != dim) {
+            return Err(load_err(path, "embedding width differs from the model's"));
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("anya-llama-{i}"))
+            .build()
+            .map_err(|e| load_err(path, e))?;
+        let slots = (0..slots.max(1))
+            .map(|_| Slot {
+                k: vec![Vec::new(); cfg.layers],
+                v: vec![Vec::new(); cfg.layers],
+                len: 0,
+            })
+            .collect();
+        Ok(CpuLlama {
+            cfg,
+            kernel: Kernel::detect(),
+            embed,
+            output,
+            out_norm,
+            layers,
+            slots,
+            pool,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// Open `path` and load it (see [`CpuLlama::load`]).
+    pub fn open(path: &Path, slots: usize, threads: usize) -> Result<CpuLlama, ModelError> {
+        let mut file = std::fs::File::open(path).map_err(|e| load_err(path, e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| load_err(path, e))?;
+        Self::load(path, &content, &mut file, slots, threads)
+    }
+
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.output.as_ref().unwrap_or(&self.embed).rows
+    }
+
+    fn check(&self, chunks: &[Chunk<'_>]) -> Result<(), ModelError> {
+        let bad = |m: String| Err(ModelError::Inference(m));
+        for (i, c) in chunks.iter().enumerate() {
+            if c.slot >= self.slots.len() {
+                return bad(format!("slot {} of {}", c.slot, self.slots.len()));
+            }
+            if chunks[..i].iter().any(|o| o.slot == c.slot) {
+                return bad(format!("slot {} twice in one step", c.slot));
+            }
+            if c.tokens.is_empty() {
+                return bad("an empty chunk".into());
+            }
+            if c.start > self.slots[c.slot].len {
+                return bad(format!(
+                    "chunk starts at {} after the cached {}",
+                    c.start, self.slots[c.slot].len
+                ));
+            }
+            if c.start + c.tokens.len() > self.cfg.context {
+                return bad(format!("past the context of {}", self.cfg.context));
+            }
+            let vocab = self.embed.rows as u32;
+            if let Some(t) = c.tokens.iter().find(|&&t| t >= vocab) {
+                return bad(format!("token {t} is outside the vocabulary"));
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, chunks: &[Chunk<'_>]) -> Vec<Vec<f32>> {
+        let cfg = self.cfg.clone();
+        let (dim, hd) = (cfg.dim, cfg.head_dim);
+        let kv_dim = cfg.kv_heads * hd;
+        let qkv_dim = dim + 2 * kv_dim;
+        let group = cfg.heads / cfg.kv_heads;
+        let kernel = self.kernel;
+        // Each token's slot and position.
+        let mut where_: Vec<(usize, usize)> = Vec::new();
+        for c in chunks {
+            self.slots[c.slot].len = c.start; // a restart drops what was cached after `start`
+            where_.extend((0..c.tokens.len()).map(|i| (c.slot, c.start + i)));
+        }
+        let n = where_.len();
+        let rope = rope_table(&where_, hd, cfg.rope_base);
+        let s = &mut self.scratch;
+        s.x.resize(n * dim, 0.0);
+        let mut t = 0;
+        for c in chunks {
+            for &tok in c.tokens {
+                self.embed
+                    .dequantize_row(tok as usize, &mut s.x[t * dim..(t + 1) * dim]);
+                t += 1;
+            }
+        }
+        let slots = &mut self.slots;
+        let layers = &self.layers;
+        self.pool.install(|| {
+            for (l, layer) in layers.iter().enumerate() {
+                // Attention block.
+                rms_norm(&s.x, &layer.attn_norm, cfg.eps, &mut s.xn);
+                quantize_rows(&s.xn, dim, &mut s.acts);
+                s.qkv.resize(n * qkv_dim, 0.0);
+                layer
+                    .wqkv
+                    .matmul(kernel, &s.acts, n, &mut s.qkv, &mut s.transpose);
+                for (t, row) in s.qkv.chunks_exact_mut(qkv_dim).enumerate() {
+                    let (q, kv) = row.split_at_mut(dim);
+                    apply_rope(q, hd, &rope[t]);
+                    apply_rope(&mut kv[..kv_dim], hd, &rope[t]);
+                    let (slot, pos) = where_[t];
+                    let sl = &mut slots[slot];
+                    let (kc, vc) = (&mut sl.k[l], &mut sl.v[l]);
+                    kc.truncate(pos * kv_dim);
+                    vc.truncate(pos * kv_dim);
+                    kc.extend(kv[..kv_dim].iter().map(|&v| round_f16(v)));
+                    vc.extend(kv[kv_dim..].iter().map(|&v| round_f16(v)));
+                    for v in q.iter_mut() {
+                        *v = round_f16(*v);
+                    }
+                }
+                s.att.resize(n * dim, 0.0);
+                let qkv = &s.qkv;
+                let slots_ro: &[Slot] = slots;
+                let where_ro = &where_;
+                let scale = 1.0 / (hd as f32).sqrt();
+                s.att
+                    .par_chunks_mut(hd)
+                    .enumerate()
+                    .for_each_init(Vec::new, |scores, (i, out)| {
+                        let (t, h) = (i / cfg.heads, i % cfg.heads);
+                        let (slot, pos) = where_ro[t];
+                        let q = &qkv[t * qkv_dim + h * hd..t * qkv_dim + (h + 1) * hd];
+                        let off = (h / group) * hd;
+                        let sl = &slots_ro[slot];
+                        attend(
+                            q,
+                            &sl.k[l],
+                            &sl.v[l],
+                            kv_dim,
+                            off,
+                            pos + 1,
+                            scale,
+                            scores,
+                            out,
+                        );
+                    });
+                quantize_rows(&s.att, dim, &mut s.acts);
+                s.proj.resize(n * dim, 0.0);
+                layer
+                    .wo
+                    .matmul(kernel, &s.acts, n, &mut s.proj, &mut s.transpose);
+                for (x, p) in s.x.iter_mut().zip(&s.proj) {
+                    *x += p;
+                }
+                // Feed-forward block.
+                rms_norm(&s.x, &layer.ffn_norm, cfg.eps, &mut s.xn);
+                quantize_rows(&s.xn, dim, &mut s.acts);
+                s.gu.resize(n * 2 * cfg.ffn, 0.0);
+                layer
+                    .w13
+                    .matmul(kernel, &s.acts, n, &mut s.gu, &mut s.transpose);
+                s.h.resize(n * cfg.ffn, 0.0);
+                for (h, gu) in s.h.chunks_exact_mut(cfg.ffn).zip(s.gu.chunks_exact(2 * cfg.ffn)) {
+                    let (g, u) = gu.split_at(cfg.ffn);
+                    for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
+                        *h = g / (1.0 + (-g).exp()) * u;
+                    }
+                }
+                quantize_rows(&s.h, cfg.ffn, &mut s.acts);
+                layer
+                    .w2
+                    .matmul(kernel, &s.acts, n, &mut s.proj, &mut s.transpose);
+                for (x, p) in s.x.iter_mut().zip(&s.proj) {
+                    *x += p;
+                }
+            }
+        });
+        for c in chunks {
+            slots[c.slot].len = c.start + c.tokens.len();
+        }
+        // Logits for the last token of each chunk that asks for them.
+        let mut last = Vec::new();
+        let mut t = 0;
+        for c in chunks {
+            t += c.tokens.len();
+            if c.logits {
+                last.extend_from_slice(&s.x[(t - 1) * dim..t * dim]);
+            }
+        }
+        let m = last.len() / dim;
+        if m == 0 {
+            return Vec::new();
+        }
+        rms_norm(&last, &self.out_norm, cfg.eps, &mut s.xn);
+        quantize_rows(&s.xn, dim, &mut s.acts);
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        let mut logits = vec![0.0; m * head.rows];
+        let acts = &s.acts;
+        let transpose = &mut s.transpose;
+        self.pool
+            .install(|| head.matmul(kernel, acts, m, &mut logits, transpose));
+        logits.chunks_exact(head.rows).map(<[f32]>::to_vec).collect()
+    }
+}
+
+/// `(cos, sin)` per rotated pair, per token (llama's "normal" rope: adjacent pairs), computed
+/// the way ggml does: the angle of pair `i` is `pos * base^(-2i/d)` by repeated products.
+fn rope_table(where_: &[(usize, usize)], hd: usize, base: f32) -> Vec<Vec<(f32, f32)>> {
+    let scale = base.powf(-2.0 / hd as f32);
+    where_
+        .iter()
+        .map(|&(_, pos)| {
+            let mut theta = pos as f32;
+            (0..hd / 2)
+                .map(|_| {
+                    let cs = (theta.cos(), theta.sin());
+                    theta *= scale;
+                    cs
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn apply_rope(x: &mut [f32], hd: usize, table: &[(f32, f32)]) {
+    for head in x.chunks_exact_mut(hd) {
+        for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(table) {
+            let (a, b) = (pair[0], pair[1]);
+            pair[0] = a * c - b * s;
+            pair[1] = a * s + b * c;
+        }
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
+    let dim = w.len();
+    out.resize(x.len(), 0.0);
+    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+        let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+        let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
+        for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
+            *o = v * scale * g;
+        }
+    }
+}
+
+fn quantize_rows(x: &[f32], width: usize, out: &mut Vec<BlockQ8>) {
+    out.resize(x.len() / QK, BlockQ8::default());
+    for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width / QK)) {
+        quantize_row(xr, or);
+    }
+}
+
+/// One head of one query over `len` cached positions.
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kv_dim: usize,
+    off: usize,
+    len: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    scores.clear();
+    scores.extend((0..len).map(|p| {
+        let kr = &k[p * kv_dim + off..p * kv_dim + off + hd];
+        q.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
+    }));
+    let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    out.fill(0.0);
+    for (p, &w) in scores.iter().enumerate() {
+        let w = round_f16(w * inv);
+        let vr = &v[p * kv_dim + off..p * kv_dim + off + hd];
+        for (o, &x) in out.iter_mut().zip(vr) {
+            *o += w * x;
+        }
+    }
+}
+
+impl CausalLm for CpuLlama {
+    fn step(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        self.check(chunks)?;
+        Ok(self.run(chunks))
+    }
+
+    fn context_length(&self) -> usize {
+        self.cfg.context
+    }
+
+    fn max_sequences(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn release(&mut self, slot: usize) {
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.len = 0;
+            for c in s.k.iter_mut().chain(s.v.iter_mut()) {
+                c.clear();
+                c.shrink_to(4096);
+            }
+        }
+    }
+}

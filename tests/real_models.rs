@@ -247,7 +247,7 @@ async fn generation_over_http() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "chat")
+        .find(|c| c["name"] == "chat_system")
         .unwrap();
     let (s, _, c) = srv
         .post(&url, json!({"inputs": [chat["messages"]], "parameters": {"temperature": 0, "max_length": 32}}))
@@ -287,4 +287,58 @@ async fn generation_over_http() {
         assert_eq!(s, 400, "{bad}: {b}");
         assert_eq!(b["error"]["details"]["field"], field, "{bad}: {b}");
     }
+}
+
+/// Continuous batching: greedy requests sent together decode in the same steps (each in its own
+/// KV-cache slot, joining as they arrive) and still give exactly what each gives alone, which
+/// is llama.cpp's text. A request with several prompts runs them side by side.
+#[tokio::test]
+async fn concurrent_generations_share_steps_and_match_llama_cpp() {
+    let Some(srv) = real_server(&[GEN]).await else {
+        return;
+    };
+    let reference = fixture("generation_reference.json");
+    let url = format!("/models/{GEN}/predict");
+    let cases: Vec<Value> = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| ["plain", "story", "code", "chat_eos"].contains(&c["name"].as_str().unwrap()))
+        .cloned()
+        .collect();
+    assert_eq!(cases.len(), 4);
+    let mut tasks = Vec::new();
+    for case in cases.iter().cycle().take(8) {
+        let c = srv.client.clone();
+        let url = srv.url(&url);
+        let input = case.get("messages").unwrap_or(&case["prompt"]).clone();
+        let params = json!({"temperature": 0, "max_tokens": 32, "cache": false});
+        let body = json!({"inputs": [input], "parameters": params});
+        tasks.push(tokio::spawn(async move {
+            split(c.post(url).json(&body).send().await.unwrap()).await
+        }));
+    }
+    let mut shared = 0;
+    for (t, case) in tasks.into_iter().zip(cases.iter().cycle()) {
+        let (s, _, b) = t.await.unwrap();
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["outputs"][0], case["text"], "{}", case["name"]);
+        if b["metadata"]["batch_size"].as_u64().unwrap() > 1 {
+            shared += 1;
+        }
+    }
+    assert!(shared > 0, "8 concurrent generations never shared a step");
+    // several prompts in one request: one answer each, in order
+    let prompts: Vec<Value> = cases[..3].iter().map(|c| c["prompt"].clone()).collect();
+    let (s, _, b) = srv
+        .post(
+            &url,
+            json!({"inputs": prompts, "parameters": {"temperature": 0, "max_tokens": 32, "cache": false}}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    for (i, case) in cases[..3].iter().enumerate() {
+        assert_eq!(b["outputs"][i], case["text"], "{}", case["name"]);
+    }
+    assert_eq!(b["metadata"]["tokens_generated"], 96);
 }

@@ -11,6 +11,7 @@
 //! so while the model computes, new requests pile up and form the next (larger) batch.
 
 pub mod batcher;
+mod scheduler;
 mod worker;
 
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use super::{
     Batch, BatchObserver, BatchReport, Completed, EngineError, Job, LoadSpec, Output, RunStats,
     Work,
 };
-use crate::models::{self, generate, Backend, Frontend, ModelError};
+use crate::models::{self, Backend, Frontend, ModelError};
 
 /// Clears the `alive` flag however the thread ends.
 struct AliveGuard(Arc<AtomicBool>);
@@ -43,14 +43,19 @@ pub(super) fn run(
     if ready.send(Ok(frontend.clone())).is_err() {
         return;
     }
-    while let Some(batch) = batches.blocking_recv() {
-        run_batch(
-            &mut backend,
+    if let Backend::Generation(lm) = &mut backend {
+        // Continuous batching: sequences join and leave the running batch at every step.
+        super::scheduler::Scheduler::new(
+            lm.as_mut(),
             &frontend,
-            policy,
-            batch,
             spec.observer.as_ref(),
-        );
+            policy.max_batch_tokens,
+        )
+        .run(&mut batches);
+        return;
+    }
+    while let Some(batch) = batches.blocking_recv() {
+        run_batch(&mut backend, policy, batch, spec.observer.as_ref());
     }
 }
 
@@ -96,6 +101,7 @@ fn warmup(backend: &mut Backend, frontend: &Frontend) -> Result<(), ModelError> 
             let ids = encode("Hello")?;
             if !ids.is_empty() {
                 m.forward(&ids, 0)?;
+                m.release(0);
             }
         }
         Backend::Echo => {}
@@ -105,7 +111,6 @@ fn warmup(backend: &mut Backend, frontend: &Frontend) -> Result<(), ModelError> 
 
 fn run_batch(
     backend: &mut Backend,
-    frontend: &Frontend,
     policy: BatchPolicy,
     batch: Batch,
     observer: Option<&BatchObserver>,
@@ -114,9 +119,7 @@ fn run_batch(
     let dispatched = Instant::now();
     let batch_size: usize = jobs.iter().map(|j| j.work.items()).sum();
     let started = Instant::now();
-    let results = catch_unwind(AssertUnwindSafe(|| {
-        compute(backend, frontend, policy, &jobs)
-    }));
+    let results = catch_unwind(AssertUnwindSafe(|| compute(backend, policy, &jobs)));
     let compute_time = started.elapsed();
     // Observed before anyone is answered, so a client that reads /metrics after its response
     // always finds its batch counted.
@@ -165,7 +168,6 @@ fn run_batch(
 /// Run every job of the batch; per job its output and the tokens it generated.
 fn compute(
     backend: &mut Backend,
-    frontend: &Frontend,
     policy: BatchPolicy,
     jobs: &[Job],
 ) -> Result<Vec<(Output, usize)>, ModelError> {
@@ -194,38 +196,10 @@ fn compute(
                 })
                 .collect())
         }
-        Backend::Generation(model) => {
-            let codec = frontend
-                .codec
-                .as_ref()
-                .ok_or_else(|| ModelError::Inference("model has no tokenizer".into()))?;
-            let mut out = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                let Work::Generate { prompts, params } = &job.work else {
-                    return Err(ModelError::Inference("wrong work for a generator".into()));
-                };
-                let mut gens = Vec::with_capacity(prompts.len());
-                let mut generated = 0;
-                for prompt in prompts {
-                    let cancelled = || job.reply.is_closed();
-                    let g = generate::generate(
-                        model.as_mut(),
-                        codec,
-                        &frontend.eos_token_ids,
-                        prompt,
-                        params,
-                        &cancelled,
-                    )?;
-                    generated += g.tokens.len();
-                    gens.push(g);
-                    if job.reply.is_closed() {
-                        break;
-                    }
-                }
-                out.push((Output::Generations(gens), generated));
-            }
-            Ok(out)
-        }
+        // Generation never comes here: the scheduler runs it (see `run`).
+        Backend::Generation(_) => Err(ModelError::Inference(
+            "generation runs on the scheduler".into(),
+        )),
         Backend::Echo => Ok(jobs
             .iter()
             .map(|j| match &j.work {

@@ -110,10 +110,8 @@ impl Sequence {
         if self.longest_stop > 0 {
             let text = codec.decode(&self.tokens)?;
             // Only the new tail can hold a stop string that was not there before.
-            let from = floor_char_boundary(
-                &text,
-                self.checked_up_to.saturating_sub(self.longest_stop),
-            );
+            let from =
+                floor_char_boundary(&text, self.checked_up_to.saturating_sub(self.longest_stop));
             if let Some(cut) = self
                 .stop
                 .iter()

@@ -99,6 +99,27 @@ impl GgufLlama {
     }
 }
 
+impl GgufLlama {
+    /// candle's quantized llama on `path`, whatever the device (the baseline our CPU forward
+    /// pass is measured against).
+    pub fn open_candle(path: &Path, device: &Device) -> Result<GgufLlama, ModelError> {
+        let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
+        let mut file = std::fs::File::open(path).map_err(|e| load(&e))?;
+        let content = gguf_file::Content::read(&mut file).map_err(|e| load(&e))?;
+        let context_length = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .unwrap_or(2048) as usize;
+        let weights = ModelWeights::from_gguf(content, &mut file, device).map_err(|e| load(&e))?;
+        Ok(GgufLlama {
+            weights,
+            device: device.clone(),
+            context_length,
+        })
+    }
+}
+
 fn chat_template(
     source: &str,
     codec: &TextCodec,

@@ -401,7 +401,10 @@ impl CpuLlama {
                     .w13
                     .matmul(kernel, &s.acts, n, &mut s.gu, &mut s.transpose);
                 s.h.resize(n * cfg.ffn, 0.0);
-                for (h, gu) in s.h.chunks_exact_mut(cfg.ffn).zip(s.gu.chunks_exact(2 * cfg.ffn)) {
+                for (h, gu) in
+                    s.h.chunks_exact_mut(cfg.ffn)
+                        .zip(s.gu.chunks_exact(2 * cfg.ffn))
+                {
                     let (g, u) = gu.split_at(cfg.ffn);
                     for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
                         *h = g / (1.0 + (-g).exp()) * u;
@@ -440,7 +443,10 @@ impl CpuLlama {
         let transpose = &mut s.transpose;
         self.pool
             .install(|| head.matmul(kernel, acts, m, &mut logits, transpose));
-        logits.chunks_exact(head.rows).map(<[f32]>::to_vec).collect()
+        logits
+            .chunks_exact(head.rows)
+            .map(<[f32]>::to_vec)
+            .collect()
     }
 }
 

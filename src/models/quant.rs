@@ -117,6 +117,25 @@ impl Kernel {
         }
     }
 
+    /// One weight row against four activation rows.
+    pub fn dot_q4_1_x4(self, w: &[BlockQ4_1], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        match self {
+            Kernel::Scalar => a.map(|r| dot_q4_1_scalar(w, r)),
+            // SAFETY: `detect` only returns Avx2 when the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_q4_1_x4(w, a) },
+        }
+    }
+
+    pub fn dot_q8_0_x4(self, w: &[BlockQ8_0], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        match self {
+            Kernel::Scalar => a.map(|r| dot_q8_0_scalar(w, r)),
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_q8_0_x4(w, a) },
+        }
+    }
+
     pub fn dot_q8_0(self, w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
         match self {
             Kernel::Scalar => dot_q8_0_scalar(w, a),
@@ -145,12 +164,11 @@ pub fn dot_q4_1_scalar(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
 pub fn dot_q8_0_scalar(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
     let mut sum = 0.0f32;
     for (x, y) in w.iter().zip(a) {
-        let acc: i32 = x
-            .qs
-            .iter()
-            .zip(&y.qs)
-            .map(|(&p, &q)| p as i32 * q as i32)
-            .sum();
+        let acc: i32 =
+            x.qs.iter()
+                .zip(&y.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sum += h2f(x.d) * y.d * acc as f32;
     }
     sum
@@ -198,6 +216,67 @@ mod avx2 {
             offsets += h2f(x.m) * y.s;
         }
         hsum(acc) + offsets
+    }
+
+    /// One Q4_1 row against four activation rows: each weight block is unpacked once.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1_x4(w: &[BlockQ4_1], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let n = w.len();
+        let a = a.map(|r| &r[..n]);
+        let low = _mm256_set1_epi8(0x0F);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut offsets = [0.0f32; 4];
+        for (i, x) in w.iter().enumerate() {
+            // SAFETY: 16 bytes; unaligned load.
+            let packed = unsafe { _mm_loadu_si128(x.qs.as_ptr().cast()) };
+            let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
+            let (d, m) = (h2f(x.d), h2f(x.m));
+            for j in 0..4 {
+                let y = &a[j][i];
+                // SAFETY: 32 bytes; unaligned load.
+                let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+                let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones);
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(prod), acc[j]);
+                offsets[j] += m * y.s;
+            }
+        }
+        [
+            hsum(acc[0]) + offsets[0],
+            hsum(acc[1]) + offsets[1],
+            hsum(acc[2]) + offsets[2],
+            hsum(acc[3]) + offsets[3],
+        ]
+    }
+
+    /// One Q8_0 row against four activation rows.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0_x4(w: &[BlockQ8_0], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        let n = w.len();
+        let a = a.map(|r| &r[..n]);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (i, x) in w.iter().enumerate() {
+            // SAFETY: 32 bytes; unaligned load.
+            let qx = unsafe { _mm256_loadu_si256(x.qs.as_ptr().cast()) };
+            let ax = _mm256_sign_epi8(qx, qx);
+            let d = h2f(x.d);
+            for j in 0..4 {
+                let y = &a[j][i];
+                // SAFETY: 32 bytes; unaligned load.
+                let qy = unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) };
+                let sy = _mm256_sign_epi8(qy, qx);
+                let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                acc[j] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), _mm256_cvtepi32_ps(prod), acc[j]);
+            }
+        }
+        [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
     }
 
     /// # Safety
@@ -255,7 +334,9 @@ impl QMatrix {
         bytes: &[u8],
     ) -> Result<QMatrix, QuantError> {
         if cols % QK != 0 {
-            return Err(QuantError(format!("{cols} columns is not a multiple of {QK}")));
+            return Err(QuantError(format!(
+                "{cols} columns is not a multiple of {QK}"
+            )));
         }
         let blocks = rows * cols / QK;
         let size = block_bytes(ggml_type)
@@ -368,19 +449,36 @@ impl QMatrix {
         let chunk = (rows / 64).clamp(16, 256);
         let dot_rows = |r0: usize, dst: &mut [f32]| {
             // dst is rows r0.. of the transposed result: [row][t]
+            let act = |t: usize| &acts[t * nb..(t + 1) * nb];
             for (i, drow) in dst.chunks_exact_mut(n).enumerate() {
                 let r = r0 + i;
+                // Four activations at a time share each unpacked weight block.
+                let quads = n / 4 * 4;
                 match &self.data {
                     QData::Q4_1(b) => {
                         let w = &b[r * nb..(r + 1) * nb];
-                        for (t, o) in drow.iter_mut().enumerate() {
-                            *o = kernel.dot_q4_1(w, &acts[t * nb..(t + 1) * nb]);
+                        for (q, o) in drow[..quads].chunks_exact_mut(4).enumerate() {
+                            let t = q * 4;
+                            o.copy_from_slice(
+                                &kernel
+                                    .dot_q4_1_x4(w, [act(t), act(t + 1), act(t + 2), act(t + 3)]),
+                            );
+                        }
+                        for (t, o) in drow.iter_mut().enumerate().skip(quads) {
+                            *o = kernel.dot_q4_1(w, act(t));
                         }
                     }
                     QData::Q8_0(b) => {
                         let w = &b[r * nb..(r + 1) * nb];
-                        for (t, o) in drow.iter_mut().enumerate() {
-                            *o = kernel.dot_q8_0(w, &acts[t * nb..(t + 1) * nb]);
+                        for (q, o) in drow[..quads].chunks_exact_mut(4).enumerate() {
+                            let t = q * 4;
+                            o.copy_from_slice(
+                                &kernel
+                                    .dot_q8_0_x4(w, [act(t), act(t + 1), act(t + 2), act(t + 3)]),
+                            );
+                        }
+                        for (t, o) in drow.iter_mut().enumerate().skip(quads) {
+                            *o = kernel.dot_q8_0(w, act(t));
                         }
                     }
                 }
@@ -412,7 +510,9 @@ mod tests {
 
     /// A deterministic pseudo-random stream in [-1, 1).
     fn noise(seed: u64, n: usize) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 s = s
@@ -477,7 +577,10 @@ mod tests {
                     QData::Q8_0(b) => dot_q8_0_scalar(&b[r * 8..(r + 1) * 8], &a),
                 };
                 // Only the activation's 8-bit rounding separates them.
-                assert!((got - want).abs() < 0.05 + 0.01 * want.abs(), "{ty}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() < 0.05 + 0.01 * want.abs(),
+                    "{ty}: {got} vs {want}"
+                );
             }
         }
     }
@@ -501,8 +604,24 @@ mod tests {
             let (r4, s4) = (dot_q4_1_scalar(b4, &a), k.dot_q4_1(b4, &a));
             let (r8, s8) = (dot_q8_0_scalar(b8, &a), k.dot_q8_0(b8, &a));
             // Same integer products; only the order of the f32 sums differs.
-            assert!((r4 - s4).abs() <= 1e-4 * (1.0 + r4.abs()), "q4_1 {r4} vs {s4}");
-            assert!((r8 - s8).abs() <= 1e-4 * (1.0 + r8.abs()), "q8_0 {r8} vs {s8}");
+            assert!(
+                (r4 - s4).abs() <= 1e-4 * (1.0 + r4.abs()),
+                "q4_1 {r4} vs {s4}"
+            );
+            assert!(
+                (r8 - s8).abs() <= 1e-4 * (1.0 + r8.abs()),
+                "q8_0 {r8} vs {s8}"
+            );
+            let others: Vec<Vec<BlockQ8>> = (0..3)
+                .map(|j| acts(&noise(seed * 7 + j + 100, cols)))
+                .collect();
+            let four = [&a[..], &others[0], &others[1], &others[2]];
+            let (x4, x8) = (k.dot_q4_1_x4(b4, four), k.dot_q8_0_x4(b8, four));
+            for j in 0..4 {
+                let (r4, r8) = (dot_q4_1_scalar(b4, four[j]), dot_q8_0_scalar(b8, four[j]));
+                assert!((r4 - x4[j]).abs() <= 1e-4 * (1.0 + r4.abs()), "x4 q4_1 {j}");
+                assert!((r8 - x8[j]).abs() <= 1e-4 * (1.0 + r8.abs()), "x4 q8_0 {j}");
+            }
         }
     }
 
@@ -514,7 +633,7 @@ mod tests {
         let QData::Q4_1(blocks) = &m.data else {
             unreachable!()
         };
-        for n in [1, 5] {
+        for n in [1, 5, 8] {
             let x = noise(9 + n as u64, n * cols);
             let a = acts(&x);
             let mut out = vec![0.0; n * rows];

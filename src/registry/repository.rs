@@ -170,8 +170,8 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
             max_inputs: 8,
             parameters: generation_parameters(),
             batching: BatchingConfig {
-                max_batch_size: 1,
-                max_batch_tokens: 4096,
+                max_batch_size: 8,
+                max_batch_tokens: 512,
                 max_queue_delay_ms: 0,
                 queue_capacity: 64,
             },

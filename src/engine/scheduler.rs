@@ -391,3 +391,196 @@ impl<'a> Scheduler<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::sampling::SamplingParams;
+    use crate::models::TextCodec;
+    use crate::registry::manifest::Task;
+    use tokio::sync::oneshot;
+
+    /// After token t it predicts (t + 1) % 8; remembers every step's chunks as
+    /// (slot, start, len, logits).
+    struct Counter {
+        slots: usize,
+        steps: Vec<Vec<(usize, usize, usize, bool)>>,
+        fail_on_slot: Option<usize>,
+    }
+
+    impl CausalLm for Counter {
+        fn step(&mut self, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+            self.steps.push(
+                chunks
+                    .iter()
+                    .map(|c| (c.slot, c.start, c.tokens.len(), c.logits))
+                    .collect(),
+            );
+            if chunks.iter().any(|c| Some(c.slot) == self.fail_on_slot) {
+                return Err(ModelError::Inference("boom".into()));
+            }
+            Ok(chunks
+                .iter()
+                .filter(|c| c.logits)
+                .map(|c| {
+                    let mut l = vec![0.0; 8];
+                    l[(*c.tokens.last().unwrap() as usize + 1) % 8] = 1.0;
+                    l
+                })
+                .collect())
+        }
+        fn context_length(&self) -> usize {
+            1024
+        }
+        fn max_sequences(&self) -> usize {
+            self.slots
+        }
+    }
+
+    fn frontend() -> Frontend {
+        let vocab: serde_json::Map<String, serde_json::Value> = (0..8)
+            .map(|i| (format!("w{i}"), serde_json::json!(i)))
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0",
+            "pre_tokenizer": {"type": "Whitespace"},
+            "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w0"}
+        });
+        let t = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap();
+        Frontend {
+            task: Task::TextGeneration,
+            codec: Some(TextCodec::new(t, false, 64).unwrap()),
+            chat_template: None,
+            dimensions: None,
+            eos_token_ids: vec![],
+            context_length: Some(1024),
+            device: "cpu".into(),
+        }
+    }
+
+    type Reply = oneshot::Receiver<Result<Completed, EngineError>>;
+
+    fn job(prompts: Vec<Vec<u32>>, max_tokens: usize) -> (Job, Reply) {
+        let (reply, rx) = oneshot::channel();
+        let params = GenParams {
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+            },
+            stop: vec![],
+            seed: 0,
+        };
+        let job = Job {
+            work: Work::Generate { prompts, params },
+            enqueued: Instant::now(),
+            reply,
+        };
+        (job, rx)
+    }
+
+    /// Run the scheduler over these batches (all queued up front) until it has ended them all.
+    fn serve(lm: &mut Counter, step_tokens: usize, batches: Vec<Vec<Job>>) {
+        let (tx, mut rx) = mpsc::channel(batches.len().max(1));
+        for jobs in batches {
+            let (done, _) = oneshot::channel();
+            tx.try_send(Batch { jobs, done }).ok().unwrap();
+        }
+        drop(tx);
+        let fe = frontend();
+        Scheduler::new(lm, &fe, None, step_tokens).run(&mut rx);
+    }
+
+    fn tokens(rx: Reply) -> Vec<Vec<u32>> {
+        match rx.blocking_recv().unwrap().unwrap().output {
+            Output::Generations(g) => g.into_iter().map(|g| g.tokens).collect(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sequences_decode_together_and_a_waiting_one_takes_a_freed_slot() {
+        let mut lm = Counter {
+            slots: 2,
+            steps: vec![],
+            fail_on_slot: None,
+        };
+        let (a, ra) = job(vec![vec![1, 2]], 2);
+        let (b, rb) = job(vec![vec![5]], 5);
+        let (c, rc) = job(vec![vec![3, 3, 3]], 3);
+        serve(&mut lm, 64, vec![vec![a, b], vec![c]]);
+        assert_eq!(tokens(ra), vec![vec![3, 4]]);
+        assert_eq!(tokens(rb), vec![vec![6, 7, 0, 1, 2]]);
+        assert_eq!(tokens(rc), vec![vec![4, 5, 6]]);
+        // step 1: both prompts; step 2: both decode; a ends, c's prompt joins b's decode.
+        assert_eq!(lm.steps[0], vec![(0, 0, 2, true), (1, 0, 1, true)]);
+        assert_eq!(lm.steps[1].len(), 2);
+        assert!(
+            lm.steps[2].contains(&(0, 0, 3, true)),
+            "c takes a's slot: {:?}",
+            lm.steps
+        );
+        assert!(lm.steps.iter().all(|s| s.len() <= 2));
+    }
+
+    #[test]
+    fn long_prompts_are_chunked_without_stalling_decoders() {
+        let mut lm = Counter {
+            slots: 2,
+            steps: vec![],
+            fail_on_slot: None,
+        };
+        let (a, ra) = job(vec![vec![1]], 6);
+        let (b, rb) = job(vec![vec![2; 40]], 1);
+        serve(&mut lm, 20, vec![vec![a], vec![b]]);
+        assert_eq!(tokens(ra), vec![vec![2, 3, 4, 5, 6, 7]]);
+        assert_eq!(tokens(rb), vec![vec![3]]);
+        // b's 40 prompt tokens arrive in chunks within the 20-token budget (a's decode token
+        // counts), in order, while a decodes one token in each of those steps.
+        let b_chunks: Vec<(usize, usize, bool)> = lm
+            .steps
+            .iter()
+            .flatten()
+            .filter(|c| c.0 == 1)
+            .map(|c| (c.1, c.2, c.3))
+            .collect();
+        assert_eq!(b_chunks, vec![(0, 19, false), (19, 19, false), (38, 2, true)], "{:?}", lm.steps);
+        for s in &lm.steps[1..4] {
+            assert!(s.iter().any(|c| c.0 == 0), "a stalled: {:?}", lm.steps);
+        }
+        assert!(lm.steps.iter().all(|s| s.iter().map(|c| c.2).sum::<usize>() <= 20));
+    }
+
+    #[test]
+    fn a_failed_step_answers_its_requests_with_an_error_and_frees_the_slots() {
+        let mut lm = Counter {
+            slots: 1,
+            steps: vec![],
+            fail_on_slot: Some(0),
+        };
+        let (a, ra) = job(vec![vec![1]], 3);
+        let (b, rb) = job(vec![vec![1]], 3);
+        serve(&mut lm, 64, vec![vec![a, b]]);
+        assert!(matches!(ra.blocking_recv().unwrap(), Err(EngineError::Model(_))));
+        // the slot came back, so the second request ran (and failed the same way)
+        assert!(matches!(rb.blocking_recv().unwrap(), Err(EngineError::Model(_))));
+        assert_eq!(lm.steps.len(), 2);
+    }
+
+    #[test]
+    fn a_gone_client_frees_its_slot() {
+        let mut lm = Counter {
+            slots: 1,
+            steps: vec![],
+            fail_on_slot: None,
+        };
+        let (a, ra) = job(vec![vec![1]], 100);
+        let (b, rb) = job(vec![vec![4]], 2);
+        drop(ra);
+        serve(&mut lm, 64, vec![vec![a, b]]);
+        assert_eq!(tokens(rb), vec![vec![5, 6]]);
+        assert!(lm.steps.len() <= 2, "{:?}", lm.steps);
+    }
+}

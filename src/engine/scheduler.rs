@@ -546,11 +546,19 @@ mod tests {
             .filter(|c| c.0 == 1)
             .map(|c| (c.1, c.2, c.3))
             .collect();
-        assert_eq!(b_chunks, vec![(0, 19, false), (19, 19, false), (38, 2, true)], "{:?}", lm.steps);
+        assert_eq!(
+            b_chunks,
+            vec![(0, 19, false), (19, 19, false), (38, 2, true)],
+            "{:?}",
+            lm.steps
+        );
         for s in &lm.steps[1..4] {
             assert!(s.iter().any(|c| c.0 == 0), "a stalled: {:?}", lm.steps);
         }
-        assert!(lm.steps.iter().all(|s| s.iter().map(|c| c.2).sum::<usize>() <= 20));
+        assert!(lm
+            .steps
+            .iter()
+            .all(|s| s.iter().map(|c| c.2).sum::<usize>() <= 20));
     }
 
     #[test]
@@ -563,9 +571,15 @@ mod tests {
         let (a, ra) = job(vec![vec![1]], 3);
         let (b, rb) = job(vec![vec![1]], 3);
         serve(&mut lm, 64, vec![vec![a, b]]);
-        assert!(matches!(ra.blocking_recv().unwrap(), Err(EngineError::Model(_))));
+        assert!(matches!(
+            ra.blocking_recv().unwrap(),
+            Err(EngineError::Model(_))
+        ));
         // the slot came back, so the second request ran (and failed the same way)
-        assert!(matches!(rb.blocking_recv().unwrap(), Err(EngineError::Model(_))));
+        assert!(matches!(
+            rb.blocking_recv().unwrap(),
+            Err(EngineError::Model(_))
+        ));
         assert_eq!(lm.steps.len(), 2);
     }
 

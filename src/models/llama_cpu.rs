@@ -41,7 +41,12 @@ struct Layer {
     w2: QMatrix,
 }
 
-/// One sequence's KV cache: per layer, `len` positions of `kv_dim` values each.
+/// Positions per block of the K cache.
+const KB: usize = 8;
+
+/// One sequence's KV cache. Per layer, V holds `len` rows of `kv_dim` values; K is kept in
+/// blocks of [`KB`] positions, laid out `[block][kv_dim][KB]`, so the scores of eight positions
+/// are computed side by side, each summed over the head in order like a plain dot product.
 #[derive(Default)]
 struct Slot {
     k: Vec<Vec<f32>>,
@@ -351,9 +356,13 @@ impl CpuLlama {
                     let (slot, pos) = where_[t];
                     let sl = &mut slots[slot];
                     let (kc, vc) = (&mut sl.k[l], &mut sl.v[l]);
-                    kc.truncate(pos * kv_dim);
+                    let (block, lane) = (pos / KB, pos % KB);
+                    kc.resize((block + 1) * kv_dim * KB, 0.0);
+                    let kb = &mut kc[block * kv_dim * KB..];
+                    for (c, &v) in kv[..kv_dim].iter().enumerate() {
+                        kb[c * KB + lane] = round_f16(v);
+                    }
                     vc.truncate(pos * kv_dim);
-                    kc.extend(kv[..kv_dim].iter().map(|&v| round_f16(v)));
                     vc.extend(kv[kv_dim..].iter().map(|&v| round_f16(v)));
                     for v in q.iter_mut() {
                         *v = round_f16(*v);
@@ -513,10 +522,17 @@ fn attend(
 ) {
     let hd = q.len();
     scores.clear();
-    scores.extend((0..len).map(|p| {
-        let kr = &k[p * kv_dim + off..p * kv_dim + off + hd];
-        q.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * scale
-    }));
+    for block in k.chunks_exact(kv_dim * KB).take(len.div_ceil(KB)) {
+        let mut acc = [0.0f32; KB];
+        for (d, &qd) in q.iter().enumerate() {
+            let kd = &block[(off + d) * KB..(off + d + 1) * KB];
+            for (a, &kv) in acc.iter_mut().zip(kd) {
+                *a += qd * kv;
+            }
+        }
+        scores.extend(acc.iter().map(|a| a * scale));
+    }
+    scores.truncate(len);
     let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f64;
     for s in scores.iter_mut() {

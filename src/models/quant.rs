@@ -14,20 +14,21 @@ use rayon::prelude::*;
 pub const QK: usize = 32;
 
 /// Q4_1: 32 weights as 4-bit codes `q`, value `d * q + m`. Codes 0..16 of `qs[j]`'s low nibble
-/// are element `j`, the high nibble element `j + 16`.
+/// are element `j`, the high nibble element `j + 16`. The file stores `d` and `m` as f16; they
+/// are widened (exactly) at load, which spares the kernels two conversions per block.
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct BlockQ4_1 {
-    pub d: u16,
-    pub m: u16,
+    pub d: f32,
+    pub m: f32,
     pub qs: [u8; 16],
 }
 
-/// Q8_0: 32 weights as signed bytes, value `d * q`.
+/// Q8_0: 32 weights as signed bytes, value `d * q` (`d` widened from f16 at load).
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct BlockQ8_0 {
-    pub d: u16,
+    pub d: f32,
     pub qs: [i8; 32],
 }
 
@@ -117,6 +118,53 @@ impl Kernel {
         }
     }
 
+    /// `out[r][t] = row r of w · activation t` for all rows of `w` (`nb` blocks each) and the
+    /// `n` activations in `acts`.
+    pub fn gemm_q4_1(
+        self,
+        w: &[BlockQ4_1],
+        nb: usize,
+        acts: &[BlockQ8],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        match self {
+            Kernel::Scalar => {
+                for (r, o) in out.chunks_exact_mut(n).enumerate() {
+                    for (t, v) in o.iter_mut().enumerate() {
+                        *v = dot_q4_1_scalar(&w[r * nb..(r + 1) * nb], &acts[t * nb..(t + 1) * nb]);
+                    }
+                }
+            }
+            // SAFETY: `detect` only returns Avx2 when the CPU has AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::gemm_q4_1(w, nb, acts, n, out) },
+        }
+    }
+
+    /// As [`Kernel::gemm_q4_1`] for Q8_0 weights.
+    pub fn gemm_q8_0(
+        self,
+        w: &[BlockQ8_0],
+        nb: usize,
+        acts: &[BlockQ8],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        match self {
+            Kernel::Scalar => {
+                for (r, o) in out.chunks_exact_mut(n).enumerate() {
+                    for (t, v) in o.iter_mut().enumerate() {
+                        *v = dot_q8_0_scalar(&w[r * nb..(r + 1) * nb], &acts[t * nb..(t + 1) * nb]);
+                    }
+                }
+            }
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::gemm_q8_0(w, nb, acts, n, out) },
+        }
+    }
+
     /// One weight row against four activation rows.
     pub fn dot_q4_1_x4(self, w: &[BlockQ4_1], a: [&[BlockQ8]; 4]) -> [f32; 4] {
         match self {
@@ -155,7 +203,7 @@ pub fn dot_q4_1_scalar(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
             acc += (x.qs[j] & 0x0F) as i32 * y.qs[j] as i32;
             acc += (x.qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
         }
-        sum += h2f(x.d) * y.d * acc as f32 + h2f(x.m) * y.s;
+        sum += x.d * y.d * acc as f32 + x.m * y.s;
     }
     sum
 }
@@ -169,7 +217,7 @@ pub fn dot_q8_0_scalar(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
                 .zip(&y.qs)
                 .map(|(&p, &q)| p as i32 * q as i32)
                 .sum();
-        sum += h2f(x.d) * y.d * acc as f32;
+        sum += x.d * y.d * acc as f32;
     }
     sum
 }
@@ -178,12 +226,6 @@ pub fn dot_q8_0_scalar(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
 mod avx2 {
     use super::{BlockQ4_1, BlockQ8, BlockQ8_0};
     use std::arch::x86_64::*;
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn h2f(bits: u16) -> f32 {
-        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -211,9 +253,9 @@ mod avx2 {
             let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
             let qx = _mm256_and_si256(both, low);
             let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones);
-            let scale = _mm256_set1_ps(h2f(x.d) * y.d);
+            let scale = _mm256_set1_ps(x.d * y.d);
             acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(prod), acc);
-            offsets += h2f(x.m) * y.s;
+            offsets += x.m * y.s;
         }
         hsum(acc) + offsets
     }
@@ -234,7 +276,7 @@ mod avx2 {
             // SAFETY: 16 bytes; unaligned load.
             let packed = unsafe { _mm_loadu_si128(x.qs.as_ptr().cast()) };
             let qx = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(packed, 4), packed), low);
-            let (d, m) = (h2f(x.d), h2f(x.m));
+            let (d, m) = (x.d, x.m);
             for j in 0..4 {
                 let y = &a[j][i];
                 // SAFETY: 32 bytes; unaligned load.
@@ -266,7 +308,7 @@ mod avx2 {
             // SAFETY: 32 bytes; unaligned load.
             let qx = unsafe { _mm256_loadu_si256(x.qs.as_ptr().cast()) };
             let ax = _mm256_sign_epi8(qx, qx);
-            let d = h2f(x.d);
+            let d = x.d;
             for j in 0..4 {
                 let y = &a[j][i];
                 // SAFETY: 32 bytes; unaligned load.
@@ -293,10 +335,88 @@ mod avx2 {
             let ax = _mm256_sign_epi8(qx, qx);
             let sy = _mm256_sign_epi8(qy, qx);
             let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-            let scale = _mm256_set1_ps(h2f(x.d) * y.d);
+            let scale = _mm256_set1_ps(x.d * y.d);
             acc = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(prod), acc);
         }
         hsum(acc)
+    }
+
+    /// `out[r][t]` for every row `r` of `w` (`nb` blocks each) and activation `t` of `acts`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn gemm_q4_1(
+        w: &[BlockQ4_1],
+        nb: usize,
+        acts: &[BlockQ8],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let rows = w.len() / nb;
+        let row = |r: usize| &w[r * nb..(r + 1) * nb];
+        let act = |t: usize| &acts[t * nb..(t + 1) * nb];
+        if n == 1 {
+            // One row at a time: interleaving rows here measured slower (more streams to load).
+            let a = act(0);
+            for (r, o) in out[..rows].iter_mut().enumerate() {
+                // SAFETY: same CPU features.
+                *o = unsafe { dot_q4_1(row(r), a) };
+            }
+            return;
+        }
+        let quads = n / 4 * 4;
+        for (r, o) in out.chunks_exact_mut(n).enumerate() {
+            let wr = row(r);
+            for t in (0..quads).step_by(4) {
+                // SAFETY: same CPU features.
+                let v = unsafe { dot_q4_1_x4(wr, [act(t), act(t + 1), act(t + 2), act(t + 3)]) };
+                o[t..t + 4].copy_from_slice(&v);
+            }
+            for (t, o) in o.iter_mut().enumerate().skip(quads) {
+                // SAFETY: same CPU features.
+                *o = unsafe { dot_q4_1(wr, act(t)) };
+            }
+        }
+    }
+
+    /// As [`gemm_q4_1`] for Q8_0 weights.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn gemm_q8_0(
+        w: &[BlockQ8_0],
+        nb: usize,
+        acts: &[BlockQ8],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        let rows = w.len() / nb;
+        let row = |r: usize| &w[r * nb..(r + 1) * nb];
+        let act = |t: usize| &acts[t * nb..(t + 1) * nb];
+        if n == 1 {
+            // One row at a time: interleaving rows here measured slower (more streams to load).
+            let a = act(0);
+            for (r, o) in out[..rows].iter_mut().enumerate() {
+                // SAFETY: same CPU features.
+                *o = unsafe { dot_q8_0(row(r), a) };
+            }
+            return;
+        }
+        let quads = n / 4 * 4;
+        for (r, o) in out.chunks_exact_mut(n).enumerate() {
+            let wr = row(r);
+            for t in (0..quads).step_by(4) {
+                // SAFETY: same CPU features.
+                let v = unsafe { dot_q8_0_x4(wr, [act(t), act(t + 1), act(t + 2), act(t + 3)]) };
+                o[t..t + 4].copy_from_slice(&v);
+            }
+            for (t, o) in o.iter_mut().enumerate().skip(quads) {
+                // SAFETY: same CPU features.
+                *o = unsafe { dot_q8_0(wr, act(t)) };
+            }
+        }
     }
 }
 
@@ -356,8 +476,8 @@ impl QMatrix {
                         let mut qs = [0u8; 16];
                         qs.copy_from_slice(&b[4..20]);
                         BlockQ4_1 {
-                            d: u16_at(b, 0),
-                            m: u16_at(b, 2),
+                            d: h2f(u16_at(b, 0)),
+                            m: h2f(u16_at(b, 2)),
                             qs,
                         }
                     })
@@ -372,7 +492,7 @@ impl QMatrix {
                             *q = v as i8;
                         }
                         BlockQ8_0 {
-                            d: u16_at(b, 0),
+                            d: h2f(u16_at(b, 0)),
                             qs,
                         }
                     })
@@ -413,7 +533,7 @@ impl QMatrix {
         match &self.data {
             QData::Q4_1(b) => {
                 for (blk, o) in b[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
-                    let (d, m) = (h2f(blk.d), h2f(blk.m));
+                    let (d, m) = (blk.d, blk.m);
                     for j in 0..16 {
                         o[j] = (blk.qs[j] & 0x0F) as f32 * d + m;
                         o[j + 16] = (blk.qs[j] >> 4) as f32 * d + m;
@@ -422,7 +542,7 @@ impl QMatrix {
             }
             QData::Q8_0(b) => {
                 for (blk, o) in b[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(QK)) {
-                    let d = h2f(blk.d);
+                    let d = blk.d;
                     for (v, &q) in o.iter_mut().zip(&blk.qs) {
                         *v = q as f32 * d;
                     }
@@ -445,43 +565,15 @@ impl QMatrix {
         let rows = self.rows;
         debug_assert_eq!(acts.len(), n * nb);
         debug_assert_eq!(out.len(), n * rows);
-        // Chunks of rows, small enough that both cores stay busy and a late one is stolen from.
-        let chunk = (rows / 64).clamp(16, 256);
+        // About 16 chunks of rows per matmul: enough for both cores to stay busy and for one to
+        // take over the rest when the other is held up, few enough that scheduling is cheap.
+        let chunk = rows.div_ceil(16).max(4);
         let dot_rows = |r0: usize, dst: &mut [f32]| {
             // dst is rows r0.. of the transposed result: [row][t]
-            let act = |t: usize| &acts[t * nb..(t + 1) * nb];
-            for (i, drow) in dst.chunks_exact_mut(n).enumerate() {
-                let r = r0 + i;
-                // Four activations at a time share each unpacked weight block.
-                let quads = n / 4 * 4;
-                match &self.data {
-                    QData::Q4_1(b) => {
-                        let w = &b[r * nb..(r + 1) * nb];
-                        for (q, o) in drow[..quads].chunks_exact_mut(4).enumerate() {
-                            let t = q * 4;
-                            o.copy_from_slice(
-                                &kernel
-                                    .dot_q4_1_x4(w, [act(t), act(t + 1), act(t + 2), act(t + 3)]),
-                            );
-                        }
-                        for (t, o) in drow.iter_mut().enumerate().skip(quads) {
-                            *o = kernel.dot_q4_1(w, act(t));
-                        }
-                    }
-                    QData::Q8_0(b) => {
-                        let w = &b[r * nb..(r + 1) * nb];
-                        for (q, o) in drow[..quads].chunks_exact_mut(4).enumerate() {
-                            let t = q * 4;
-                            o.copy_from_slice(
-                                &kernel
-                                    .dot_q8_0_x4(w, [act(t), act(t + 1), act(t + 2), act(t + 3)]),
-                            );
-                        }
-                        for (t, o) in drow.iter_mut().enumerate().skip(quads) {
-                            *o = kernel.dot_q8_0(w, act(t));
-                        }
-                    }
-                }
+            let r1 = r0 + dst.len() / n;
+            match &self.data {
+                QData::Q4_1(b) => kernel.gemm_q4_1(&b[r0 * nb..r1 * nb], nb, acts, n, dst),
+                QData::Q8_0(b) => kernel.gemm_q8_0(&b[r0 * nb..r1 * nb], nb, acts, n, dst),
             }
         };
         if n == 1 {

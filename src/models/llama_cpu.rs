@@ -574,3 +574,189 @@ impl CausalLm for CpuLlama {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+    use gguf_file::Value;
+
+    const VOCAB: usize = 96;
+
+    /// A tiny random llama written as a GGUF file: 2 layers, width 64, 4 query heads sharing
+    /// 2 KV heads, Q4_1 matrices and a Q8_0 embedding (tied output), 48 positions.
+    fn tiny_gguf(dir: &Path) -> std::path::PathBuf {
+        let (dim, ffn, kv) = (64usize, 128usize, 32usize);
+        let dev = Device::Cpu;
+        let mut seed = 0u64;
+        let mut rand = |rows: usize, cols: usize, scale: f32| {
+            seed += 1;
+            let data: Vec<f32> = (0..rows * cols)
+                .map(|i| {
+                    let h = (i as u64 + 1)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add(seed.wrapping_mul(0xD1B5_4A32_D192_ED03));
+                    ((h >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+                })
+                .collect();
+            Tensor::from_vec(data, (rows, cols), &dev).unwrap()
+        };
+        let q = |t: Tensor, ty| QTensor::quantize(&t, ty).unwrap();
+        let norm = |n: usize| {
+            QTensor::quantize(
+                &Tensor::ones(n, candle_core::DType::F32, &dev).unwrap(),
+                GgmlDType::F32,
+            )
+            .unwrap()
+        };
+        let mut tensors: Vec<(String, QTensor)> = vec![
+            (
+                "token_embd.weight".into(),
+                q(rand(VOCAB, dim, 2.0), GgmlDType::Q8_0),
+            ),
+            ("output_norm.weight".into(), norm(dim)),
+        ];
+        for l in 0..2 {
+            let p = format!("blk.{l}.");
+            for (name, rows, cols) in [
+                ("attn_q", dim, dim),
+                ("attn_k", kv, dim),
+                ("attn_v", kv, dim),
+                ("attn_output", dim, dim),
+                ("ffn_gate", ffn, dim),
+                ("ffn_up", ffn, dim),
+                ("ffn_down", dim, ffn),
+            ] {
+                tensors.push((
+                    format!("{p}{name}.weight"),
+                    q(rand(rows, cols, 0.5), GgmlDType::Q4_1),
+                ));
+            }
+            tensors.push((format!("{p}attn_norm.weight"), norm(dim)));
+            tensors.push((format!("{p}ffn_norm.weight"), norm(dim)));
+        }
+        let meta = [
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", Value::U32(2)),
+            ("llama.context_length", Value::U32(48)),
+            ("llama.embedding_length", Value::U32(dim as u32)),
+            ("llama.feed_forward_length", Value::U32(ffn as u32)),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.attention.head_count_kv", Value::U32(2)),
+            ("llama.rope.freq_base", Value::F32(10_000.0)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+        ];
+        let path = dir.join("tiny.gguf");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let meta: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        gguf_file::write(&mut f, &meta, &tensors).unwrap();
+        path
+    }
+
+    fn chunk(slot: usize, start: usize, tokens: &[u32]) -> Chunk<'_> {
+        Chunk {
+            slot,
+            start,
+            tokens,
+            logits: true,
+        }
+    }
+
+    #[test]
+    fn batched_chunked_and_restarted_runs_equal_single_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lm = CpuLlama::open(&tiny_gguf(dir.path()), 6, 2).unwrap();
+        assert_eq!(
+            (lm.max_sequences(), lm.context_length(), lm.vocab_size()),
+            (6, 48, VOCAB)
+        );
+        let prompts: Vec<Vec<u32>> = (0..6u32)
+            .map(|s| {
+                (0..5 + s * 3)
+                    .map(|i| (i * 7 + s * 11) % VOCAB as u32)
+                    .collect()
+            })
+            .collect();
+        // Each prompt alone, then two decode steps, in slot 0.
+        let mut alone = Vec::new();
+        for p in &prompts {
+            let a = lm.forward(p, 0).unwrap();
+            let b = lm.forward(&[3], p.len()).unwrap();
+            let c = lm.forward(&[4], p.len() + 1).unwrap();
+            assert!(a.iter().all(|v| v.is_finite()) && a != b && b != c);
+            alone.push([a, b, c]);
+        }
+        // All six at once in their own slots (the four-activation kernels run here).
+        let chunks: Vec<Chunk> = prompts
+            .iter()
+            .enumerate()
+            .map(|(s, p)| chunk(s, 0, p))
+            .collect();
+        let first = lm.step(&chunks).unwrap();
+        let second = lm
+            .step(
+                &(0..6)
+                    .map(|s| chunk(s, prompts[s].len(), &[3]))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        for s in 0..6 {
+            assert_eq!(first[s], alone[s][0], "prompt {s}");
+            assert_eq!(second[s], alone[s][1], "decode {s}");
+        }
+        // A prompt in two chunks gives what it gives in one; only the last chunk asks.
+        let p = &prompts[5];
+        let none = lm
+            .step(&[Chunk {
+                logits: false,
+                ..chunk(2, 0, &p[..8])
+            }])
+            .unwrap();
+        assert!(none.is_empty());
+        assert_eq!(lm.step(&[chunk(2, 8, &p[8..])]).unwrap()[0], alone[5][0]);
+        // Restarting inside what a slot holds replaces the rest.
+        assert_eq!(lm.forward(&[9, 9, 9], 0).unwrap().len(), VOCAB);
+        lm.forward(&prompts[1], 0).unwrap();
+        lm.forward(&[50], prompts[1].len()).unwrap();
+        assert_eq!(lm.forward(&[3], prompts[1].len()).unwrap(), alone[1][1]);
+        lm.release(0);
+        assert_eq!(lm.forward(&prompts[0], 0).unwrap(), alone[0][0]);
+    }
+
+    #[test]
+    fn bad_steps_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut lm = CpuLlama::open(&tiny_gguf(dir.path()), 2, 1).unwrap();
+        let ok = [1u32, 2];
+        for bad in [
+            vec![chunk(2, 0, &ok)],                   // no such slot
+            vec![chunk(0, 0, &ok), chunk(0, 0, &ok)], // one slot twice
+            vec![chunk(0, 0, &[])],                   // nothing to run
+            vec![chunk(0, 5, &ok)],                   // a gap after the cached positions
+            vec![chunk(0, 47, &ok)],                  // past the context
+            vec![chunk(0, 0, &[VOCAB as u32])],       // outside the vocabulary
+        ] {
+            assert!(
+                matches!(lm.step(&bad), Err(ModelError::Inference(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(lm.step(&[chunk(0, 0, &ok)]).is_ok());
+    }
+
+    #[test]
+    fn missing_tensors_and_unsupported_files_fail_to_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.gguf");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let arch = Value::String("llama".into());
+        gguf_file::write(&mut f, &[("general.architecture", &arch)], &[]).unwrap();
+        assert!(matches!(
+            CpuLlama::open(&path, 1, 1),
+            Err(ModelError::Load(_))
+        ));
+        assert!(CpuLlama::open(&dir.path().join("absent.gguf"), 1, 1).is_err());
+    }
+}

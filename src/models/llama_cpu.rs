@@ -382,17 +382,16 @@ impl CpuLlama {
                         let q = &qkv[t * qkv_dim + h * hd..t * qkv_dim + (h + 1) * hd];
                         let off = (h / group) * hd;
                         let sl = &slots_ro[slot];
-                        attend(
+                        let head = Head {
                             q,
-                            &sl.k[l],
-                            &sl.v[l],
+                            k: &sl.k[l],
+                            v: &sl.v[l],
                             kv_dim,
                             off,
-                            pos + 1,
+                            len: pos + 1,
                             scale,
-                            scores,
-                            out,
-                        );
+                        };
+                        attend(kernel, &head, scores, out);
                     });
                 quantize_rows(&s.att, dim, &mut s.acts);
                 s.proj.resize(n * dim, 0.0);
@@ -507,19 +506,48 @@ fn quantize_rows(x: &[f32], width: usize, out: &mut Vec<BlockQ8>) {
     }
 }
 
-/// One head of one query over `len` cached positions.
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+/// One head of one query over `len` cached positions of a slot's K and V (columns
+/// `off..off + head size` of each row).
+struct Head<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
     kv_dim: usize,
     off: usize,
     len: usize,
     scale: f32,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
+}
+
+/// The same code compiled for AVX2 where the CPU has it (wider vectors; no FMA contraction, so
+/// the results are the same bits).
+fn attend(kernel: Kernel, head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Kernel::Avx2 {
+        // SAFETY: Kernel::Avx2 is only detected on CPUs with AVX2 and FMA.
+        unsafe { attend_avx2(head, scores, out) };
+        return;
+    }
+    let _ = kernel;
+    attend_generic(head, scores, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    attend_generic(head, scores, out)
+}
+
+#[inline(always)]
+fn attend_generic(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
+    let Head {
+        q,
+        k,
+        v,
+        kv_dim,
+        off,
+        len,
+        scale,
+    } = *head;
     let hd = q.len();
     scores.clear();
     for block in k.chunks_exact(kv_dim * KB).take(len.div_ceil(KB)) {

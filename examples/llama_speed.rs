@@ -38,30 +38,34 @@ fn main() -> anyhow::Result<()> {
             lm.forward(&[13], prompt.len() + k)?;
         }
         let tg = 64.0 / t.elapsed().as_secs_f64();
-        for s in 1..8 {
-            lm.step(&[Chunk {
-                slot: s,
-                start: 0,
-                tokens: &prompt,
-                logits: false,
-            }])?;
-        }
-        let t = Instant::now();
-        let tok = [13u32];
-        for k in 0..32 {
-            let chunks: Vec<Chunk> = (0..8)
-                .map(|s| Chunk {
+        let mut batched = Vec::new();
+        for seqs in [4usize, 8] {
+            for s in 0..seqs {
+                lm.step(&[Chunk {
                     slot: s,
-                    start: prompt.len() + k,
-                    tokens: &tok,
-                    logits: true,
-                })
-                .collect();
-            lm.step(&chunks)?;
+                    start: 0,
+                    tokens: &prompt,
+                    logits: false,
+                }])?;
+            }
+            let t = Instant::now();
+            let tok = [13u32];
+            for k in 0..32 {
+                let chunks: Vec<Chunk> = (0..seqs)
+                    .map(|s| Chunk {
+                        slot: s,
+                        start: prompt.len() + k,
+                        tokens: &tok,
+                        logits: true,
+                    })
+                    .collect();
+                lm.step(&chunks)?;
+            }
+            batched.push(seqs as f64 * 32.0 / t.elapsed().as_secs_f64());
         }
-        let tg8 = 8.0 * 32.0 / t.elapsed().as_secs_f64();
+        let (tg4, tg8) = (batched[0], batched[1]);
         println!(
-            "ours threads={threads} kernel={}: prompt {pp:.1} tok/s, decode {tg:.1} tok/s, 8 sequences {tg8:.1} tok/s",
+            "ours threads={threads} kernel={}: prompt {pp:.1} tok/s, decode {tg:.1} tok/s, 4 sequences {tg4:.1} tok/s, 8 sequences {tg8:.1} tok/s",
             lm.kernel().name()
         );
     }

@@ -42,7 +42,8 @@ pub struct ModelSection {
     pub models_dir: PathBuf,
     /// Run one tiny inference per model before reporting ready.
     pub warmup: bool,
-    /// Compute threads per model worker (0: candle's default, one per core).
+    /// Compute threads per model (0: one per core). Sets `RAYON_NUM_THREADS`, which sizes both
+    /// candle's pools and the pool of our CPU llama.
     pub threads: usize,
 }
 

@@ -1,0 +1,168 @@
+//! all-MiniLM-L6-v2 throughput, old against new in the same run: candle-transformers'
+//! `BertModel` over padded batches (`BertEmbedder::load_candle`, what the CPU ran before) and
+//! the padding-free CPU forward pass (`BertEmbedder::load`, what the worker loads now), at
+//! batch 1, 8 and 32 over deterministic sentences of 8 to 40 words (≈ 12 to 55 tokens) in mixed
+//! order. The two are timed in alternating rounds (which goes first alternates too), so a noisy,
+//! shared machine slows both alike.
+//!
+//! ```text
+//! cargo run --release --example embed_speed [-- ROUNDS]
+//! ```
+//!
+//! `ANYA_MODELS_DIR` names another model repository; `RAYON_NUM_THREADS` pins the threads.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anya::models::bert::{BertEmbedder, Pooling};
+use anya::models::{Embedder, TextCodec};
+use candle_core::Device;
+
+const WORDS: &[&str] = &[
+    "the",
+    "model",
+    "serves",
+    "a",
+    "quick",
+    "brown",
+    "fox",
+    "across",
+    "river",
+    "to",
+    "city",
+    "market",
+    "every",
+    "morning",
+    "while",
+    "engineers",
+    "measure",
+    "latency",
+    "and",
+    "throughput",
+    "of",
+    "their",
+    "servers",
+    "under",
+    "heavy",
+    "load",
+    "with",
+    "many",
+    "small",
+    "requests",
+    "music",
+    "garden",
+    "window",
+    "cloud",
+    "signal",
+    "paper",
+    "light",
+    "story",
+    "ocean",
+    "bridge",
+    "mountain",
+    "embedding",
+    "vectors",
+    "search",
+    "documents",
+    "quietly",
+    "because",
+    "nobody",
+    "remembered",
+    "unbelievable",
+];
+
+/// Sentence `i`: 8 to 40 words, deterministic.
+fn sentence(i: u64) -> String {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let n = 8 + (next() % 33) as usize;
+    (0..n)
+        .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (n(a) * n(b))
+}
+
+/// Embed all of `seqs` in chunks of `batch`; the time taken and the vectors.
+fn run(m: &mut BertEmbedder, seqs: &[Vec<u32>], batch: usize) -> (Duration, Vec<Vec<f32>>) {
+    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let t = Instant::now();
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in refs.chunks(batch) {
+        out.extend(m.embed(chunk).expect("embeds"));
+    }
+    (t.elapsed(), out)
+}
+
+fn main() {
+    let rounds: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("ROUNDS is a number"))
+        .unwrap_or(5);
+    let dir = std::env::var_os("ANYA_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+        .join("all-minilm-l6-v2/1.0.0");
+    let codec = TextCodec::from_file(&dir.join("tokenizer.json"), true, 256).expect("tokenizer");
+    let (w, c) = (dir.join("model.safetensors"), dir.join("config.json"));
+    let cpu = Device::Cpu;
+    let mut old = BertEmbedder::load_candle(&w, &c, Pooling::Mean, true, &cpu).expect("loads");
+    let mut new = BertEmbedder::load(&w, &c, Pooling::Mean, true, &cpu).expect("loads");
+
+    let seqs: Vec<Vec<u32>> = (0..128)
+        .map(|i| codec.encode(&sentence(i), false).expect("encodes"))
+        .collect();
+    let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    let (lo, hi) = seqs.iter().fold((usize::MAX, 0), |(lo, hi), s| {
+        (lo.min(s.len()), hi.max(s.len()))
+    });
+    println!(
+        "{} sentences, {lo} to {hi} tokens (mean {:.1}); {rounds} rounds per batch size; \
+         threads: {}",
+        seqs.len(),
+        tokens as f64 / seqs.len() as f64,
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+    );
+
+    // Warm up both (allocator, thread pool) and check they agree.
+    let (_, a) = run(&mut old, &seqs, 32);
+    let (_, b) = run(&mut new, &seqs, 32);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| cosine(x, y))
+        .fold(1.0f32, f32::min);
+    println!("lowest cosine old vs new: {worst:.7}");
+
+    println!(
+        "{:>5} {:>14} {:>14} {:>7}",
+        "batch", "old sent/s", "new sent/s", "new/old"
+    );
+    for batch in [1usize, 8, 32] {
+        // Batch 1 is slow on the old path: fewer sentences keep the run short.
+        let set = if batch == 1 { &seqs[..32] } else { &seqs[..] };
+        let (mut t_old, mut t_new) = (Duration::ZERO, Duration::ZERO);
+        for r in 0..rounds {
+            if r % 2 == 0 {
+                t_old += run(&mut old, set, batch).0;
+                t_new += run(&mut new, set, batch).0;
+            } else {
+                t_new += run(&mut new, set, batch).0;
+                t_old += run(&mut old, set, batch).0;
+            }
+        }
+        let n = (set.len() * rounds) as f64;
+        let (so, sn) = (n / t_old.as_secs_f64(), n / t_new.as_secs_f64());
+        println!("{batch:>5} {so:>14.1} {sn:>14.1} {:>6.2}x", sn / so);
+    }
+}

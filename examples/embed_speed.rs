@@ -6,8 +6,11 @@
 //! shared machine slows both alike.
 //!
 //! ```text
-//! cargo run --release --example embed_speed [-- ROUNDS]
+//! cargo run --release --example embed_speed [-- ROUNDS [old|new]]
 //! ```
+//!
+//! With `old` or `new`, only that path runs (batch 32, `ROUNDS` times over the sentences), for a
+//! profiler.
 //!
 //! `ANYA_MODELS_DIR` names another model repository; `RAYON_NUM_THREADS` pins the threads.
 
@@ -122,6 +125,20 @@ fn main() {
     let seqs: Vec<Vec<u32>> = (0..128)
         .map(|i| codec.encode(&sentence(i), false).expect("encodes"))
         .collect();
+    if let Some(only) = std::env::args().nth(2) {
+        let m = match only.as_str() {
+            "old" => &mut old,
+            "new" => &mut new,
+            other => panic!("{other}: old or new"),
+        };
+        let mut t = Duration::ZERO;
+        for _ in 0..rounds {
+            t += run(m, &seqs, 32).0;
+        }
+        let n = (seqs.len() * rounds) as f64;
+        println!("{only}: {:.1} sentences/s at batch 32", n / t.as_secs_f64());
+        return;
+    }
     let tokens: usize = seqs.iter().map(|s| s.len()).sum();
     let (lo, hi) = seqs.iter().fold((usize::MAX, 0), |(lo, hi), s| {
         (lo.min(s.len()), hi.max(s.len()))

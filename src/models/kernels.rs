@@ -237,6 +237,62 @@ pub struct AttentionScratch {
     keys_t: Vec<f32>,
     /// Scores of one query row: [len].
     scores: Vec<f32>,
+    /// One query row of one head, scaled: [head_dim].
+    query: Vec<f32>,
+}
+
+/// `scores[c * 8 ..][.. G * 8] = q · keys` for `G` lanes of keys at once, the accumulators in
+/// registers (`keys_t` is `[q.len()][padded]`).
+#[inline(always)]
+fn score_lanes<const G: usize, const FMA: bool>(
+    q: &[f32],
+    keys_t: &[f32],
+    padded: usize,
+    c: usize,
+    scores: &mut [f32],
+) {
+    let mut acc = [[0.0f32; LANES]; G];
+    for (d, &q) in q.iter().enumerate() {
+        let k = &keys_t[d * padded + c * LANES..][..G * LANES];
+        for (a, k) in acc.iter_mut().zip(k.chunks_exact(LANES)) {
+            for (a, &k) in a.iter_mut().zip(k) {
+                *a = madd::<FMA>(q, k, *a);
+            }
+        }
+    }
+    for (s, a) in scores[c * LANES..][..G * LANES]
+        .chunks_exact_mut(LANES)
+        .zip(&acc)
+    {
+        s.copy_from_slice(a);
+    }
+}
+
+/// `out[c * 8 ..][.. G * 8] = Σ_j p_j v_j` over the value rows of one head, for `G` lanes of
+/// the head's dimensions at once (`values` starts at the first value of lane 0, rows `row` apart).
+#[inline(always)]
+fn weigh_lanes<const G: usize, const FMA: bool>(
+    p: &[f32],
+    values: &[f32],
+    row: usize,
+    c: usize,
+    out: &mut [f32],
+) {
+    let mut acc = [[0.0f32; LANES]; G];
+    for (j, &p) in p.iter().enumerate() {
+        let v = &values[j * row + c * LANES..][..G * LANES];
+        for (a, v) in acc.iter_mut().zip(v.chunks_exact(LANES)) {
+            for (a, &v) in a.iter_mut().zip(v) {
+                *a = madd::<FMA>(p, v, *a);
+            }
+        }
+    }
+    for (o, a) in out[c * LANES..][..G * LANES]
+        .chunks_exact_mut(LANES)
+        .zip(&acc)
+    {
+        o.copy_from_slice(a);
+    }
 }
 
 #[inline(always)]
@@ -260,10 +316,14 @@ fn attention_body<const FMA: bool>(
         }
         let seq = &qkv[start * row..(start + len) * row];
         let out = &mut ctx[start * hidden..(start + len) * hidden];
+        // Key columns padded to whole lanes with zeros, so the score loops run on full lanes.
+        let padded = len.div_ceil(LANES) * LANES;
         scratch.keys_t.clear();
-        scratch.keys_t.resize(head_dim * len, 0.0);
+        scratch.keys_t.resize(head_dim * padded, 0.0);
         scratch.scores.clear();
-        scratch.scores.resize(len, 0.0);
+        scratch.scores.resize(padded, 0.0);
+        scratch.query.clear();
+        scratch.query.resize(head_dim, 0.0);
         for h in 0..heads {
             let q_off = h * head_dim;
             let k_off = hidden + h * head_dim;
@@ -275,40 +335,66 @@ fn attention_body<const FMA: bool>(
             );
             for (j, r) in seq.chunks_exact(row).enumerate() {
                 for (d, (&k, &b)) in r[k_off..k_off + head_dim].iter().zip(bk).enumerate() {
-                    scratch.keys_t[d * len + j] = k + b;
+                    scratch.keys_t[d * padded + j] = k + b;
                 }
             }
             for (i, q_row) in seq.chunks_exact(row).enumerate() {
-                let scores = &mut scratch.scores[..len];
-                scores.fill(0.0);
-                for (d, (&q, &b)) in q_row[q_off..q_off + head_dim].iter().zip(bq).enumerate() {
-                    let q = (q + b) * scale;
-                    let k_d = &scratch.keys_t[d * len..(d + 1) * len];
-                    for (s, &k) in scores.iter_mut().zip(k_d) {
-                        *s = madd::<FMA>(q, k, *s);
-                    }
+                for ((qs, &q), &b) in scratch
+                    .query
+                    .iter_mut()
+                    .zip(&q_row[q_off..q_off + head_dim])
+                    .zip(bq)
+                {
+                    *qs = (q + b) * scale;
                 }
+                let scores = &mut scratch.scores[..];
+                let (q, keys_t) = (&scratch.query[..], &scratch.keys_t[..]);
+                let lanes = padded / LANES;
+                let mut c = 0;
+                while c + 4 <= lanes {
+                    score_lanes::<4, FMA>(q, keys_t, padded, c, scores);
+                    c += 4;
+                }
+                if c + 2 <= lanes {
+                    score_lanes::<2, FMA>(q, keys_t, padded, c, scores);
+                    c += 2;
+                }
+                if c < lanes {
+                    score_lanes::<1, FMA>(q, keys_t, padded, c, scores);
+                }
+                scores[len..].fill(f32::NEG_INFINITY);
                 let mut mx = [f32::NEG_INFINITY; LANES];
-                let mut chunks = scores.chunks_exact(LANES);
-                for c in &mut chunks {
-                    for (m, &s) in mx.iter_mut().zip(c) {
+                for s8 in scores.chunks_exact(LANES) {
+                    for (m, &s) in mx.iter_mut().zip(s8) {
                         *m = m.max(s);
                     }
                 }
-                let mut max = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                for &s in chunks.remainder() {
-                    max = max.max(s);
+                let max = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                for s8 in scores.chunks_exact_mut(LANES) {
+                    for s in s8 {
+                        *s = exp::<FMA>(*s - max);
+                    }
                 }
-                for s in scores.iter_mut() {
-                    *s = exp::<FMA>(*s - max);
-                }
+                scores[len..].fill(0.0);
                 let inv = 1.0 / sum_lanes::<FMA>(scores);
                 let o = &mut out[i * hidden + q_off..i * hidden + q_off + head_dim];
-                o.fill(0.0);
-                for (&p, v_row) in scores.iter().zip(seq.chunks_exact(row)) {
-                    for (o, &v) in o.iter_mut().zip(&v_row[v_off..v_off + head_dim]) {
-                        *o = madd::<FMA>(p, v, *o);
-                    }
+                let p = &scores[..len];
+                let values = &seq[v_off..];
+                let lanes = head_dim / LANES;
+                let mut c = 0;
+                while c + 4 <= lanes {
+                    weigh_lanes::<4, FMA>(p, values, row, c, o);
+                    c += 4;
+                }
+                while c < lanes {
+                    weigh_lanes::<1, FMA>(p, values, row, c, o);
+                    c += 1;
+                }
+                for (d, o) in o.iter_mut().enumerate().skip(lanes * LANES) {
+                    *o = p
+                        .iter()
+                        .zip(values.chunks(row))
+                        .fold(0.0, |acc, (&p, v)| madd::<FMA>(p, v[d], acc));
                 }
                 // The weights sum to one, so the value bias passes straight through.
                 for (o, &b) in o.iter_mut().zip(bv) {
@@ -457,64 +543,51 @@ mod tests {
 
     #[test]
     fn attention_both_paths_agree_with_a_plain_one() {
-        let shape = AttentionShape {
-            heads: 3,
-            head_dim: 5,
-        };
-        let hidden = 15;
-        let lens = [4usize, 0, 11, 1];
-        let total: usize = lens.iter().sum();
-        let qkv = pseudo_random(total * 3 * hidden, 7);
-        let bias = pseudo_random(3 * hidden, 8);
-        let mut fast = vec![0.0; total * hidden];
-        let mut scalar = vec![0.0; total * hidden];
-        attention(
-            shape,
-            &qkv,
-            &bias,
-            &lens,
-            &mut AttentionScratch::default(),
-            &mut fast,
-        );
-        attention_body::<false>(
-            shape,
-            &qkv,
-            &bias,
-            &lens,
-            &mut AttentionScratch::default(),
-            &mut scalar,
-        );
-        let at = |t: usize, c: usize| (qkv[t * 3 * hidden + c] + bias[c]) as f64;
-        let mut start = 0;
-        for &len in &lens {
-            for h in 0..3 {
-                for i in 0..len {
-                    let s: Vec<f64> = (0..len)
-                        .map(|j| {
-                            (0..5)
-                                .map(|d| at(start + i, h * 5 + d) * at(start + j, 15 + h * 5 + d))
-                                .sum::<f64>()
-                                / 5f64.sqrt()
-                        })
-                        .collect();
-                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
-                    let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
-                    let z: f64 = e.iter().sum();
-                    for d in 0..5 {
-                        let want: f64 = (0..len)
-                            .map(|j| e[j] / z * at(start + j, 30 + h * 5 + d))
-                            .sum();
-                        let k = (start + i) * hidden + h * 5 + d;
-                        assert!(
-                            (fast[k] as f64 - want).abs() < 1e-5,
-                            "{} vs {want}",
-                            fast[k]
-                        );
-                        assert!((scalar[k] as f64 - want).abs() < 1e-5);
+        // Head sizes under, over and at whole lanes; sequences of 0 to 5 lanes of keys.
+        for (heads, head_dim) in [(3usize, 5usize), (2, 40), (2, 32)] {
+            let shape = AttentionShape { heads, head_dim };
+            let hidden = heads * head_dim;
+            let lens = [4usize, 0, 11, 1, 37, 16];
+            let total: usize = lens.iter().sum();
+            let qkv = pseudo_random(total * 3 * hidden, 7);
+            let bias = pseudo_random(3 * hidden, 8);
+            let mut fast = vec![0.0; total * hidden];
+            let mut scalar = vec![0.0; total * hidden];
+            let mut scratch = AttentionScratch::default();
+            attention(shape, &qkv, &bias, &lens, &mut scratch, &mut fast);
+            attention_body::<false>(shape, &qkv, &bias, &lens, &mut scratch, &mut scalar);
+            let at = |t: usize, c: usize| (qkv[t * 3 * hidden + c] + bias[c]) as f64;
+            let mut start = 0;
+            for &len in &lens {
+                for h in 0..heads {
+                    for i in 0..len {
+                        let s: Vec<f64> = (0..len)
+                            .map(|j| {
+                                (0..head_dim)
+                                    .map(|d| {
+                                        at(start + i, h * head_dim + d)
+                                            * at(start + j, hidden + h * head_dim + d)
+                                    })
+                                    .sum::<f64>()
+                                    / (head_dim as f64).sqrt()
+                            })
+                            .collect();
+                        let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                        let e: Vec<f64> = s.iter().map(|v| (v - m).exp()).collect();
+                        let z: f64 = e.iter().sum();
+                        for d in 0..head_dim {
+                            let want: f64 = (0..len)
+                                .map(|j| e[j] / z * at(start + j, 2 * hidden + h * head_dim + d))
+                                .sum();
+                            let k = (start + i) * hidden + h * head_dim + d;
+                            let (f, sc) = (fast[k] as f64, scalar[k] as f64);
+                            assert!((f - want).abs() < 1e-4, "{head_dim}: {f} vs {want}");
+                            assert!((sc - want).abs() < 1e-4, "{head_dim}: {sc} vs {want}");
+                        }
                     }
                 }
+                start += len;
             }
-            start += len;
         }
     }
 }

@@ -153,14 +153,10 @@ impl Embedder for BertEmbedder {
         }
         match &mut self.engine {
             Engine::Fast(model) => {
-                let hidden = model.forward(batch)?;
-                Ok(pool_stacked(
-                    &hidden,
-                    batch,
-                    self.hidden_size,
-                    self.pooling,
-                    self.normalize,
-                ))
+                let (h, pooling, normalize) = (self.hidden_size, self.pooling, self.normalize);
+                model.forward(batch, |hidden| {
+                    pool_stacked(hidden, batch, h, pooling, normalize)
+                })
             }
             Engine::Candle(m) => m.embed(batch, self.pooling, self.normalize),
         }

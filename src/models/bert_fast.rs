@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor};
 
 use super::kernels::{self, AttentionScratch, AttentionShape};
 use super::ModelError;
@@ -88,7 +88,8 @@ struct Norm {
 }
 
 struct Layer {
-    /// [hidden, 3 * hidden]: query, key, value side by side.
+    /// [hidden, 3 * hidden] (a transposed view of the checkpoint's [3 * hidden, hidden]): query,
+    /// key, value side by side.
     qkv_w: Tensor,
     qkv_b: Vec<f32>,
     /// [hidden, hidden]
@@ -142,9 +143,10 @@ impl Weights {
         Ok(self.get(name, &[len])?.to_vec1()?)
     }
 
-    /// A `[out, in]` linear weight as a contiguous `[in, out]` matrix for `x.matmul(w)`.
+    /// A `[out, in]` linear weight, transposed (a view) for `x.matmul(w)`; gemm reads it as
+    /// fast as a contiguous `[in, out]` copy.
     fn linear_t(&self, name: &str, out: usize, inp: usize) -> Result<Tensor, ModelError> {
-        Ok(self.get(name, &[out, inp])?.t()?.contiguous()?)
+        Ok(self.get(name, &[out, inp])?.t()?)
     }
 
     fn norm(&self, name: &str, len: usize) -> Result<Norm, ModelError> {
@@ -166,6 +168,87 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, ModelErro
         .contiguous_offsets()
         .ok_or_else(|| ModelError::Inference("expected a contiguous tensor".into()))?;
     Ok(f(&all[start..end]))
+}
+
+/// The f32 contents of a contiguous CPU storage, for the in-place ops.
+fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("expected a contiguous tensor".into()))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => Err(candle_core::Error::Msg("expected f32".into())),
+    }
+}
+
+fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("expected a contiguous tensor".into()))?;
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// `x = act(x + bias)` on the output of the intermediate projection, in place.
+struct BiasActivation<'a> {
+    bias: &'a [f32],
+    act: Activation,
+}
+
+impl InplaceOp1 for BiasActivation<'_> {
+    fn name(&self) -> &'static str {
+        "bert-bias-activation"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let xs = f32_mut(s, l)?;
+        match self.act {
+            Activation::GeluErf => kernels::gelu_bias(xs, self.bias),
+            Activation::Relu => {
+                for row in xs.chunks_exact_mut(self.bias.len()) {
+                    for (v, &b) in row.iter_mut().zip(self.bias) {
+                        *v = (*v + b).max(0.0);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `x = LayerNorm(x + bias + residual)` on the output of a projection, in place.
+struct AddNorm<'a> {
+    bias: &'a [f32],
+    norm: &'a Norm,
+    eps: f32,
+}
+
+impl InplaceOp2 for AddNorm<'_> {
+    fn name(&self) -> &'static str {
+        "bert-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let residual = f32_ref(s2, l2)?;
+        let xs = f32_mut(s1, l1)?;
+        if xs.len() != residual.len() {
+            return Err(candle_core::Error::Msg("residual of another shape".into()));
+        }
+        kernels::add_layer_norm(
+            xs,
+            self.bias,
+            residual,
+            &self.norm.gamma,
+            &self.norm.beta,
+            self.eps,
+        );
+        Ok(())
+    }
 }
 
 impl FastBert {
@@ -215,7 +298,7 @@ impl FastBert {
             let q = w.get(&format!("{a}.query.weight"), &[h, h])?;
             let k = w.get(&format!("{a}.key.weight"), &[h, h])?;
             let v = w.get(&format!("{a}.value.weight"), &[h, h])?;
-            let qkv_w = Tensor::cat(&[q, k, v], 0)?.t()?.contiguous()?;
+            let qkv_w = Tensor::cat(&[q, k, v], 0)?.t()?;
             let mut qkv_b = w.vec(&format!("{a}.query.bias"), h)?;
             qkv_b.extend(w.vec(&format!("{a}.key.bias"), h)?);
             qkv_b.extend(w.vec(&format!("{a}.value.bias"), h)?);
@@ -250,17 +333,20 @@ impl FastBert {
         self.cfg.hidden_size
     }
 
-    /// The last hidden states of every token of every sequence, stacked: `[total_tokens,
-    /// hidden]`, sequence after sequence, in input order.
-    pub fn forward(&mut self, batch: &[&[u32]]) -> Result<Vec<f32>, ModelError> {
+    /// Run the encoder and hand `f` the last hidden states of every token of every sequence,
+    /// stacked: `[total_tokens, hidden]`, sequence after sequence, in input order.
+    pub fn forward<R>(
+        &mut self,
+        batch: &[&[u32]],
+        f: impl FnOnce(&[f32]) -> R,
+    ) -> Result<R, ModelError> {
         let h = self.cfg.hidden_size;
-        let inter = self.cfg.intermediate_size;
         let vocab = self.word.len() / h;
         self.lens.clear();
         self.lens.extend(batch.iter().map(|s| s.len()));
         let total: usize = self.lens.iter().sum();
         if total == 0 {
-            return Ok(Vec::new());
+            return Ok(f(&[]));
         }
         if let Some(long) = batch
             .iter()
@@ -300,10 +386,9 @@ impl FastBert {
             head_dim: h / self.cfg.num_attention_heads,
         };
         let eps = self.eps();
-        let act = self.cfg.activation;
         let mut x = Tensor::from_vec(x, (total, h), &Device::Cpu)?;
         for layer in &self.layers {
-            // Attention.
+            // Attention: one fused projection, then each sequence with itself.
             let qkv = x.matmul(&layer.qkv_w)?;
             let mut ctx = vec![0.0f32; total * h];
             with_slice(&qkv, |qkv| {
@@ -318,63 +403,36 @@ impl FastBert {
             })?;
             drop(qkv);
             let ctx = Tensor::from_vec(ctx, (total, h), &Device::Cpu)?;
-            let attn = ctx.matmul(&layer.attn_out_w)?;
+            let h1 = ctx.matmul(&layer.attn_out_w)?;
             drop(ctx);
-            let mut h1 = vec![0.0f32; total * h];
-            with_slice(&attn, |attn| {
-                with_slice(&x, |res| {
-                    let n = &layer.attn_norm;
-                    kernels::add_layer_norm(
-                        attn,
-                        &layer.attn_out_b,
-                        res,
-                        &n.gamma,
-                        &n.beta,
-                        eps,
-                        &mut h1,
-                    )
-                })
-            })??;
-            drop(attn);
-            let h1 = Tensor::from_vec(h1, (total, h), &Device::Cpu)?;
+            h1.inplace_op2(
+                &x,
+                &AddNorm {
+                    bias: &layer.attn_out_b,
+                    norm: &layer.attn_norm,
+                    eps,
+                },
+            )?;
 
             // Feed-forward.
             let up = h1.matmul(&layer.up_w)?;
-            let mut act_out = vec![0.0f32; total * inter];
-            with_slice(&up, |up| match act {
-                Activation::GeluErf => kernels::gelu_bias(up, &layer.up_b, &mut act_out),
-                Activation::Relu => {
-                    for (row_in, row_out) in
-                        up.chunks_exact(inter).zip(act_out.chunks_exact_mut(inter))
-                    {
-                        for ((o, &v), &b) in row_out.iter_mut().zip(row_in).zip(&layer.up_b) {
-                            *o = (v + b).max(0.0);
-                        }
-                    }
-                }
+            up.inplace_op1(&BiasActivation {
+                bias: &layer.up_b,
+                act: self.cfg.activation,
             })?;
+            let down = up.matmul(&layer.down_w)?;
             drop(up);
-            let act_t = Tensor::from_vec(act_out, (total, inter), &Device::Cpu)?;
-            let down = act_t.matmul(&layer.down_w)?;
-            drop(act_t);
-            let mut out = vec![0.0f32; total * h];
-            with_slice(&down, |down| {
-                with_slice(&h1, |res| {
-                    let n = &layer.out_norm;
-                    kernels::add_layer_norm(
-                        down,
-                        &layer.down_b,
-                        res,
-                        &n.gamma,
-                        &n.beta,
-                        eps,
-                        &mut out,
-                    )
-                })
-            })??;
-            x = Tensor::from_vec(out, (total, h), &Device::Cpu)?;
+            down.inplace_op2(
+                &h1,
+                &AddNorm {
+                    bias: &layer.down_b,
+                    norm: &layer.out_norm,
+                    eps,
+                },
+            )?;
+            x = down;
         }
-        with_slice(&x, |x| x.to_vec())
+        with_slice(&x, f)
     }
 
     fn eps(&self) -> f32 {

@@ -114,19 +114,19 @@ pub fn erf(x: f32) -> f32 {
 }
 
 #[inline(always)]
-fn gelu_bias_body<const FMA: bool>(src: &[f32], bias: &[f32], dst: &mut [f32]) {
-    let w = bias.len();
-    for (s_row, d_row) in src.chunks_exact(w).zip(dst.chunks_exact_mut(w)) {
-        for ((d, &s), &b) in d_row.iter_mut().zip(s_row).zip(bias) {
-            let x = s + b;
-            *d = x * normal_cdf::<FMA>(x);
+fn gelu_bias_body<const FMA: bool>(xs: &mut [f32], bias: &[f32]) {
+    for row in xs.chunks_exact_mut(bias.len()) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            let x = *v + b;
+            *v = x * normal_cdf::<FMA>(x);
         }
     }
 }
 
 dispatch! {
-    /// `dst[r][c] = gelu(src[r][c] + bias[c])` with the exact (erf) GELU, rows `bias.len()` wide.
-    pub fn gelu_bias => gelu_bias_body(src: &[f32], bias: &[f32], dst: &mut [f32])
+    /// `xs[r][c] = gelu(xs[r][c] + bias[c])` in place with the exact (erf) GELU, rows
+    /// `bias.len()` wide.
+    pub fn gelu_bias => gelu_bias_body(xs: &mut [f32], bias: &[f32])
 }
 
 #[inline(always)]
@@ -176,37 +176,31 @@ fn layer_norm_row<const FMA: bool>(row: &mut [f32], gamma: &[f32], beta: &[f32],
 
 #[inline(always)]
 fn add_layer_norm_body<const FMA: bool>(
-    src: &[f32],
+    xs: &mut [f32],
     bias: &[f32],
     residual: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
-    dst: &mut [f32],
 ) {
     let w = bias.len();
-    for ((s_row, r_row), d_row) in src
-        .chunks_exact(w)
-        .zip(residual.chunks_exact(w))
-        .zip(dst.chunks_exact_mut(w))
-    {
-        for (((d, &s), &r), &b) in d_row.iter_mut().zip(s_row).zip(r_row).zip(bias) {
-            *d = s + b + r;
+    for (row, r_row) in xs.chunks_exact_mut(w).zip(residual.chunks_exact(w)) {
+        for ((v, &r), &b) in row.iter_mut().zip(r_row).zip(bias) {
+            *v += b + r;
         }
-        layer_norm_row::<FMA>(d_row, gamma, beta, eps);
+        layer_norm_row::<FMA>(row, gamma, beta, eps);
     }
 }
 
 dispatch! {
-    /// `dst[r] = LayerNorm(src[r] + bias + residual[r])`, rows `bias.len()` wide.
+    /// `xs[r] = LayerNorm(xs[r] + bias + residual[r])` in place, rows `bias.len()` wide.
     pub fn add_layer_norm => add_layer_norm_body(
-        src: &[f32],
+        xs: &mut [f32],
         bias: &[f32],
         residual: &[f32],
         gamma: &[f32],
         beta: &[f32],
         eps: f32,
-        dst: &mut [f32],
     )
 }
 
@@ -462,11 +456,9 @@ mod tests {
     #[test]
     fn gelu_matches_the_exact_gelu_on_both_paths() {
         let xs: Vec<f32> = grid().collect();
-        let zeros = vec![0.0f32; xs.len()];
-        let mut fast = vec![0.0f32; xs.len()];
-        let mut scalar = vec![0.0f32; xs.len()];
-        gelu_bias(&xs, &zeros, &mut fast);
-        gelu_bias_body::<false>(&xs, &zeros, &mut scalar);
+        let (mut fast, mut scalar) = (xs.clone(), xs.clone());
+        gelu_bias(&mut fast, &[0.0]);
+        gelu_bias_body::<false>(&mut scalar, &[0.0]);
         for ((&x, &f), &s) in xs.iter().zip(&fast).zip(&scalar) {
             let x64 = x as f64;
             let want = 0.5 * x64 * (1.0 + erf_ref(x64 / std::f64::consts::SQRT_2));
@@ -482,8 +474,8 @@ mod tests {
             assert!((f - s).abs() <= 1e-6 * x.abs().max(1.0), "{x}: {f} vs {s}");
         }
         // Bias is added per column.
-        let mut out = [0.0f32; 4];
-        gelu_bias(&[0.0, 0.0, 1.0, 1.0], &[1.0, -1.0], &mut out);
+        let mut out = [0.0f32, 0.0, 1.0, 1.0];
+        gelu_bias(&mut out, &[1.0, -1.0]);
         assert!((out[0] - 0.841_344_7).abs() < 1e-6 && (out[1] + 0.158_655_3).abs() < 1e-6);
         assert!((out[2] - 1.954_499_7).abs() < 1e-6 && out[3].abs() < 1e-7);
     }
@@ -523,10 +515,9 @@ mod tests {
             pseudo_random(w, 4),
             pseudo_random(w, 5),
         );
-        let mut fast = vec![0.0; 3 * w];
-        let mut scalar = vec![0.0; 3 * w];
-        add_layer_norm(&src, &bias, &res, &gamma, &beta, 1e-12, &mut fast);
-        add_layer_norm_body::<false>(&src, &bias, &res, &gamma, &beta, 1e-12, &mut scalar);
+        let (mut fast, mut scalar) = (src.clone(), src.clone());
+        add_layer_norm(&mut fast, &bias, &res, &gamma, &beta, 1e-12);
+        add_layer_norm_body::<false>(&mut scalar, &bias, &res, &gamma, &beta, 1e-12);
         for r in 0..3 {
             let y: Vec<f64> = (0..w)
                 .map(|c| (src[r * w + c] + bias[c] + res[r * w + c]) as f64)

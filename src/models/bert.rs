@@ -53,7 +53,7 @@ struct CandleBert {
 enum Engine {
     /// The CPU forward pass without padding (`bert_fast`).
     Fast(Box<FastBert>),
-    Candle(CandleBert),
+    Candle(Box<CandleBert>),
 }
 
 pub struct BertEmbedder {
@@ -116,11 +116,11 @@ impl BertEmbedder {
             .map_err(|e| load(&e))?;
         let model = BertModel::load(vb, &cfg).map_err(|e| load(&e))?;
         Ok(Self {
-            engine: Engine::Candle(CandleBert {
+            engine: Engine::Candle(Box::new(CandleBert {
                 model,
                 device: device.clone(),
                 pad_id,
-            }),
+            })),
             pooling,
             normalize,
             hidden_size,

@@ -113,7 +113,10 @@ pub struct FastBert {
     position_and_type: Vec<f32>,
     emb_norm: Norm,
     layers: Vec<Layer>,
-    scratch: AttentionScratch,
+    /// One attention scratch per thread.
+    scratch: [AttentionScratch; 2],
+    /// Threads for the element-wise work and attention (1 or 2).
+    threads: usize,
     lens: Vec<usize>,
 }
 
@@ -170,6 +173,75 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R, ModelErro
     Ok(f(&all[start..end]))
 }
 
+/// Below this many tokens, element-wise work and attention stay on the calling thread: a thread
+/// costs tens of microseconds to start, more than half of such work takes.
+const PARALLEL_TOKENS: usize = 64;
+
+/// Threads for the work outside gemm: 2 where the machine has them and `RAYON_NUM_THREADS`
+/// (which candle's gemm follows too) does not say 1. More would not help the small, memory-bound
+/// loops much and would oversubscribe the gemm's own threads.
+fn worker_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rayon = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(cores);
+    cores.min(rayon).clamp(1, 2)
+}
+
+/// Run `f(rows, first_row)` over `xs` (rows `width` wide), split in two halves on two threads
+/// when there are enough rows.
+fn split_rows(xs: &mut [f32], width: usize, threads: usize, f: impl Fn(&mut [f32], usize) + Sync) {
+    let rows = xs.len() / width.max(1);
+    if threads < 2 || rows < PARALLEL_TOKENS {
+        f(xs, 0);
+        return;
+    }
+    let half = rows / 2;
+    let (a, b) = xs.split_at_mut(half * width);
+    std::thread::scope(|s| {
+        s.spawn(|| f(b, half));
+        f(a, 0);
+    });
+}
+
+/// [`kernels::attention`] over the sequences of a batch, on two threads (each with whole
+/// sequences, split to even out the work, which grows with the square of a sequence's length)
+/// when the batch is big enough.
+#[allow(clippy::too_many_arguments)]
+fn attention_split(
+    shape: AttentionShape,
+    qkv: &[f32],
+    bias: &[f32],
+    lens: &[usize],
+    scratch: &mut [AttentionScratch; 2],
+    ctx: &mut [f32],
+    threads: usize,
+) {
+    let total: usize = lens.iter().sum();
+    let [s0, s1] = scratch;
+    if threads < 2 || lens.len() < 2 || total < PARALLEL_TOKENS {
+        kernels::attention(shape, qkv, bias, lens, s0, ctx);
+        return;
+    }
+    let work: usize = lens.iter().map(|l| l * l).sum();
+    let (mut split, mut done, mut tokens) = (0, 0, 0);
+    while split < lens.len() - 1 && 2 * (done + lens[split] * lens[split] / 2) < work {
+        done += lens[split] * lens[split];
+        tokens += lens[split];
+        split += 1;
+    }
+    let hidden = shape.heads * shape.head_dim;
+    let (q0, q1) = qkv.split_at(tokens * 3 * hidden);
+    let (c0, c1) = ctx.split_at_mut(tokens * hidden);
+    let (l0, l1) = lens.split_at(split);
+    std::thread::scope(|s| {
+        s.spawn(|| kernels::attention(shape, q1, bias, l1, s1, c1));
+        kernels::attention(shape, q0, bias, l0, s0, c0);
+    });
+}
+
 /// The f32 contents of a contiguous CPU storage, for the in-place ops.
 fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
     let (start, end) = l
@@ -192,6 +264,7 @@ fn f32_ref<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> 
 struct BiasActivation<'a> {
     bias: &'a [f32],
     act: Activation,
+    threads: usize,
 }
 
 impl InplaceOp1 for BiasActivation<'_> {
@@ -201,16 +274,17 @@ impl InplaceOp1 for BiasActivation<'_> {
 
     fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
         let xs = f32_mut(s, l)?;
-        match self.act {
+        let width = self.bias.len();
+        split_rows(xs, width, self.threads, |xs, _| match self.act {
             Activation::GeluErf => kernels::gelu_bias(xs, self.bias),
             Activation::Relu => {
-                for row in xs.chunks_exact_mut(self.bias.len()) {
+                for row in xs.chunks_exact_mut(width) {
                     for (v, &b) in row.iter_mut().zip(self.bias) {
                         *v = (*v + b).max(0.0);
                     }
                 }
             }
-        }
+        });
         Ok(())
     }
 }
@@ -220,6 +294,7 @@ struct AddNorm<'a> {
     bias: &'a [f32],
     norm: &'a Norm,
     eps: f32,
+    threads: usize,
 }
 
 impl InplaceOp2 for AddNorm<'_> {
@@ -239,14 +314,17 @@ impl InplaceOp2 for AddNorm<'_> {
         if xs.len() != residual.len() {
             return Err(candle_core::Error::Msg("residual of another shape".into()));
         }
-        kernels::add_layer_norm(
-            xs,
-            self.bias,
-            residual,
-            &self.norm.gamma,
-            &self.norm.beta,
-            self.eps,
-        );
+        let width = self.bias.len();
+        split_rows(xs, width, self.threads, |xs, first_row| {
+            kernels::add_layer_norm(
+                xs,
+                self.bias,
+                &residual[first_row * width..first_row * width + xs.len()],
+                &self.norm.gamma,
+                &self.norm.beta,
+                self.eps,
+            )
+        });
         Ok(())
     }
 }
@@ -324,7 +402,8 @@ impl FastBert {
             position_and_type,
             emb_norm,
             layers,
-            scratch: AttentionScratch::default(),
+            scratch: Default::default(),
+            threads: worker_threads(),
             lens: Vec::new(),
         })
     }
@@ -392,13 +471,14 @@ impl FastBert {
             let qkv = x.matmul(&layer.qkv_w)?;
             let mut ctx = vec![0.0f32; total * h];
             with_slice(&qkv, |qkv| {
-                kernels::attention(
+                attention_split(
                     shape,
                     qkv,
                     &layer.qkv_b,
                     &self.lens,
                     &mut self.scratch,
                     &mut ctx,
+                    self.threads,
                 )
             })?;
             drop(qkv);
@@ -411,6 +491,7 @@ impl FastBert {
                     bias: &layer.attn_out_b,
                     norm: &layer.attn_norm,
                     eps,
+                    threads: self.threads,
                 },
             )?;
 
@@ -419,6 +500,7 @@ impl FastBert {
             up.inplace_op1(&BiasActivation {
                 bias: &layer.up_b,
                 act: self.cfg.activation,
+                threads: self.threads,
             })?;
             let down = up.matmul(&layer.down_w)?;
             drop(up);
@@ -428,6 +510,7 @@ impl FastBert {
                     bias: &layer.down_b,
                     norm: &layer.out_norm,
                     eps,
+                    threads: self.threads,
                 },
             )?;
             x = down;

@@ -6,11 +6,11 @@
 //! shared machine slows both alike.
 //!
 //! ```text
-//! cargo run --release --example embed_speed [-- ROUNDS [old|new]]
+//! cargo run --release --example embed_speed [-- ROUNDS [old|new [BATCH]]]
 //! ```
 //!
-//! With `old` or `new`, only that path runs (batch 32, `ROUNDS` times over the sentences), for a
-//! profiler.
+//! With `old` or `new`, only that path runs (at batch `BATCH`, default 32, `ROUNDS` times over
+//! the sentences), for a profiler.
 //!
 //! `ANYA_MODELS_DIR` names another model repository; `RAYON_NUM_THREADS` pins the threads.
 
@@ -131,12 +131,19 @@ fn main() {
             "new" => &mut new,
             other => panic!("{other}: old or new"),
         };
+        let batch: usize = std::env::args()
+            .nth(3)
+            .map(|a| a.parse().expect("BATCH is a number"))
+            .unwrap_or(32);
         let mut t = Duration::ZERO;
         for _ in 0..rounds {
-            t += run(m, &seqs, 32).0;
+            t += run(m, &seqs, batch).0;
         }
         let n = (seqs.len() * rounds) as f64;
-        println!("{only}: {:.1} sentences/s at batch 32", n / t.as_secs_f64());
+        println!(
+            "{only}: {:.1} sentences/s at batch {batch}",
+            n / t.as_secs_f64()
+        );
         return;
     }
     let tokens: usize = seqs.iter().map(|s| s.len()).sum();

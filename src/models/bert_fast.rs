@@ -242,6 +242,21 @@ fn attention_split(
     });
 }
 
+/// Up to this many tokens, `x Wᵀ` runs as `(W xᵀ)ᵀ`: with the big weight as gemm's left-hand
+/// side a few dozen rows multiply ~20 % faster on an AVX2 machine; around a thousand rows the two
+/// are the same (measured with all four of MiniLM's projection shapes).
+const TRANSPOSED_MATMUL_TOKENS: usize = 128;
+
+/// `x @ w_t` for `x` `[tokens, in]` and `w_t` a transposed `[out, in]` weight, contiguous
+/// `[tokens, out]` out.
+fn linear(x: &Tensor, w_t: &Tensor) -> candle_core::Result<Tensor> {
+    if x.dim(0)? <= TRANSPOSED_MATMUL_TOKENS {
+        w_t.t()?.matmul(&x.t()?)?.t()?.contiguous()
+    } else {
+        x.matmul(w_t)
+    }
+}
+
 /// The f32 contents of a contiguous CPU storage, for the in-place ops.
 fn f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
     let (start, end) = l
@@ -468,7 +483,7 @@ impl FastBert {
         let mut x = Tensor::from_vec(x, (total, h), &Device::Cpu)?;
         for layer in &self.layers {
             // Attention: one fused projection, then each sequence with itself.
-            let qkv = x.matmul(&layer.qkv_w)?;
+            let qkv = linear(&x, &layer.qkv_w)?;
             let mut ctx = vec![0.0f32; total * h];
             with_slice(&qkv, |qkv| {
                 attention_split(
@@ -483,7 +498,7 @@ impl FastBert {
             })?;
             drop(qkv);
             let ctx = Tensor::from_vec(ctx, (total, h), &Device::Cpu)?;
-            let h1 = ctx.matmul(&layer.attn_out_w)?;
+            let h1 = linear(&ctx, &layer.attn_out_w)?;
             drop(ctx);
             h1.inplace_op2(
                 &x,
@@ -496,13 +511,13 @@ impl FastBert {
             )?;
 
             // Feed-forward.
-            let up = h1.matmul(&layer.up_w)?;
+            let up = linear(&h1, &layer.up_w)?;
             up.inplace_op1(&BiasActivation {
                 bias: &layer.up_b,
                 act: self.cfg.activation,
                 threads: self.threads,
             })?;
-            let down = up.matmul(&layer.down_w)?;
+            let down = linear(&up, &layer.down_w)?;
             drop(up);
             down.inplace_op2(
                 &h1,

@@ -167,6 +167,40 @@ fn main() {
         .map(|(x, y)| cosine(x, y))
         .fold(1.0f32, f32::min);
     println!("lowest cosine old vs new: {worst:.7}");
+    // Both against sentence-transformers' vectors (tests/fixtures, as the fidelity test uses).
+    let fixture =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/embeddings_reference.json");
+    if let Ok(text) = std::fs::read_to_string(&fixture) {
+        let v: serde_json::Value = serde_json::from_str(&text).expect("fixture is JSON");
+        let sentences: Vec<Vec<u32>> = v["sentences"]
+            .as_array()
+            .expect("sentences")
+            .iter()
+            .map(|s| {
+                codec
+                    .encode(s.as_str().expect("text"), false)
+                    .expect("encodes")
+            })
+            .collect();
+        let want: Vec<Vec<f32>> = serde_json::from_value(v["embeddings"].clone()).expect("vecs");
+        for (name, m) in [("old", &mut old), ("new", &mut new)] {
+            let (_, batched) = run(m, &sentences, 32);
+            let (_, alone) = run(m, &sentences, 1);
+            let low = |got: &[Vec<f32>]| {
+                got.iter()
+                    .zip(&want)
+                    .map(|(g, w)| cosine(g, w))
+                    .fold(1.0f32, f32::min)
+            };
+            println!(
+                "{name}: lowest cosine to sentence-transformers over {} sentences: {:.7} batched, \
+                 {:.7} alone",
+                want.len(),
+                low(&batched),
+                low(&alone)
+            );
+        }
+    }
 
     println!(
         "{:>5} {:>14} {:>14} {:>7}   (median of the rounds' rates; total over all rounds)",

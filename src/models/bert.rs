@@ -65,7 +65,7 @@ pub struct BertEmbedder {
 
 impl BertEmbedder {
     /// Load a BERT checkpoint: on the CPU the padding-free forward pass of `bert_fast`, on other
-    /// devices candle-transformers' `BertModel`.
+    /// devices (and for configurations it does not implement) candle-transformers' `BertModel`.
     pub fn load(
         weights: &Path,
         config: &Path,
@@ -77,7 +77,15 @@ impl BertEmbedder {
             return Self::load_candle(weights, config, pooling, normalize, device);
         }
         let (_, raw) = read_config(config)?;
-        let cfg = FastBertConfig::from_json(&raw)?;
+        let cfg = match FastBertConfig::from_json(&raw) {
+            Ok(cfg) => cfg,
+            // What the CPU path does not implement (another activation, relative positions)
+            // loads as it always has, with candle's `BertModel`.
+            Err(e) => {
+                tracing::info!(reason = %e, "BERT on candle's BertModel, not the CPU fast path");
+                return Self::load_candle(weights, config, pooling, normalize, device);
+            }
+        };
         let bytes = read_weights(weights)?;
         let model = FastBert::load(&bytes, cfg)?;
         Ok(Self {
@@ -388,6 +396,19 @@ mod tests {
                 assert!(cos(&fast.embed(&[seq]).unwrap()[0], &got[i]) > 0.99999);
             }
         }
+    }
+
+    #[test]
+    fn configurations_the_cpu_path_lacks_load_on_candle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, c) = tiny_bert(dir.path());
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&c).unwrap()).unwrap();
+        cfg["hidden_act"] = "geluapproximate".into();
+        std::fs::write(&c, cfg.to_string()).unwrap();
+        let mut m = BertEmbedder::load(&w, &c, Pooling::Mean, true, &Device::Cpu).unwrap();
+        assert!(matches!(m.engine, Engine::Candle(_)));
+        assert_eq!(m.embed(&[&[2, 5, 3]]).unwrap()[0].len(), 16);
     }
 
     #[test]

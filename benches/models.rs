@@ -1,8 +1,9 @@
 //! One forward pass of each real model, loaded the way the worker loads it
 //! (`Manifest::load` → `models::load` on the CPU): all-minilm-l6-v2 embeddings at batch 1 and
-//! 32, and smollm2-135m-instruct's prompt pass (64 tokens) and one decode step. Skipped, with a
-//! message, when the model repository has no copy (`scripts/fetch-models.sh` fetches them;
-//! `ANYA_MODELS_DIR` names another repository).
+//! 32 (one sentence repeated, and 32 sentences of mixed length), and smollm2-135m-instruct's
+//! prompt pass (64 tokens) and one decode step. Skipped, with a message, when the model
+//! repository has no copy (`scripts/fetch-models.sh` fetches them; `ANYA_MODELS_DIR` names
+//! another repository).
 //!
 //! cargo bench --bench models
 //!
@@ -56,6 +57,22 @@ fn embedding(c: &mut Criterion) {
             b.iter(|| black_box(m.embed(&seqs).expect("embeds")))
         });
     }
+    // 32 sentences of 8 to 40 words in mixed order, as dynamic batching of single-sentence
+    // requests forms them (a padded forward pass pays for the longest one 32 times).
+    let words: Vec<&str> = SENTENCE.split(' ').collect();
+    let mixed: Vec<Vec<u32>> = (0..32usize)
+        .map(|i| {
+            let n = 8 + (i * 13) % 33;
+            let text: Vec<&str> = (0..n).map(|k| words[(i + k * 7) % words.len()]).collect();
+            codec.encode(&text.join(" "), false).expect("encodes")
+        })
+        .collect();
+    let seqs: Vec<&[u32]> = mixed.iter().map(Vec::as_slice).collect();
+    let tokens: usize = seqs.iter().map(|s| s.len()).sum();
+    g.throughput(Throughput::Elements(seqs.len() as u64));
+    g.bench_function(format!("embed/batch_32/mixed_{tokens}_tokens"), |b| {
+        b.iter(|| black_box(m.embed(&seqs).expect("embeds")))
+    });
     g.finish();
 }
 

@@ -7,9 +7,11 @@
 //!   through an `Arc`, so requests are tokenized and validated before they queue.
 
 pub mod bert;
+pub mod bert_fast;
 pub mod device;
 pub mod generate;
 pub mod gguf_tokenizer;
+pub mod kernels;
 pub mod llama;
 pub mod llama_cpu;
 pub mod quant;

@@ -190,19 +190,24 @@ impl<'a> Scheduler<'a> {
             .map(|(&id, _)| id)
             .collect();
         for &id in &gone {
-            self.waiting.retain(|(w, _)| *w != id);
-            let mut i = 0;
-            while i < self.running.len() {
-                if self.running[i].request == id {
-                    let r = self.running.swap_remove(i);
-                    self.release(r.slot);
-                } else {
-                    i += 1;
-                }
-            }
+            self.evict(id);
             self.requests.remove(&id);
         }
         gone.len()
+    }
+
+    /// Take request `id`'s prompts out of the waiting line and its sequences out of their slots.
+    fn evict(&mut self, id: u64) {
+        self.waiting.retain(|(w, _)| *w != id);
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].request == id {
+                let r = self.running.swap_remove(i);
+                self.release(r.slot);
+            } else {
+                i += 1;
+            }
+        }
     }
 
     fn release(&mut self, slot: usize) {
@@ -362,16 +367,7 @@ impl<'a> Scheduler<'a> {
     /// Answer these requests with an error and free everything they hold.
     fn fail(&mut self, ids: &[u64], message: &str) {
         for &id in ids {
-            self.waiting.retain(|(w, _)| *w != id);
-            let mut i = 0;
-            while i < self.running.len() {
-                if self.running[i].request == id {
-                    let r = self.running.swap_remove(i);
-                    self.release(r.slot);
-                } else {
-                    i += 1;
-                }
-            }
+            self.evict(id);
             if let Some(req) = self.requests.remove(&id) {
                 let _ = req
                     .job

@@ -37,13 +37,7 @@ impl GgufLlama {
         threads: usize,
     ) -> Result<LoadedLlama, ModelError> {
         let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
-        let mut file = std::fs::File::open(path).map_err(|e| load(&e))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| load(&e))?;
-        let context_length = content
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(2048) as usize;
+        let (mut file, content, context_length) = open_gguf(path)?;
         let meta = gguf_tokenizer::from_gguf(&content);
         let (codec, chat_template, eos) = match tokenizer_json {
             Some(tj) => {
@@ -99,18 +93,25 @@ impl GgufLlama {
     }
 }
 
+/// Open a GGUF and read its header; with the context length its metadata gives (else 2048).
+fn open_gguf(path: &Path) -> Result<(std::fs::File, gguf_file::Content, usize), ModelError> {
+    let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
+    let mut file = std::fs::File::open(path).map_err(|e| load(&e))?;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| load(&e))?;
+    let context_length = content
+        .metadata
+        .get("llama.context_length")
+        .and_then(|v| v.to_u32().ok())
+        .unwrap_or(2048) as usize;
+    Ok((file, content, context_length))
+}
+
 impl GgufLlama {
     /// candle's quantized llama on `path`, whatever the device (the baseline our CPU forward
     /// pass is measured against).
     pub fn open_candle(path: &Path, device: &Device) -> Result<GgufLlama, ModelError> {
         let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
-        let mut file = std::fs::File::open(path).map_err(|e| load(&e))?;
-        let content = gguf_file::Content::read(&mut file).map_err(|e| load(&e))?;
-        let context_length = content
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .unwrap_or(2048) as usize;
+        let (mut file, content, context_length) = open_gguf(path)?;
         let weights = ModelWeights::from_gguf(content, &mut file, device).map_err(|e| load(&e))?;
         Ok(GgufLlama {
             weights,

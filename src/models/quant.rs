@@ -120,9 +120,9 @@ impl Kernel {
 
     /// `out[r][t] = row r of w · activation t` for all rows of `w` (`nb` blocks each) and the
     /// `n` activations in `acts`.
-    pub fn gemm_q4_1(
+    pub fn gemm<B: WeightBlock>(
         self,
-        w: &[BlockQ4_1],
+        w: &[B],
         nb: usize,
         acts: &[BlockQ8],
         n: usize,
@@ -132,36 +132,13 @@ impl Kernel {
             Kernel::Scalar => {
                 for (r, o) in out.chunks_exact_mut(n).enumerate() {
                     for (t, v) in o.iter_mut().enumerate() {
-                        *v = dot_q4_1_scalar(&w[r * nb..(r + 1) * nb], &acts[t * nb..(t + 1) * nb]);
+                        *v = B::dot_scalar(&w[r * nb..(r + 1) * nb], &acts[t * nb..(t + 1) * nb]);
                     }
                 }
             }
             // SAFETY: `detect` only returns Avx2 when the CPU has AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::gemm_q4_1(w, nb, acts, n, out) },
-        }
-    }
-
-    /// As [`Kernel::gemm_q4_1`] for Q8_0 weights.
-    pub fn gemm_q8_0(
-        self,
-        w: &[BlockQ8_0],
-        nb: usize,
-        acts: &[BlockQ8],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        match self {
-            Kernel::Scalar => {
-                for (r, o) in out.chunks_exact_mut(n).enumerate() {
-                    for (t, v) in o.iter_mut().enumerate() {
-                        *v = dot_q8_0_scalar(&w[r * nb..(r + 1) * nb], &acts[t * nb..(t + 1) * nb]);
-                    }
-                }
-            }
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::gemm_q8_0(w, nb, acts, n, out) },
+            Kernel::Avx2 => unsafe { avx2::gemm(w, nb, acts, n, out) },
         }
     }
 
@@ -222,9 +199,60 @@ pub fn dot_q8_0_scalar(w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
     sum
 }
 
+/// A weight block format and its dot products with activation blocks.
+pub trait WeightBlock: Copy + Send + Sync {
+    fn dot_scalar(w: &[Self], a: &[BlockQ8]) -> f32;
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot_avx2(w: &[Self], a: &[BlockQ8]) -> f32;
+    /// One row against four activations, each weight block read once.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dot4_avx2(w: &[Self], a: [&[BlockQ8]; 4]) -> [f32; 4];
+}
+
+impl WeightBlock for BlockQ4_1 {
+    fn dot_scalar(w: &[Self], a: &[BlockQ8]) -> f32 {
+        dot_q4_1_scalar(w, a)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn dot_avx2(w: &[Self], a: &[BlockQ8]) -> f32 {
+        // SAFETY: the caller's promise.
+        unsafe { avx2::dot_q4_1(w, a) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn dot4_avx2(w: &[Self], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        // SAFETY: the caller's promise.
+        unsafe { avx2::dot_q4_1_x4(w, a) }
+    }
+}
+
+impl WeightBlock for BlockQ8_0 {
+    fn dot_scalar(w: &[Self], a: &[BlockQ8]) -> f32 {
+        dot_q8_0_scalar(w, a)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn dot_avx2(w: &[Self], a: &[BlockQ8]) -> f32 {
+        // SAFETY: the caller's promise.
+        unsafe { avx2::dot_q8_0(w, a) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn dot4_avx2(w: &[Self], a: [&[BlockQ8]; 4]) -> [f32; 4] {
+        // SAFETY: the caller's promise.
+        unsafe { avx2::dot_q8_0_x4(w, a) }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BlockQ4_1, BlockQ8, BlockQ8_0};
+    use super::{BlockQ4_1, BlockQ8, BlockQ8_0, WeightBlock};
     use std::arch::x86_64::*;
 
     #[inline]
@@ -346,8 +374,8 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn gemm_q4_1(
-        w: &[BlockQ4_1],
+    pub unsafe fn gemm<B: WeightBlock>(
+        w: &[B],
         nb: usize,
         acts: &[BlockQ8],
         n: usize,
@@ -361,7 +389,7 @@ mod avx2 {
             let a = act(0);
             for (r, o) in out[..rows].iter_mut().enumerate() {
                 // SAFETY: same CPU features.
-                *o = unsafe { dot_q4_1(row(r), a) };
+                *o = unsafe { B::dot_avx2(row(r), a) };
             }
             return;
         }
@@ -370,51 +398,12 @@ mod avx2 {
             let wr = row(r);
             for t in (0..quads).step_by(4) {
                 // SAFETY: same CPU features.
-                let v = unsafe { dot_q4_1_x4(wr, [act(t), act(t + 1), act(t + 2), act(t + 3)]) };
+                let v = unsafe { B::dot4_avx2(wr, [act(t), act(t + 1), act(t + 2), act(t + 3)]) };
                 o[t..t + 4].copy_from_slice(&v);
             }
             for (t, o) in o.iter_mut().enumerate().skip(quads) {
                 // SAFETY: same CPU features.
-                *o = unsafe { dot_q4_1(wr, act(t)) };
-            }
-        }
-    }
-
-    /// As [`gemm_q4_1`] for Q8_0 weights.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn gemm_q8_0(
-        w: &[BlockQ8_0],
-        nb: usize,
-        acts: &[BlockQ8],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        let rows = w.len() / nb;
-        let row = |r: usize| &w[r * nb..(r + 1) * nb];
-        let act = |t: usize| &acts[t * nb..(t + 1) * nb];
-        if n == 1 {
-            // One row at a time: interleaving rows here measured slower (more streams to load).
-            let a = act(0);
-            for (r, o) in out[..rows].iter_mut().enumerate() {
-                // SAFETY: same CPU features.
-                *o = unsafe { dot_q8_0(row(r), a) };
-            }
-            return;
-        }
-        let quads = n / 4 * 4;
-        for (r, o) in out.chunks_exact_mut(n).enumerate() {
-            let wr = row(r);
-            for t in (0..quads).step_by(4) {
-                // SAFETY: same CPU features.
-                let v = unsafe { dot_q8_0_x4(wr, [act(t), act(t + 1), act(t + 2), act(t + 3)]) };
-                o[t..t + 4].copy_from_slice(&v);
-            }
-            for (t, o) in o.iter_mut().enumerate().skip(quads) {
-                // SAFETY: same CPU features.
-                *o = unsafe { dot_q8_0(wr, act(t)) };
+                *o = unsafe { B::dot_avx2(wr, act(t)) };
             }
         }
     }
@@ -572,8 +561,8 @@ impl QMatrix {
             // dst is rows r0.. of the transposed result: [row][t]
             let r1 = r0 + dst.len() / n;
             match &self.data {
-                QData::Q4_1(b) => kernel.gemm_q4_1(&b[r0 * nb..r1 * nb], nb, acts, n, dst),
-                QData::Q8_0(b) => kernel.gemm_q8_0(&b[r0 * nb..r1 * nb], nb, acts, n, dst),
+                QData::Q4_1(b) => kernel.gemm(&b[r0 * nb..r1 * nb], nb, acts, n, dst),
+                QData::Q8_0(b) => kernel.gemm(&b[r0 * nb..r1 * nb], nb, acts, n, dst),
             }
         };
         if n == 1 {

@@ -235,35 +235,10 @@ pub struct AttentionScratch {
     query: Vec<f32>,
 }
 
-/// `scores[c * 8 ..][.. G * 8] = q · keys` for `G` lanes of keys at once, the accumulators in
-/// registers (`keys_t` is `[q.len()][padded]`).
-#[inline(always)]
-fn score_lanes<const G: usize, const FMA: bool>(
-    q: &[f32],
-    keys_t: &[f32],
-    padded: usize,
-    c: usize,
-    scores: &mut [f32],
-) {
-    let mut acc = [[0.0f32; LANES]; G];
-    for (d, &q) in q.iter().enumerate() {
-        let k = &keys_t[d * padded + c * LANES..][..G * LANES];
-        for (a, k) in acc.iter_mut().zip(k.chunks_exact(LANES)) {
-            for (a, &k) in a.iter_mut().zip(k) {
-                *a = madd::<FMA>(q, k, *a);
-            }
-        }
-    }
-    for (s, a) in scores[c * LANES..][..G * LANES]
-        .chunks_exact_mut(LANES)
-        .zip(&acc)
-    {
-        s.copy_from_slice(a);
-    }
-}
-
-/// `out[c * 8 ..][.. G * 8] = Σ_j p_j v_j` over the value rows of one head, for `G` lanes of
-/// the head's dimensions at once (`values` starts at the first value of lane 0, rows `row` apart).
+/// `out[c * 8 ..][.. G * 8] = Σ_j p_j · rows_j[c * 8 ..][.. G * 8]` for `G` lanes at once, the
+/// accumulators in registers (`rows` row `j` starts at `j * row`). Scores are this with the
+/// query as `p` and the transposed keys as rows (`q · keys`); weighted values with the
+/// probabilities as `p` and the value rows.
 #[inline(always)]
 fn weigh_lanes<const G: usize, const FMA: bool>(
     p: &[f32],
@@ -346,15 +321,15 @@ fn attention_body<const FMA: bool>(
                 let lanes = padded / LANES;
                 let mut c = 0;
                 while c + 4 <= lanes {
-                    score_lanes::<4, FMA>(q, keys_t, padded, c, scores);
+                    weigh_lanes::<4, FMA>(q, keys_t, padded, c, scores);
                     c += 4;
                 }
                 if c + 2 <= lanes {
-                    score_lanes::<2, FMA>(q, keys_t, padded, c, scores);
+                    weigh_lanes::<2, FMA>(q, keys_t, padded, c, scores);
                     c += 2;
                 }
                 if c < lanes {
-                    score_lanes::<1, FMA>(q, keys_t, padded, c, scores);
+                    weigh_lanes::<1, FMA>(q, keys_t, padded, c, scores);
                 }
                 scores[len..].fill(f32::NEG_INFINITY);
                 let mut mx = [f32::NEG_INFINITY; LANES];

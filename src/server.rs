@@ -160,18 +160,16 @@ async fn observe_request(
         return next.run(req).await;
     }
     // Route templates, not raw paths: a label value can never come from the client.
-    let endpoint = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // A clone of the matched path is an Arc, not a new string.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let endpoint = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
     let header_bytes: usize = req
         .headers()
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
-    let response = if state.lifecycle.is_draining() {
+    let mut response = if state.lifecycle.is_draining() {
         let mut r = ApiError::unavailable("the server is shutting down", 1).into_response();
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -198,27 +196,25 @@ async fn observe_request(
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     let label = response
-        .extensions()
-        .get::<ModelLabel>()
-        .cloned()
+        .extensions_mut()
+        .remove::<ModelLabel>()
         .unwrap_or_default();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     if state.settings.monitoring.enabled {
         state
             .metrics
-            .observe_http(&label, &endpoint, status, code, elapsed);
+            .observe_http(&label, endpoint, status, code, elapsed);
     }
     let account = response
         .extensions()
         .get::<Principal>()
-        .map(|p| p.account().to_string())
-        .unwrap_or_else(|| ANONYMOUS.to_string());
+        .map_or(ANONYMOUS, Principal::account);
     if !label.model.is_empty() {
         state.usage.record(
             &UsageEvent {
                 model: &label.model,
                 version: &label.version,
-                principal: &account,
+                principal: account,
                 tokens_input: label.tokens_input,
                 tokens_output: label.tokens_output,
                 cost: label.cost,

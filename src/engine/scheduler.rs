@@ -235,30 +235,25 @@ impl<'a> Scheduler<'a> {
                 plan.push((i, r.fed, len, r.fed + len == prompt.len()));
             }
         }
-        let tokens: Vec<Vec<u32>> = plan
-            .iter()
-            .map(|&(i, from, len, _)| {
-                let r = &self.running[i];
-                match r.next {
-                    Some(t) => vec![t],
-                    None => self.requests[&r.request].prompts[r.index][from..from + len].to_vec(),
-                }
-            })
-            .collect();
+        // Chunks borrow the prompts and the pending tokens where they are: no copies per step.
+        let (running, requests) = (&self.running, &self.requests);
         let chunks: Vec<Chunk> = plan
             .iter()
-            .zip(&tokens)
-            .map(|(&(i, from, _, logits), toks)| {
-                let r = &self.running[i];
-                Chunk {
-                    slot: r.slot,
-                    start: if r.next.is_some() {
-                        r.seq.position()
-                    } else {
-                        from
+            .map(|&(i, from, len, logits)| {
+                let r = &running[i];
+                match &r.next {
+                    Some(t) => Chunk {
+                        slot: r.slot,
+                        start: r.seq.position(),
+                        tokens: std::slice::from_ref(t),
+                        logits,
                     },
-                    tokens: toks,
-                    logits,
+                    None => Chunk {
+                        slot: r.slot,
+                        start: from,
+                        tokens: &requests[&r.request].prompts[r.index][from..from + len],
+                        logits,
+                    },
                 }
             })
             .collect();

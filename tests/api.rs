@@ -454,11 +454,9 @@ async fn ready_settles_at_200_and_names_the_models() {
     let repo = EchoRepo::new();
     repo.add("echo", "1.0.0", "");
     let srv = start(settings(repo.path()), &[]).await;
-    // An echo model loads in microseconds, so the first probe may already be 200; 503 while
+    // An echo model loads in microseconds, so a first probe could be either answer; 503 while
     // loading is covered by the registry's unit test (`resolve_reports_state`) and by
     // `a_model_with_a_bad_hash_is_refused_and_others_still_serve`.
-    let (s, _) = srv.get("/ready").await;
-    assert!(s == 200 || s == 503);
     srv.wait_ready(10).await;
     let (s, b) = srv.get("/ready").await;
     assert_eq!(s, 200);

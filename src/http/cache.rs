@@ -36,7 +36,7 @@ pub async fn clear(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<ClearReport>, ApiError> {
-    super::usage::only(&q, &["model"])?;
+    super::extract::only(&q, &["model"])?;
     let cache = state
         .cache
         .as_ref()

@@ -1,5 +1,6 @@
 //! A JSON body extractor whose every failure is our error envelope (axum's own answers with
-//! plain text), naming the field that failed where serde can tell.
+//! plain text), naming the field that failed where serde can tell; and the one check that a
+//! route got only the query parameters it knows.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -81,5 +82,19 @@ where
                 )
             }
         }
+    }
+}
+
+/// A 400 naming the first query parameter not in `allowed` (shared by the query-taking routes).
+pub(crate) fn only(
+    q: &std::collections::HashMap<String, String>,
+    allowed: &[&str],
+) -> Result<(), ApiError> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::invalid(
+            k.clone(),
+            format!("unknown query parameter; allowed: {}", allowed.join(", ")),
+        )),
+        None => Ok(()),
     }
 }

@@ -24,17 +24,6 @@ fn period(q: &HashMap<String, String>) -> Result<Period, ApiError> {
     }
 }
 
-/// A 400 naming the first query parameter not in `allowed` (shared by the query-taking routes).
-pub(crate) fn only(q: &HashMap<String, String>, allowed: &[&str]) -> Result<(), ApiError> {
-    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::invalid(
-            k.clone(),
-            format!("unknown query parameter; allowed: {}", allowed.join(", ")),
-        )),
-        None => Ok(()),
-    }
-}
-
 /// Requests, tokens, latency percentiles, error rate and estimated cost of one model over the
 /// last hour (`period=hourly`, the default) or day (`daily`).
 #[utoipa::path(
@@ -56,7 +45,7 @@ pub async fn model_metrics(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<ModelWindow>, ApiError> {
-    only(&q, &["period"])?;
+    super::extract::only(&q, &["period"])?;
     let period = period(&q)?;
     if state.registry.get(&id).is_none() {
         return Err(ApiError::not_found(format!("model `{id}` not found")));
@@ -100,7 +89,7 @@ pub async fn usage(
         .as_ref()
         .filter(|p| !p.anonymous && !p.has_scope(SCOPE_ADMIN))
         .map(|p| p.account().to_string());
-    only(&q, &["period", "group_by"])?;
+    super::extract::only(&q, &["period", "group_by"])?;
     let period = period(&q)?;
     let group_by = match q.get("group_by").map(String::as_str) {
         None | Some("model") => GroupBy::Model,

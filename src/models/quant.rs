@@ -109,15 +109,6 @@ impl Kernel {
         }
     }
 
-    pub fn dot_q4_1(self, w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
-        match self {
-            Kernel::Scalar => dot_q4_1_scalar(w, a),
-            // SAFETY: `detect` only returns Avx2 when the CPU has AVX2, FMA and F16C.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_q4_1(w, a) },
-        }
-    }
-
     /// `out[r][t] = row r of w · activation t` for all rows of `w` (`nb` blocks each) and the
     /// `n` activations in `acts`.
     pub fn gemm<B: WeightBlock>(
@@ -139,34 +130,6 @@ impl Kernel {
             // SAFETY: `detect` only returns Avx2 when the CPU has AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::gemm(w, nb, acts, n, out) },
-        }
-    }
-
-    /// One weight row against four activation rows.
-    pub fn dot_q4_1_x4(self, w: &[BlockQ4_1], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        match self {
-            Kernel::Scalar => a.map(|r| dot_q4_1_scalar(w, r)),
-            // SAFETY: `detect` only returns Avx2 when the CPU has AVX2, FMA and F16C.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_q4_1_x4(w, a) },
-        }
-    }
-
-    pub fn dot_q8_0_x4(self, w: &[BlockQ8_0], a: [&[BlockQ8]; 4]) -> [f32; 4] {
-        match self {
-            Kernel::Scalar => a.map(|r| dot_q8_0_scalar(w, r)),
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_q8_0_x4(w, a) },
-        }
-    }
-
-    pub fn dot_q8_0(self, w: &[BlockQ8_0], a: &[BlockQ8]) -> f32 {
-        match self {
-            Kernel::Scalar => dot_q8_0_scalar(w, a),
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_q8_0(w, a) },
         }
     }
 }
@@ -682,26 +645,24 @@ mod tests {
             let (QData::Q4_1(b4), QData::Q8_0(b8)) = (&q4.data, &q8.data) else {
                 unreachable!()
             };
-            let (r4, s4) = (dot_q4_1_scalar(b4, &a), k.dot_q4_1(b4, &a));
-            let (r8, s8) = (dot_q8_0_scalar(b8, &a), k.dot_q8_0(b8, &a));
-            // Same integer products; only the order of the f32 sums differs.
-            assert!(
-                (r4 - s4).abs() <= 1e-4 * (1.0 + r4.abs()),
-                "q4_1 {r4} vs {s4}"
-            );
-            assert!(
-                (r8 - s8).abs() <= 1e-4 * (1.0 + r8.abs()),
-                "q8_0 {r8} vs {s8}"
-            );
-            let others: Vec<Vec<BlockQ8>> = (0..3)
-                .map(|j| acts(&noise(seed * 7 + j + 100, cols)))
-                .collect();
-            let four = [&a[..], &others[0], &others[1], &others[2]];
-            let (x4, x8) = (k.dot_q4_1_x4(b4, four), k.dot_q8_0_x4(b8, four));
-            for j in 0..4 {
-                let (r4, r8) = (dot_q4_1_scalar(b4, four[j]), dot_q8_0_scalar(b8, four[j]));
-                assert!((r4 - x4[j]).abs() <= 1e-4 * (1.0 + r4.abs()), "x4 q4_1 {j}");
-                assert!((r8 - x8[j]).abs() <= 1e-4 * (1.0 + r8.abs()), "x4 q8_0 {j}");
+            // One activation (the decode path) and four (the batched path), through `gemm`.
+            let nb = cols / QK;
+            let mut four = a.clone();
+            for j in 0..3 {
+                four.extend(acts(&noise(seed * 7 + j + 100, cols)));
+            }
+            for (n, acts) in [(1, &a), (4, &four)] {
+                let (mut o4, mut o8) = (vec![0.0; n], vec![0.0; n]);
+                k.gemm(b4, nb, acts, n, &mut o4);
+                k.gemm(b8, nb, acts, n, &mut o8);
+                for t in 0..n {
+                    let at = &acts[t * nb..(t + 1) * nb];
+                    let (r4, r8) = (dot_q4_1_scalar(b4, at), dot_q8_0_scalar(b8, at));
+                    // Same integer products; only the order of the f32 sums differs.
+                    let close = |r: f32, s: f32| (r - s).abs() <= 1e-4 * (1.0 + r.abs());
+                    assert!(close(r4, o4[t]), "q4_1 n={n} t={t}: {r4} vs {}", o4[t]);
+                    assert!(close(r8, o8[t]), "q8_0 n={n} t={t}: {r8} vs {}", o8[t]);
+                }
             }
         }
     }

@@ -65,6 +65,15 @@ pub struct ServerSection {
     pub max_concurrent_requests: usize,
     /// Most bytes of request headers; more is 431.
     pub max_header_bytes: usize,
+    /// How long a request body may take to arrive in full; then 408 `request_timeout`.
+    pub body_timeout_ms: u64,
+    /// How long a request's headers may take to arrive, from their first byte; then the
+    /// connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// How long a keep-alive connection may sit idle between requests; then it is closed.
+    pub keep_alive_timeout_ms: u64,
+    /// Open connections at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,6 +209,10 @@ impl Default for ServerSection {
             drain_timeout_s: 30,
             max_concurrent_requests: 1024,
             max_header_bytes: 16 * 1024,
+            body_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 75_000,
+            max_connections: 4096,
         }
     }
 }
@@ -339,6 +352,24 @@ impl Settings {
         }
         if !(1..=3_600_000).contains(&self.server.request_timeout_ms) {
             return bad("server.request_timeout_ms", "must be between 1 and 3600000");
+        }
+        if !(1..=3_600_000).contains(&self.server.body_timeout_ms) {
+            return bad("server.body_timeout_ms", "must be between 1 and 3600000");
+        }
+        if !(1..=3_600_000).contains(&self.server.header_read_timeout_ms) {
+            return bad(
+                "server.header_read_timeout_ms",
+                "must be between 1 and 3600000",
+            );
+        }
+        if !(1..=3_600_000).contains(&self.server.keep_alive_timeout_ms) {
+            return bad(
+                "server.keep_alive_timeout_ms",
+                "must be between 1 and 3600000",
+            );
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return bad("server.max_connections", "must be between 1 and 1000000");
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");

@@ -19,6 +19,10 @@ pub enum ErrorKind {
     MethodNotAllowed,
     PayloadTooLarge,
     HeadersTooLarge,
+    UriTooLong,
+    UnsupportedMediaType,
+    /// The body did not arrive in time (`server.body_timeout_ms`).
+    BodyTimeout,
     RateLimited,
     Internal,
     Unavailable,
@@ -35,6 +39,9 @@ impl ErrorKind {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -52,6 +59,9 @@ impl ErrorKind {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PayloadTooLarge => "payload_too_large",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::BodyTimeout => "request_timeout",
             Self::RateLimited => "rate_limit_exceeded",
             Self::Internal => "internal_error",
             Self::Unavailable => "service_unavailable",
@@ -142,6 +152,18 @@ impl ApiError {
     }
 }
 
+/// The envelope as JSON text, for the few answers written below axum (see `conn`).
+pub fn envelope_json(kind: ErrorKind, message: &str) -> String {
+    let body = ErrorEnvelope {
+        error: ErrorBody {
+            code: kind.code(),
+            message: message.to_string(),
+            details: ErrorDetails::default(),
+        },
+    };
+    serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}"))
+}
+
 /// The error code of a response, for the metrics middleware.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
@@ -155,7 +177,8 @@ pub struct ErrorEnvelope {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code: invalid_request, unauthorized, forbidden, not_found,
-    /// method_not_allowed, payload_too_large, rate_limit_exceeded, internal_error,
+    /// method_not_allowed, request_timeout, payload_too_large, uri_too_long,
+    /// unsupported_media_type, headers_too_large, rate_limit_exceeded, internal_error,
     /// service_unavailable, timeout.
     pub code: &'static str,
     pub message: String,
@@ -202,6 +225,14 @@ mod tests {
             (ErrorKind::Forbidden, 403, "forbidden"),
             (ErrorKind::NotFound, 404, "not_found"),
             (ErrorKind::PayloadTooLarge, 413, "payload_too_large"),
+            (ErrorKind::BodyTimeout, 408, "request_timeout"),
+            (ErrorKind::UriTooLong, 414, "uri_too_long"),
+            (
+                ErrorKind::UnsupportedMediaType,
+                415,
+                "unsupported_media_type",
+            ),
+            (ErrorKind::HeadersTooLarge, 431, "headers_too_large"),
             (ErrorKind::RateLimited, 429, "rate_limit_exceeded"),
             (ErrorKind::Internal, 500, "internal_error"),
             (ErrorKind::Unavailable, 503, "service_unavailable"),

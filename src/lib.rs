@@ -16,6 +16,8 @@
 //! - [`http`]: the routes (predict, models, health, OpenAPI) and the JSON extractor.
 //! - [`lifecycle`]: serving vs draining after SIGTERM, requests in flight.
 //! - [`metrics`]: every `anya_ai_*` metric, recorded in one place per event.
+//! - [`conn`]: HTTP/1.1 connections on hyper with header-read and idle timeouts, a connection
+//!   cap, and hyper's own parse errors rewritten into the envelope.
 //! - [`server`]: `app(AppState) -> Router`, the layers, binding and serving.
 //! - [`telemetry`]: tracing setup.
 //! - [`usage`]: usage and cost accounting in time buckets.
@@ -23,6 +25,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod conn;
 pub mod engine;
 pub mod error;
 pub mod http;

@@ -15,7 +15,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -139,7 +138,8 @@ pub fn app(state: AppState) -> Router {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request_id = %id)
+            let uri = crate::telemetry::loggable_uri(req.uri());
+            tracing::info_span!("request", method = %req.method(), uri = %uri, request_id = %id)
         }),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -154,6 +154,10 @@ async fn observe_request(
     next: Next,
 ) -> Response {
     let started = Instant::now();
+    // Checks every route gets, probes included: a probe must never be a way around a limit.
+    if let Some(refused) = refuse_early(&state, &req) {
+        return refused;
+    }
     let path = req.uri().path();
     let probe = matches!(path, "/health" | "/ready" | "/metrics");
     if probe {
@@ -164,28 +168,38 @@ async fn observe_request(
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let endpoint = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = req.method().clone();
-    let header_bytes: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
     let mut response = if state.lifecycle.is_draining() {
         let mut r = ApiError::unavailable("the server is shutting down", 1).into_response();
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         r
-    } else if header_bytes > state.settings.server.max_header_bytes {
-        ApiError::new(
-            ErrorKind::HeadersTooLarge,
-            format!(
-                "request headers are {header_bytes} bytes; the limit is {} (server.max_header_bytes)",
-                state.settings.server.max_header_bytes
-            ),
-        )
-        .into_response()
     } else if let Ok(_permit) = state.concurrency.clone().try_acquire_owned() {
         let _in_flight = state.lifecycle.enter();
-        next.run(req).await
+        // The whole request, body read included, is bounded by the request timeout.
+        match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let mut r = ApiError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the request was not answered within {} ms",
+                        state.request_timeout.as_millis()
+                    ),
+                )
+                .with_details(crate::error::ErrorDetails {
+                    field: None,
+                    issue: Some(format!(
+                        "server.request_timeout_ms is {}",
+                        state.request_timeout.as_millis()
+                    )),
+                })
+                .into_response();
+                // The body may still be on its way: this connection cannot be reused.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
+        }
     } else {
         ApiError::unavailable(
             "too many requests in flight (server.max_concurrent_requests); retry later",
@@ -237,6 +251,79 @@ async fn observe_request(
         "request"
     );
     response
+}
+
+/// The limits every request meets before routing: header size (431), a declared body over
+/// `server.max_body_bytes` (413 at once, without waiting for the bytes), and a body encoding
+/// other than identity (415).
+fn refuse_early(state: &AppState, req: &Request<Body>) -> Option<Response> {
+    let limit = state.settings.server.max_header_bytes;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > limit {
+        return Some(
+            ApiError::new(
+                ErrorKind::HeadersTooLarge,
+                format!(
+                    "request headers are {header_bytes} bytes; the limit is {limit} (server.max_header_bytes)"
+                ),
+            )
+            .into_response(),
+        );
+    }
+    let max_body = state.settings.server.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > max_body as u64) {
+        let mut r = ApiError::too_large(
+            "body",
+            format!(
+                "Content-Length is {len} bytes; the limit is {max_body} (server.max_body_bytes)"
+            ),
+        )
+        .into_response();
+        // The body is not read: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(r);
+    }
+    let encoding = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|e| e.trim().to_ascii_lowercase())
+        .find(|e| !e.is_empty() && e != "identity");
+    if let Some(encoding) = encoding {
+        return Some(
+            ApiError::new(
+                ErrorKind::UnsupportedMediaType,
+                format!(
+                    "Content-Encoding `{encoding}` is not supported; send the body uncompressed"
+                ),
+            )
+            .with_details(crate::error::ErrorDetails {
+                field: Some("Content-Encoding".into()),
+                issue: Some("must be identity (or absent)".into()),
+            })
+            .into_response(),
+        );
+    }
+    None
+}
+
+/// The early limits, for the routes served on the metrics port.
+async fn probe_limits(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    match refuse_early(&state, &req) {
+        Some(r) => r,
+        None => next.run(req).await,
+    }
 }
 
 /// What a route asks of the caller.
@@ -471,7 +558,7 @@ pub struct Server {
     pub registry: Arc<Registry>,
     pub lifecycle: Arc<Lifecycle>,
     drain_timeout: Duration,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
     serving: JoinHandle<std::io::Result<()>>,
     loading: JoinHandle<()>,
 }
@@ -528,6 +615,17 @@ impl Server {
             .filter(|_| settings.monitoring.enabled);
         let metrics_host = settings.server.host.clone();
         let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
+        let conn_limits = crate::conn::ConnLimits {
+            max_connections: settings.server.max_connections,
+            header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
+            keep_alive_timeout: Duration::from_millis(settings.server.keep_alive_timeout_ms),
+            max_head_bytes: settings
+                .server
+                .max_header_bytes
+                .saturating_mul(4)
+                .max(128 * 1024),
+        };
+        let (tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let state = AppState::new(settings, registry.clone())?;
         let lifecycle = state.lifecycle.clone();
         let metrics = state.metrics.clone();
@@ -560,24 +658,24 @@ impl Server {
                 .map_err(|source| StartupError::Bind { addr, source })?;
             let metrics_app = Router::new()
                 .route("/metrics", get(health::metrics))
+                .fallback(not_found)
+                .layer(middleware::from_fn_with_state(state.clone(), probe_limits))
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .with_state(state.clone());
+            let stop = shutdown_rx.clone();
             tokio::spawn(async move {
-                let _ = axum::serve(listener, metrics_app).await;
+                let _ = crate::conn::serve(listener, metrics_app, conn_limits, stop).await;
             });
         }
         spawn_housekeeping(&state);
-        let (tx, rx) = oneshot::channel::<()>();
         let router = app(state);
-        let serving = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-        });
+        let serving = tokio::spawn(crate::conn::serve(
+            listener,
+            router,
+            conn_limits,
+            shutdown_rx,
+        ));
         tracing::info!(addr = %local, "listening");
         Ok(Server {
             addr: local,
@@ -620,7 +718,7 @@ impl Server {
     /// Stop accepting, let open connections finish, and return.
     pub async fn shutdown(mut self) -> std::io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         self.loading.abort();
         match self.serving.await {

@@ -1,11 +1,18 @@
 //! The dynamic batching policy, as plain state: no runtime, no clock of its own.
 //!
-//! Entries wait in FIFO order. A batch is due when the waiting entries fill it (by count of
-//! inputs or by tokens) or when the oldest has waited `max_delay`; until then the caller sleeps
-//! until the instant `poll` names. Entries whose client has gone are removed before a batch is
-//! formed, so no compute is spent on them. Time is always passed in, so the tests need no clock.
+//! A batch is due when the waiting entries fill it (by count of inputs or by tokens) or when
+//! the oldest has waited `max_delay`; until then the caller sleeps until the instant `poll`
+//! names. Entries whose client has gone are removed before a batch is formed, so no compute is
+//! spent on them. Time is always passed in, so the tests need no clock.
+//!
+//! Fairness: a large request arrives cut into pieces (`Pending::piece` numbers them), and
+//! entries leave in start-time fair order: an entry's tag is the virtual time at its arrival
+//! plus its piece number, and the virtual time advances to the tag of each entry taken. So the
+//! pieces of concurrent requests interleave, and a small request that arrives behind a queue
+//! of large ones runs in the next batch or the one after, whatever is queued. Entries that are
+//! not cut (piece 0 each) keep their arrival order.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +33,10 @@ pub trait Pending {
     fn enqueued(&self) -> Instant;
     /// True once nobody waits for the answer.
     fn is_cancelled(&self) -> bool;
+    /// Which piece of its request this entry is (0 for the first, or a request not cut).
+    fn piece(&self) -> usize {
+        0
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,25 +52,33 @@ pub enum Next {
 #[derive(Debug)]
 pub struct BatchQueue<T> {
     policy: BatchPolicy,
-    entries: VecDeque<T>,
+    /// Waiting entries by (tag, arrival number): the order they leave in.
+    entries: BTreeMap<(u64, u64), T>,
     items: usize,
     tokens: usize,
+    /// The tag of the entry taken last.
+    vtime: u64,
+    arrivals: u64,
 }
 
 impl<T: Pending> BatchQueue<T> {
     pub fn new(policy: BatchPolicy) -> Self {
         Self {
             policy,
-            entries: VecDeque::new(),
+            entries: BTreeMap::new(),
             items: 0,
             tokens: 0,
+            vtime: 0,
+            arrivals: 0,
         }
     }
 
     pub fn push(&mut self, entry: T) {
         self.items += entry.items();
         self.tokens += entry.tokens();
-        self.entries.push_back(entry);
+        let tag = self.vtime + entry.piece() as u64;
+        self.arrivals += 1;
+        self.entries.insert((tag, self.arrivals), entry);
     }
 
     pub fn len(&self) -> usize {
@@ -72,23 +91,25 @@ impl<T: Pending> BatchQueue<T> {
 
     /// Take out the entries whose client has gone; returns them (to be counted and dropped).
     pub fn remove_cancelled(&mut self) -> Vec<T> {
-        let mut gone = Vec::new();
-        let mut kept = VecDeque::with_capacity(self.entries.len());
-        for e in self.entries.drain(..) {
-            if e.is_cancelled() {
+        let keys: Vec<(u64, u64)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.is_cancelled())
+            .map(|(k, _)| *k)
+            .collect();
+        let mut gone = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(e) = self.entries.remove(&k) {
                 self.items -= e.items();
                 self.tokens -= e.tokens();
                 gone.push(e);
-            } else {
-                kept.push_back(e);
             }
         }
-        self.entries = kept;
         gone
     }
 
     pub fn poll(&self, now: Instant) -> Next {
-        let Some(oldest) = self.entries.front() else {
+        let Some(oldest) = self.entries.values().min_by_key(|e| e.enqueued()) else {
             return Next::Idle;
         };
         if self.items >= self.policy.max_batch_size || self.tokens >= self.policy.max_batch_tokens {
@@ -102,20 +123,21 @@ impl<T: Pending> BatchQueue<T> {
         }
     }
 
-    /// The next batch: entries in arrival order while they fit both limits; always at least
-    /// one (an entry larger than a batch runs alone, and the worker splits it).
+    /// The next batch: entries in fair order while they fit both limits; always at least one
+    /// (an entry larger than a batch runs alone, and the worker splits it).
     pub fn take_batch(&mut self) -> Vec<T> {
         let mut batch = Vec::new();
         let (mut items, mut tokens) = (0usize, 0usize);
-        while let Some(next) = self.entries.front() {
+        while let Some(next) = self.entries.first_key_value().map(|(_, e)| e) {
             let fits = items + next.items() <= self.policy.max_batch_size
                 && tokens + next.tokens() <= self.policy.max_batch_tokens;
             if !batch.is_empty() && !fits {
                 break;
             }
-            let Some(e) = self.entries.pop_front() else {
+            let Some(((tag, _), e)) = self.entries.pop_first() else {
                 break;
             };
+            self.vtime = self.vtime.max(tag);
             items += e.items();
             tokens += e.tokens();
             batch.push(e);
@@ -136,6 +158,8 @@ mod tests {
         tokens: usize,
         at: Instant,
         gone: Cell<bool>,
+        piece: usize,
+        name: &'static str,
     }
 
     impl Pending for E {
@@ -151,6 +175,9 @@ mod tests {
         fn is_cancelled(&self) -> bool {
             self.gone.get()
         }
+        fn piece(&self) -> usize {
+            self.piece
+        }
     }
 
     fn e(items: usize, tokens: usize, at: Instant) -> E {
@@ -159,6 +186,25 @@ mod tests {
             tokens,
             at,
             gone: Cell::new(false),
+            piece: 0,
+            name: "",
+        }
+    }
+
+    /// A request of `pieces` pieces of `items` inputs each, as `infer` cuts it.
+    fn request(
+        q: &mut BatchQueue<E>,
+        name: &'static str,
+        pieces: usize,
+        items: usize,
+        at: Instant,
+    ) {
+        for piece in 0..pieces {
+            q.push(E {
+                piece,
+                name,
+                ..e(items, items * 10, at)
+            });
         }
     }
 
@@ -236,8 +282,9 @@ mod tests {
         q.push(e(1, 1, t0));
         q.push(e(1, 1, t0));
         q.push(e(1, 1, t0));
-        q.entries[0].gone.set(true);
-        q.entries[1].gone.set(true);
+        for e in q.entries.values().take(2) {
+            e.gone.set(true);
+        }
         assert_eq!(q.remove_cancelled().len(), 2);
         // one live entry left: no longer a full batch
         assert!(matches!(q.poll(t0), Next::WaitUntil(_)));
@@ -254,5 +301,54 @@ mod tests {
         }
         let toks: Vec<usize> = q.take_batch().iter().map(|e| e.tokens).collect();
         assert_eq!(toks, vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn pieces_of_concurrent_requests_interleave() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(policy(32, 100_000, 0));
+        // four clients with 256 inputs each, cut into pieces of 8
+        for name in ["a", "b", "c", "d"] {
+            request(&mut q, name, 32, 8, t0);
+        }
+        let first: Vec<&str> = q.take_batch().iter().map(|e| e.name).collect();
+        assert_eq!(first, vec!["a", "b", "c", "d"], "one piece of each");
+        let second: Vec<&str> = q.take_batch().iter().map(|e| e.name).collect();
+        assert_eq!(second, vec!["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_small_request_overtakes_queued_large_ones() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(policy(32, 100_000, 0));
+        for name in ["a", "b", "c", "d"] {
+            request(&mut q, name, 32, 8, t0);
+        }
+        q.take_batch();
+        q.take_batch();
+        // 240 inputs of the large requests still wait; one sentence arrives
+        request(&mut q, "small", 1, 1, t0 + Duration::from_millis(5));
+        let mut batches = 0;
+        loop {
+            batches += 1;
+            let b = q.take_batch();
+            assert!(!b.is_empty());
+            if b.iter().any(|e| e.name == "small") {
+                break;
+            }
+        }
+        assert!(batches <= 2, "the small request waited {batches} batches");
+    }
+
+    #[test]
+    fn one_cut_request_alone_still_fills_batches() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(policy(32, 100_000, 0));
+        request(&mut q, "a", 32, 8, t0);
+        for _ in 0..8 {
+            let b = q.take_batch();
+            assert_eq!(b.iter().map(|e| e.items).sum::<usize>(), 32);
+        }
+        assert!(q.is_empty());
     }
 }

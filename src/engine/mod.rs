@@ -134,6 +134,10 @@ struct Job {
     work: Work,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Completed, EngineError>>,
+    /// Which piece of its request this is (large requests are cut, see `infer`).
+    piece: usize,
+    /// Whether this is its request's last piece: the queue count drops when it leaves.
+    last: bool,
 }
 
 impl Pending for Job {
@@ -149,6 +153,14 @@ impl Pending for Job {
     fn is_cancelled(&self) -> bool {
         self.reply.is_closed()
     }
+    fn piece(&self) -> usize {
+        self.piece
+    }
+}
+
+/// Requests leaving the queue among `jobs` (each counts once, with its last piece).
+fn requests_in(jobs: &[Job]) -> usize {
+    jobs.iter().filter(|j| j.last).count()
 }
 
 struct Batch {
@@ -165,6 +177,8 @@ struct Inner {
     frontend: Arc<Frontend>,
     alive: Arc<AtomicBool>,
     cancelled: Arc<AtomicUsize>,
+    /// Inputs per piece when a large request is cut (a quarter of a batch).
+    piece_items: usize,
 }
 
 /// A cheap, cloneable handle on a running model version.
@@ -237,6 +251,7 @@ impl ModelHandle {
                 frontend,
                 alive,
                 cancelled,
+                piece_items: (policy.max_batch_size / 4).max(1),
             }),
         })
     }
@@ -261,6 +276,10 @@ impl ModelHandle {
 
     /// Queue `work` and wait for its answer, at most `timeout`. A full queue fails at once.
     /// Dropping the returned future (client gone) cancels the work if it has not started.
+    ///
+    /// A large embedding request is cut into pieces of a quarter batch that queue fairly with
+    /// other requests (see `batcher`), so it cannot hold the model for long stretches while
+    /// small requests wait; its answer is the pieces' outputs in order.
     pub async fn infer(&self, work: Work, timeout: Duration) -> Result<Completed, EngineError> {
         let inner = &self.inner;
         if !self.is_alive() {
@@ -274,25 +293,104 @@ impl ModelHandle {
                 capacity: inner.capacity,
             });
         }
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            work,
-            enqueued: Instant::now(),
-            reply,
-        };
-        if inner.tx.send(job).is_err() {
-            inner.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(EngineError::Stopped(inner.name.clone()));
+        let pieces = cut(work, inner.piece_items);
+        let count = pieces.len();
+        let enqueued = Instant::now();
+        let mut replies = Vec::with_capacity(count);
+        for (piece, work) in pieces.into_iter().enumerate() {
+            let (reply, rx) = oneshot::channel();
+            let job = Job {
+                work,
+                enqueued,
+                reply,
+                piece,
+                last: piece + 1 == count,
+            };
+            if inner.tx.send(job).is_err() {
+                if piece == 0 {
+                    inner.queued.fetch_sub(1, Ordering::AcqRel);
+                }
+                return Err(EngineError::Stopped(inner.name.clone()));
+            }
+            replies.push(rx);
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(EngineError::Stopped(inner.name.clone())),
+        let answers = futures::future::join_all(replies.into_iter().map(|rx| async {
+            match rx.await {
+                Ok(result) => result,
+                Err(_) => Err(EngineError::Stopped(inner.name.clone())),
+            }
+        }));
+        match tokio::time::timeout(timeout, answers).await {
+            Ok(parts) => join_parts(parts),
             Err(_) => Err(EngineError::Timeout {
                 model: inner.name.clone(),
                 timeout_ms: timeout.as_millis(),
             }),
         }
     }
+}
+
+/// Cut embedding work into pieces of at most `items` inputs; other work stays whole.
+fn cut(work: Work, items: usize) -> Vec<Work> {
+    match work {
+        Work::Embed { inputs } if inputs.len() > items && items > 0 => {
+            let mut pieces = Vec::with_capacity(inputs.len().div_ceil(items));
+            let mut rest = inputs.into_iter();
+            loop {
+                let piece: Vec<Vec<u32>> = rest.by_ref().take(items).collect();
+                if piece.is_empty() {
+                    break;
+                }
+                pieces.push(Work::Embed { inputs: piece });
+            }
+            pieces
+        }
+        other => vec![other],
+    }
+}
+
+/// One answer from the answers of a request's pieces, in order: outputs concatenated; queue
+/// time is the first piece's wait, compute the span from then to the last piece's end.
+fn join_parts(parts: Vec<Result<Completed, EngineError>>) -> Result<Completed, EngineError> {
+    let mut parts = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+    if parts.len() == 1 {
+        if let Some(only) = parts.pop() {
+            return Ok(only);
+        }
+    }
+    let queue = parts
+        .iter()
+        .map(|p| p.stats.queue)
+        .min()
+        .unwrap_or_default();
+    let end = parts
+        .iter()
+        .map(|p| p.stats.queue + p.stats.compute)
+        .max()
+        .unwrap_or_default();
+    let mut stats = RunStats {
+        queue,
+        compute: end.saturating_sub(queue),
+        ..RunStats::default()
+    };
+    let mut vectors = Vec::new();
+    for p in parts {
+        stats.batch_size = stats.batch_size.max(p.stats.batch_size);
+        stats.tokens_processed += p.stats.tokens_processed;
+        stats.tokens_generated += p.stats.tokens_generated;
+        match p.output {
+            Output::Vectors(v) => vectors.extend(v),
+            other => {
+                return Err(EngineError::Model(format!(
+                    "a piece of an embedding request answered {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(Completed {
+        output: Output::Vectors(vectors),
+        stats,
+    })
 }
 
 /// Gathers jobs into batches by the policy and hands them to the worker one at a time.
@@ -319,7 +417,8 @@ async fn batcher_task(
         while let Ok(job) = rx.try_recv() {
             queue.push(job);
         }
-        let gone = queue.remove_cancelled().len();
+        let removed = queue.remove_cancelled();
+        let gone = requests_in(&removed);
         if gone > 0 {
             queued.fetch_sub(gone, Ordering::AcqRel);
             cancelled.fetch_add(gone, Ordering::Relaxed);
@@ -343,7 +442,7 @@ async fn batcher_task(
             }
             Next::Ready => {
                 let jobs = queue.take_batch();
-                queued.fetch_sub(jobs.len(), Ordering::AcqRel);
+                queued.fetch_sub(requests_in(&jobs), Ordering::AcqRel);
                 let (done, finished) = oneshot::channel();
                 if worker.send(Batch { jobs, done }).await.is_err() {
                     return; // worker gone: dropping the jobs answers them `Stopped`

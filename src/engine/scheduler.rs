@@ -468,6 +468,8 @@ mod tests {
             work: Work::Generate { prompts, params },
             enqueued: Instant::now(),
             reply,
+            piece: 0,
+            last: true,
         };
         (job, rx)
     }

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::extract::ApiQuery;
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -34,7 +36,7 @@ pub struct ClearReport {
 )]
 pub async fn clear(
     State(state): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<ClearReport>, ApiError> {
     super::extract::only(&q, &["model"])?;
     let cache = state

@@ -3,17 +3,20 @@
 //! route got only the query parameters it knows.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::header;
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ErrorDetails, ErrorKind};
+use crate::server::AppState;
 
 pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     T: DeserializeOwned,
+    AppState: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -43,7 +46,27 @@ where
                 issue: Some("must be application/json".into()),
             }));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let app = AppState::from_ref(state);
+        let body_timeout = std::time::Duration::from_millis(app.settings.server.body_timeout_ms);
+        let read = tokio::time::timeout(body_timeout, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorKind::BodyTimeout,
+                    format!(
+                        "the request body did not arrive within {} ms",
+                        body_timeout.as_millis()
+                    ),
+                )
+                .with_details(ErrorDetails {
+                    field: Some("body".into()),
+                    issue: Some(format!(
+                        "server.body_timeout_ms is {}",
+                        body_timeout.as_millis()
+                    )),
+                })
+            })?;
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(ErrorKind::PayloadTooLarge, "request body is too large").with_details(
                     ErrorDetails {
@@ -58,29 +81,110 @@ where
                 )
             }
         })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        match serde_path_to_error::deserialize::<_, T>(de) {
-            Ok(v) => Ok(ApiJson(v)),
-            Err(err) => {
-                let path = err.path().to_string();
-                let inner = err.into_inner();
-                let issue = inner.to_string();
-                let (message, field) = match inner.classify() {
-                    serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                        (format!("malformed JSON: {issue}"), None)
-                    }
-                    _ => (
-                        format!("invalid request body: {issue}"),
-                        (path != ".").then_some(path),
-                    ),
-                };
-                Err(
-                    ApiError::new(ErrorKind::InvalidRequest, message).with_details(ErrorDetails {
-                        field,
-                        issue: Some(issue),
-                    }),
-                )
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parse a request body strictly: one JSON object and nothing after it (no top-level array
+/// read as a struct's fields, no trailing bytes, no second document). Failures are 400s
+/// naming the field where serde can tell.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        let found = match first {
+            None => "an empty body",
+            Some(b'[') => "an array",
+            Some(b'"') => "a string",
+            Some(_) => "something else",
+        };
+        return Err(ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("the body must be a JSON object; found {found}"),
+        )
+        .with_details(ErrorDetails {
+            field: Some("body".into()),
+            issue: Some("must be a JSON object".into()),
+        }));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let issue = inner.to_string();
+        let (message, field) = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                (format!("malformed JSON: {issue}"), None)
             }
+            _ => (
+                format!("invalid request body: {issue}"),
+                (path != ".").then_some(path),
+            ),
+        };
+        ApiError::new(ErrorKind::InvalidRequest, message).with_details(ErrorDetails {
+            field,
+            issue: Some(issue),
+        })
+    })?;
+    de.end().map_err(|e| {
+        ApiError::new(
+            ErrorKind::InvalidRequest,
+            format!("malformed JSON: unexpected data after the JSON object ({e})"),
+        )
+        .with_details(ErrorDetails {
+            field: Some("body".into()),
+            issue: Some("must hold exactly one JSON object".into()),
+        })
+    })?;
+    Ok(value)
+}
+
+/// Path parameters whose every failure (bad UTF-8, a segment that does not parse) is our
+/// envelope, not axum's plain-text rejection.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("invalid path: {}", rejection.body_text()),
+            )
+            .with_details(ErrorDetails {
+                field: Some("path".into()),
+                issue: Some(rejection.body_text()),
+            })),
+        }
+    }
+}
+
+/// Query parameters whose parse failures are our envelope, not axum's plain text.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("invalid query string: {}", rejection.body_text()),
+            )
+            .with_details(ErrorDetails {
+                field: Some("query".into()),
+                issue: Some(rejection.body_text()),
+            })),
         }
     }
 }

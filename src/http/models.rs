@@ -1,6 +1,8 @@
 //! `GET /models`, `GET /models/{id}`, `GET /models/{id}/versions`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::extract::ApiPath;
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -174,7 +176,7 @@ pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
 )]
 pub async fn get_model(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModelDetail>, ApiError> {
     let rec = state
         .registry
@@ -256,7 +258,7 @@ pub async fn get_model(
 )]
 pub async fn list_versions(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<VersionList>, ApiError> {
     let rec = state
         .registry
@@ -282,10 +284,15 @@ fn input_schema(m: &Manifest) -> Value {
                        "properties": {"role": {"enum": ["system", "user", "assistant"]},
                                       "content": {"type": "string"}}}}
         ]}),
-        Task::Echo => json!({}),
+        Task::Echo => {
+            return json!({"description": "any JSON; a list is one input per item"});
+        }
     };
-    json!({"type": "array", "minItems": 1, "maxItems": m.max_inputs, "items": items,
-           "description": format!("at most {} tokens per input", m.max_input_length)})
+    // The same shape as `inputs` in /openapi.json: a list of inputs, or one input alone.
+    json!({"oneOf": [
+        items.clone(),
+        {"type": "array", "minItems": 1, "maxItems": m.max_inputs, "items": items}
+    ], "description": format!("one input, or a list of them; at most {} tokens per input", m.max_input_length)})
 }
 
 fn output_schema(m: &Manifest, dims: Option<usize>) -> Value {

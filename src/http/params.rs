@@ -67,7 +67,10 @@ pub fn validate(specs: &[ParamSpec], given: &Map<String, Value>) -> Result<Valid
             ));
         }
         if value.is_null() {
-            continue; // explicit null: use the default
+            return Err(ApiError::invalid(
+                field,
+                "must not be null; leave the parameter out to use its default",
+            ));
         }
         out.insert(name.to_string(), check(spec, value, &field)?);
     }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use std::sync::Arc;
 use utoipa::ToSchema;
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::params::{self, ValidParams};
 use crate::auth::Principal;
 use crate::cache::{CacheKey, CachedOutput};
@@ -37,12 +37,32 @@ pub struct PredictRequest {
     /// The inputs: for embedding models, strings; for text generation, strings (raw prompts)
     /// or lists of `{role, content}` messages (the model's chat template is applied); for echo,
     /// any JSON. A single value is taken as a list of one.
-    #[schema(value_type = Object)]
+    #[schema(value_type = InputsDoc)]
     pub inputs: Value,
     /// Model parameters; see `GET /models/{id}` for names, types, defaults and ranges.
     #[serde(default)]
     #[schema(value_type = Object)]
     pub parameters: Map<String, Value>,
+}
+
+/// The documented shape of `inputs` (parsing keeps a `Value`: echo models take any JSON).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum InputsDoc {
+    /// One input, taken as a list of one.
+    One(InputDoc),
+    /// One output per input, in order.
+    Many(Vec<InputDoc>),
+}
+
+/// One input: a string (text, or a raw prompt), or a conversation (text generation).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum InputDoc {
+    Text(String),
+    Conversation(Vec<ChatMessage>),
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -121,7 +141,7 @@ impl ValidRequest {
 )]
 pub async fn predict(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<PredictRequest>,
@@ -151,7 +171,7 @@ pub async fn predict(
 )]
 pub async fn predict_version(
     State(state): State<AppState>,
-    Path((id, version)): Path<(String, String)>,
+    ApiPath((id, version)): ApiPath<(String, String)>,
     principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     ApiJson(req): ApiJson<PredictRequest>,
@@ -243,7 +263,7 @@ async fn infer(
     label: &mut ModelLabel,
 ) -> Result<(PredictResponse, Option<&'static str>), ApiError> {
     let cache_param = match req.parameters.remove("cache") {
-        None | Some(Value::Null) => true,
+        None => true,
         Some(Value::Bool(b)) => b,
         Some(_) => {
             return Err(ApiError::invalid(
@@ -253,7 +273,16 @@ async fn infer(
         }
     };
     let manifest = &resolved.manifest;
-    let valid = validate(manifest, resolved.handle.frontend(), req)?;
+    // Tokenizing and templating a large input takes milliseconds to seconds: off the async
+    // runtime, so /health and small requests never wait behind it.
+    let valid = if text_bytes(&req.inputs) <= INLINE_VALIDATION_BYTES {
+        validate(manifest, resolved.handle.frontend(), req)?
+    } else {
+        let (m, f) = (manifest.clone(), resolved.handle.frontend().clone());
+        tokio::task::spawn_blocking(move || validate(&m, &f, req))
+            .await
+            .map_err(ApiError::internal)??
+    };
     let n = valid.work.items();
     let cache = state
         .cache
@@ -369,6 +398,20 @@ async fn infer(
     Ok((response, cache_status))
 }
 
+/// Requests with at most this many bytes of text are validated on the async runtime (a few
+/// microseconds of tokenization); larger ones on the blocking pool.
+const INLINE_VALIDATION_BYTES: usize = 4096;
+
+/// Bytes of text in a JSON value (strings, keys included), without allocating.
+fn text_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(text_bytes).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + text_bytes(v)).sum(),
+        _ => 8,
+    }
+}
+
 /// One input's output, computed or from the cache.
 #[derive(Debug, Clone)]
 enum Item {
@@ -421,7 +464,7 @@ pub fn validate(
         Task::TextGeneration => {
             let gen = gen_params(&params);
             let prompts = inputs
-                .iter()
+                .into_iter()
                 .enumerate()
                 .map(|(i, v)| {
                     let prompt = prompt_text(frontend, v, i)?;
@@ -488,26 +531,62 @@ fn encode(frontend: &Frontend, text: &str, truncate: bool, i: usize) -> Result<V
                 }
             ),
         ),
+        EncodeError::TooManyBytes { bytes, limit } => ApiError::invalid(
+            format!("inputs[{i}]"),
+            format!(
+                "{bytes} bytes; an input may have at most {limit} bytes (max_input_length {} tokens × {} bytes){}",
+                codec.max_input_length(),
+                crate::models::text::MAX_BYTES_PER_TOKEN,
+                if frontend.task == Task::Embedding {
+                    "; set parameters.truncate to true to cut longer inputs"
+                } else {
+                    ""
+                }
+            ),
+        ),
         EncodeError::Tokenizer(msg) => ApiError::invalid(format!("inputs[{i}]"), msg),
     })
 }
 
 /// A raw prompt, or a conversation rendered with the model's chat template.
-fn prompt_text(frontend: &Frontend, v: &Value, i: usize) -> Result<String, ApiError> {
+fn prompt_text(frontend: &Frontend, v: Value, i: usize) -> Result<String, ApiError> {
     let field = format!("inputs[{i}]");
     match v {
-        Value::String(s) => Ok(s.clone()),
-        Value::Array(_) => {
-            let messages: Vec<ChatMessage> = serde_json::from_value(v.clone()).map_err(|e| {
-                ApiError::invalid(
-                    field.clone(),
-                    format!(
+        Value::String(s) => Ok(s),
+        Value::Array(items) => {
+            // Each message must be an object: serde would also read `["user", "hi"]` as one.
+            if let Some(j) = items.iter().position(|m| !m.is_object()) {
+                return Err(ApiError::invalid(
+                    format!("{field}[{j}]"),
+                    "a message must be an object {\"role\", \"content\"}",
+                ));
+            }
+            let messages: Vec<ChatMessage> =
+                serde_json::from_value(Value::Array(items)).map_err(|e| {
+                    ApiError::invalid(
+                        field.clone(),
+                        format!(
                         "a conversation must be a list of {{\"role\", \"content\"}} messages: {e}"
                     ),
-                )
-            })?;
+                    )
+                })?;
             if messages.is_empty() {
                 return Err(ApiError::invalid(field, "the conversation is empty"));
+            }
+            // Refuse an oversized conversation before rendering the template over it.
+            if let Some(codec) = &frontend.codec {
+                let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+                if bytes > codec.max_input_bytes() {
+                    return Err(ApiError::invalid(
+                        field,
+                        format!(
+                            "{bytes} bytes of messages; a conversation may have at most {} (max_input_length {} tokens × {} bytes)",
+                            codec.max_input_bytes(),
+                            codec.max_input_length(),
+                            crate::models::text::MAX_BYTES_PER_TOKEN
+                        ),
+                    ));
+                }
             }
             if let Some(m) = messages
                 .iter()
@@ -547,3 +626,7 @@ fn gen_params(p: &ValidParams) -> GenParams {
         seed: p.u64("seed").unwrap_or_else(rand::random),
     }
 }
+
+#[cfg(test)]
+#[path = "predict_fuzz.rs"]
+mod fuzz;

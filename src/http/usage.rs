@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::extract::{ApiPath, ApiQuery};
 use axum::Extension;
 
 use crate::auth::{Principal, SCOPE_ADMIN};
@@ -42,8 +44,8 @@ fn period(q: &HashMap<String, String>) -> Result<Period, ApiError> {
 )]
 pub async fn model_metrics(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<ModelWindow>, ApiError> {
     super::extract::only(&q, &["period"])?;
     let period = period(&q)?;
@@ -82,7 +84,7 @@ pub struct UsageReport {
 pub async fn usage(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
-    Query(q): Query<HashMap<String, String>>,
+    ApiQuery(q): ApiQuery<HashMap<String, String>>,
 ) -> Result<Json<UsageReport>, ApiError> {
     // Principals see their own usage; admins (and everyone when auth is off) see all.
     let own = principal

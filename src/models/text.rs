@@ -16,8 +16,18 @@ pub enum EncodeError {
         tokens: usize,
         limit: usize,
     },
+    /// More bytes than `max_input_length` tokens can stand for; refused before tokenizing.
+    TooManyBytes {
+        bytes: usize,
+        limit: usize,
+    },
     Tokenizer(String),
 }
+
+/// A generous bound on the bytes one token stands for. Inputs longer than `max_input_length`
+/// times this are refused (or, with truncation, cut) before the tokenizer sees them, so an
+/// oversized input costs a length check, not seconds of tokenization.
+pub const MAX_BYTES_PER_TOKEN: usize = 64;
 
 /// A tokenizer with the model's input limit.
 ///
@@ -79,13 +89,45 @@ impl TextCodec {
         self.max_input_length
     }
 
+    /// Most bytes of text an input may have (`max_input_length` × [`MAX_BYTES_PER_TOKEN`]).
+    pub fn max_input_bytes(&self) -> usize {
+        self.max_input_length.saturating_mul(MAX_BYTES_PER_TOKEN)
+    }
+
     /// Token ids of `text` (with the model's special tokens), within the input limit.
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Vec<u32>, EncodeError> {
+        let cap = self.max_input_bytes();
+        if text.len() > cap {
+            if !truncate {
+                return Err(EncodeError::TooManyBytes {
+                    bytes: text.len(),
+                    limit: cap,
+                });
+            }
+            // Truncating: a prefix that already holds well over the limit tokenizes to the
+            // same first tokens as the whole text (only the last, cut word can differ).
+            let mut cut = cap;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let prefix = &text[..cut];
+            let plain = self
+                .tokenizer
+                .encode(prefix, false)
+                .map_err(|e| EncodeError::Tokenizer(e.to_string()))?;
+            if plain.len() > self.max_input_length + 8 {
+                return self.encode_with(&self.truncating, prefix);
+            }
+        }
         let tok = if truncate {
             &self.truncating
         } else {
             &self.tokenizer
         };
+        self.encode_with(tok, text)
+    }
+
+    fn encode_with(&self, tok: &Tokenizer, text: &str) -> Result<Vec<u32>, EncodeError> {
         let enc = tok
             .encode(text, self.add_special_tokens)
             .map_err(|e| EncodeError::Tokenizer(e.to_string()))?;

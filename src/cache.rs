@@ -119,6 +119,7 @@ impl CachedOutput {
                     finish_reason,
                     time_to_first_token: 0.0,
                     duration: 0.0,
+                    logprobs: Vec::new(),
                 })))
             }
             _ => None,
@@ -389,6 +390,7 @@ mod tests {
             finish_reason: FinishReason::Eos,
             time_to_first_token: 0.0,
             duration: 0.0,
+            logprobs: Vec::new(),
         }));
         assert_eq!(CachedOutput::decode(&g.encode()), Some(g));
         for bad in [&b""[..], b"E", b"Eabc", b"X1234", b"G{not json", b"G{}"] {

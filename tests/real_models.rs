@@ -201,6 +201,7 @@ fn greedy_generation_matches_llama_cpp() {
             },
             stop: vec![],
             seed: 0,
+            logprobs: None,
         };
         let g = generate(lm.as_mut(), codec, &[eos], &ids, &params, &|| false).unwrap();
         let mut want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();

@@ -2,10 +2,13 @@
 //! owns the model. No HTTP types here.
 //!
 //! ```text
-//! infer() ──try enqueue (capacity)──▶ unbounded channel ──▶ batcher task (BatchQueue policy)
-//!    ▲                                                        │ one batch at a time
-//!    └──────── oneshot reply ◀──── worker thread (model) ◀────┘
+//! submit() ──try enqueue (capacity)──▶ unbounded channel ──▶ batcher task (BatchQueue policy)
+//!    ▲                                                         │ one batch at a time
+//!    └──── event stream (deltas, done) ◀── worker thread (model) ◀──┘
 //! ```
+//! A request's answer is a stream of events: for a streaming generation, text deltas per input
+//! as they become final, then `Done`; otherwise `Done` alone. `infer` drains it. Dropping the
+//! receiver is a cancellation: queued work is dropped, running sequences leave at the next step.
 //! The queue bound is an atomic count, checked before sending, so a full queue answers
 //! `Overloaded` at once. The batcher hands the worker one batch and waits for it to finish,
 //! so while the model computes, new requests pile up and form the next (larger) batch.
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::models::generate::Delta;
 use crate::models::{Frontend, GenParams, Generation};
 use crate::registry::manifest::Manifest;
 use batcher::{BatchPolicy, BatchQueue, Next, Pending};
@@ -130,10 +134,59 @@ pub enum EngineError {
     Load(String),
 }
 
+/// What a request's event stream carries.
+#[derive(Debug)]
+pub enum Event {
+    /// New final text of input `index` (streaming generation only).
+    Delta { index: usize, delta: Delta },
+    /// The request is done: its outputs and stats, or why it failed.
+    Done(Result<Completed, EngineError>),
+}
+
+/// The sending side of a request's events. The channel is sized for every event the request
+/// can produce (one delta per generated token and input, plus one), so sending never waits
+/// and never fails but for a receiver that has gone.
+pub(crate) struct Reply {
+    tx: mpsc::Sender<Event>,
+    stream: bool,
+}
+
+impl Reply {
+    fn channel(work: &Work, stream: bool) -> (Reply, mpsc::Receiver<Event>) {
+        let cap = match work {
+            Work::Generate { prompts, params } if stream => {
+                prompts.len().saturating_mul(params.max_tokens + 2) + 1
+            }
+            _ => 1,
+        };
+        let (tx, rx) = mpsc::channel(cap.clamp(1, 1 << 20));
+        (Reply { tx, stream }, rx)
+    }
+
+    pub(crate) fn done(self, result: Result<Completed, EngineError>) {
+        let _ = self.tx.try_send(Event::Done(result));
+    }
+
+    /// Send a delta when the request streams (otherwise nothing is sent).
+    pub(crate) fn delta(&self, index: usize, delta: Delta) {
+        if self.stream && !(delta.text.is_empty() && delta.logprobs.is_empty()) {
+            let _ = self.tx.try_send(Event::Delta { index, delta });
+        }
+    }
+
+    pub(crate) fn is_streaming(&self) -> bool {
+        self.stream
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
 struct Job {
     work: Work,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<Completed, EngineError>>,
+    reply: Reply,
     /// Which piece of its request this is (large requests are cut, see `infer`).
     piece: usize,
     /// Whether this is its request's last piece: the queue count drops when it leaves.
@@ -298,7 +351,7 @@ impl ModelHandle {
         let enqueued = Instant::now();
         let mut replies = Vec::with_capacity(count);
         for (piece, work) in pieces.into_iter().enumerate() {
-            let (reply, rx) = oneshot::channel();
+            let (reply, rx) = Reply::channel(&work, false);
             let job = Job {
                 work,
                 enqueued,
@@ -314,12 +367,11 @@ impl ModelHandle {
             }
             replies.push(rx);
         }
-        let answers = futures::future::join_all(replies.into_iter().map(|rx| async {
-            match rx.await {
-                Ok(result) => result,
-                Err(_) => Err(EngineError::Stopped(inner.name.clone())),
-            }
-        }));
+        let answers = futures::future::join_all(
+            replies
+                .into_iter()
+                .map(|rx| EventStream::new(rx, inner.name.clone()).done()),
+        );
         match tokio::time::timeout(timeout, answers).await {
             Ok(parts) => join_parts(parts),
             Err(_) => Err(EngineError::Timeout {
@@ -327,6 +379,81 @@ impl ModelHandle {
                 timeout_ms: timeout.as_millis(),
             }),
         }
+    }
+}
+
+impl ModelHandle {
+    /// Queue `work` and return its event stream at once (a full queue fails at once). With
+    /// `stream`, a generation sends its text deltas as they become final. Dropping the stream
+    /// cancels the work.
+    pub fn submit(&self, work: Work, stream: bool) -> Result<EventStream, EngineError> {
+        let inner = &self.inner;
+        if !self.is_alive() {
+            return Err(EngineError::Stopped(inner.name.clone()));
+        }
+        let prev = inner.queued.fetch_add(1, Ordering::AcqRel);
+        if prev >= inner.capacity {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::Overloaded {
+                model: inner.name.clone(),
+                capacity: inner.capacity,
+            });
+        }
+        let (reply, rx) = Reply::channel(&work, stream);
+        let job = Job {
+            work,
+            enqueued: Instant::now(),
+            reply,
+            piece: 0,
+            last: true,
+        };
+        if inner.tx.send(job).is_err() {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::Stopped(inner.name.clone()));
+        }
+        Ok(EventStream::new(rx, inner.name.clone()))
+    }
+}
+
+/// The events of one request, in order; the last is `Done`.
+pub struct EventStream {
+    rx: mpsc::Receiver<Event>,
+    name: String,
+    finished: bool,
+}
+
+impl EventStream {
+    fn new(rx: mpsc::Receiver<Event>, name: String) -> Self {
+        Self {
+            rx,
+            name,
+            finished: false,
+        }
+    }
+
+    /// The next event; `None` after `Done`. A worker that went away without answering reads
+    /// as `Done(Err(Stopped))`.
+    pub async fn next(&mut self) -> Option<Event> {
+        if self.finished {
+            return None;
+        }
+        let event = self
+            .rx
+            .recv()
+            .await
+            .unwrap_or_else(|| Event::Done(Err(EngineError::Stopped(self.name.clone()))));
+        self.finished = matches!(event, Event::Done(_));
+        Some(event)
+    }
+
+    /// Skip the deltas; the final answer.
+    pub async fn done(mut self) -> Result<Completed, EngineError> {
+        while let Some(e) = self.next().await {
+            if let Event::Done(r) = e {
+                return r;
+            }
+        }
+        Err(EngineError::Stopped(self.name))
     }
 }
 

@@ -113,15 +113,13 @@ impl<'a> Scheduler<'a> {
         let _ = done.send(());
         for job in jobs {
             let Work::Generate { prompts, params } = &job.work else {
-                let _ = job
-                    .reply
-                    .send(Err(EngineError::Model("wrong work for a generator".into())));
+                job.reply
+                    .done(Err(EngineError::Model("wrong work for a generator".into())));
                 continue;
             };
             if prompts.iter().any(Vec::is_empty) {
-                let _ = job
-                    .reply
-                    .send(Err(EngineError::Model("empty prompt".into())));
+                job.reply
+                    .done(Err(EngineError::Model("empty prompt".into())));
                 continue;
             }
             let (prompts, params) = (prompts.clone(), params.clone());
@@ -298,7 +296,15 @@ impl<'a> Scheduler<'a> {
                 ended.push((i, FinishReason::Length));
                 continue;
             };
-            match r.seq.accept(&l, codec, eos) {
+            let accepted = r.seq.accept(&l, codec, eos);
+            if let Some(req) = self.requests.get(&r.request) {
+                if req.job.reply.is_streaming() {
+                    if let Some(d) = r.seq.take_delta() {
+                        req.job.reply.delta(r.index, d);
+                    }
+                }
+            }
+            match accepted {
                 Ok(Next::Feed(t)) => r.next = Some(t),
                 Ok(Next::Done(reason)) => ended.push((i, reason)),
                 Err(e) => {
@@ -321,8 +327,11 @@ impl<'a> Scheduler<'a> {
             return;
         };
         let codec = self.frontend.codec.as_ref();
-        let generation = match codec.map(|c| seq.finish(reason, c)) {
-            Some(Ok(g)) => g,
+        let generation = match codec.map(|c| seq.finish_streamed(reason, c)) {
+            Some(Ok((g, last))) => {
+                req.job.reply.delta(index, last);
+                g
+            }
             Some(Err(e)) => {
                 self.fail(&[id], &e.to_string());
                 return;
@@ -353,7 +362,7 @@ impl<'a> Scheduler<'a> {
             tokens_processed: req.prompts.iter().map(Vec::len).sum(),
             tokens_generated: gens.iter().map(|g| g.tokens.len()).sum(),
         };
-        let _ = req.job.reply.send(Ok(Completed {
+        req.job.reply.done(Ok(Completed {
             output: Output::Generations(gens),
             stats,
         }));
@@ -364,10 +373,9 @@ impl<'a> Scheduler<'a> {
         for &id in ids {
             self.evict(id);
             if let Some(req) = self.requests.remove(&id) {
-                let _ = req
-                    .job
+                req.job
                     .reply
-                    .send(Err(EngineError::Model(message.to_string())));
+                    .done(Err(EngineError::Model(message.to_string())));
             }
         }
     }
@@ -450,10 +458,13 @@ mod tests {
         }
     }
 
-    type Reply = oneshot::Receiver<Result<Completed, EngineError>>;
+    type Rx = tokio::sync::mpsc::Receiver<crate::engine::Event>;
 
-    fn job(prompts: Vec<Vec<u32>>, max_tokens: usize) -> (Job, Reply) {
-        let (reply, rx) = oneshot::channel();
+    fn job(prompts: Vec<Vec<u32>>, max_tokens: usize) -> (Job, Rx) {
+        job_streaming(prompts, max_tokens, false)
+    }
+
+    fn job_streaming(prompts: Vec<Vec<u32>>, max_tokens: usize, stream: bool) -> (Job, Rx) {
         let params = GenParams {
             max_tokens,
             sampling: SamplingParams {
@@ -463,9 +474,12 @@ mod tests {
             },
             stop: vec![],
             seed: 0,
+            logprobs: None,
         };
+        let work = Work::Generate { prompts, params };
+        let (reply, rx) = crate::engine::Reply::channel(&work, stream);
         let job = Job {
-            work: Work::Generate { prompts, params },
+            work,
             enqueued: Instant::now(),
             reply,
             piece: 0,
@@ -486,8 +500,18 @@ mod tests {
         Scheduler::new(lm, &fe, None, step_tokens).run(&mut rx);
     }
 
-    fn tokens(rx: Reply) -> Vec<Vec<u32>> {
-        match rx.blocking_recv().unwrap().unwrap().output {
+    /// The final answer, skipping deltas.
+    fn done(rx: &mut Rx) -> Result<Completed, EngineError> {
+        loop {
+            match rx.blocking_recv().expect("an answer") {
+                crate::engine::Event::Done(r) => return r,
+                crate::engine::Event::Delta { .. } => continue,
+            }
+        }
+    }
+
+    fn tokens(mut rx: Rx) -> Vec<Vec<u32>> {
+        match done(&mut rx).unwrap().output {
             Output::Generations(g) => g.into_iter().map(|g| g.tokens).collect(),
             other => panic!("{other:?}"),
         }
@@ -564,15 +588,10 @@ mod tests {
         let (a, ra) = job(vec![vec![1]], 3);
         let (b, rb) = job(vec![vec![1]], 3);
         serve(&mut lm, 64, vec![vec![a, b]]);
-        assert!(matches!(
-            ra.blocking_recv().unwrap(),
-            Err(EngineError::Model(_))
-        ));
+        let (mut ra, mut rb) = (ra, rb);
+        assert!(matches!(done(&mut ra), Err(EngineError::Model(_))));
         // the slot came back, so the second request ran (and failed the same way)
-        assert!(matches!(
-            rb.blocking_recv().unwrap(),
-            Err(EngineError::Model(_))
-        ));
+        assert!(matches!(done(&mut rb), Err(EngineError::Model(_))));
         assert_eq!(lm.steps.len(), 2);
     }
 
@@ -589,5 +608,36 @@ mod tests {
         serve(&mut lm, 64, vec![vec![a, b]]);
         assert_eq!(tokens(rb), vec![vec![5, 6]]);
         assert!(lm.steps.len() <= 2, "{:?}", lm.steps);
+    }
+
+    #[test]
+    fn a_streaming_request_gets_deltas_per_input_that_add_up_to_its_text() {
+        let mut lm = Counter {
+            slots: 2,
+            steps: vec![],
+            fail_on_slot: None,
+        };
+        let (a, mut ra) = job_streaming(vec![vec![1], vec![4, 5]], 4, true);
+        let (b, mut rb) = job(vec![vec![2]], 3);
+        serve(&mut lm, 64, vec![vec![a, b]]);
+        let mut streamed = vec![String::new(), String::new()];
+        let texts = loop {
+            match ra.blocking_recv().expect("events") {
+                crate::engine::Event::Delta { index, delta } => streamed[index] += &delta.text,
+                crate::engine::Event::Done(r) => match r.unwrap().output {
+                    Output::Generations(g) => {
+                        break g.into_iter().map(|g| g.text).collect::<Vec<_>>()
+                    }
+                    other => panic!("{other:?}"),
+                },
+            }
+        };
+        assert_eq!(streamed, texts);
+        assert!(texts.iter().all(|t| !t.is_empty()));
+        // a request that did not ask to stream gets its answer alone
+        assert!(matches!(
+            rb.blocking_recv(),
+            Some(crate::engine::Event::Done(Ok(_)))
+        ));
     }
 }

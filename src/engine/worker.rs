@@ -144,21 +144,20 @@ fn run_batch(
                     },
                     tokens_generated: generated,
                 };
-                let _ = job.reply.send(Ok(Completed { output, stats }));
+                job.reply.done(Ok(Completed { output, stats }));
             }
         }
         Ok(Err(e)) => {
             tracing::error!(error = %e, "inference failed");
             for job in jobs {
-                let _ = job.reply.send(Err(EngineError::Model(e.to_string())));
+                job.reply.done(Err(EngineError::Model(e.to_string())));
             }
         }
         Err(_) => {
             tracing::error!("inference panicked; the batch failed, the worker goes on");
             for job in jobs {
-                let _ = job
-                    .reply
-                    .send(Err(EngineError::Model("inference panicked".into())));
+                job.reply
+                    .done(Err(EngineError::Model("inference panicked".into())));
             }
         }
     }

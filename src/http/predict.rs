@@ -624,6 +624,7 @@ fn gen_params(p: &ValidParams) -> GenParams {
         },
         stop: p.strings("stop"),
         seed: p.u64("seed").unwrap_or_else(rand::random),
+        logprobs: None,
     }
 }
 

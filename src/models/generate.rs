@@ -10,6 +10,8 @@ pub struct GenParams {
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
     pub seed: u64,
+    /// Record each generated token's log-probability and this many top alternatives.
+    pub logprobs: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -25,6 +27,15 @@ pub enum FinishReason {
     Cancelled,
 }
 
+/// A generated token's log-probability under the model (log-softmax of its logits), with the
+/// most likely alternatives at that position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     pub text: String,
@@ -34,10 +45,15 @@ pub struct Generation {
     pub time_to_first_token: f64,
     /// Seconds the whole generation took.
     pub duration: f64,
+    /// Per generated token, when asked for (`GenParams::logprobs`).
+    pub logprobs: Vec<TokenLogprob>,
 }
 
-/// One generation in progress: the sampler, the tokens so far and the checks that end it.
-/// The caller runs the model; [`Sequence::accept`] takes each step's logits.
+/// One generation in progress: the sampler, the tokens so far, the text decoded so far
+/// (incrementally) and the checks that end it. The caller runs the model;
+/// [`Sequence::accept`] takes each step's logits and [`Sequence::take_delta`] hands out the
+/// text that can no longer change: never half a UTF-8 character, never the start of what may
+/// become a stop string. The deltas concatenated equal the final text, byte for byte.
 pub struct Sequence {
     started: std::time::Instant,
     prompt_len: usize,
@@ -46,10 +62,21 @@ pub struct Sequence {
     tokens: Vec<u32>,
     stop: Vec<String>,
     longest_stop: usize,
-    checked_up_to: usize,
     ttft: f64,
-    /// The text cut before a stop string, once one appeared.
-    stopped_text: Option<String>,
+    /// Text of `tokens[..read_offset]`, decoded a window at a time.
+    text: String,
+    prefix_offset: usize,
+    read_offset: usize,
+    /// Bytes of `text` searched for stop strings.
+    checked_up_to: usize,
+    /// Bytes of text handed out by `take_delta`.
+    emitted: usize,
+    /// Where a stop string begins in `text`, once one appeared.
+    stopped_at: Option<usize>,
+    logprobs: Option<usize>,
+    token_logprobs: Vec<TokenLogprob>,
+    /// Logprob entries handed out with deltas.
+    logprobs_sent: usize,
 }
 
 /// What a sequence needs next.
@@ -58,6 +85,13 @@ pub enum Next {
     /// Run this token at position [`Sequence::position`] and hand back its logits.
     Feed(u32),
     Done(FinishReason),
+}
+
+/// A piece of streamed text and the log-probabilities of the tokens it came with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Sequence {
@@ -72,9 +106,16 @@ impl Sequence {
             tokens: Vec::with_capacity(budget),
             stop: params.stop.clone(),
             longest_stop: params.stop.iter().map(|s| s.len()).max().unwrap_or(0),
-            checked_up_to: 0,
             ttft: 0.0,
-            stopped_text: None,
+            text: String::new(),
+            prefix_offset: 0,
+            read_offset: 0,
+            checked_up_to: 0,
+            emitted: 0,
+            stopped_at: None,
+            logprobs: params.logprobs,
+            token_logprobs: Vec::new(),
+            logprobs_sent: 0,
         }
     }
 
@@ -106,22 +147,27 @@ impl Sequence {
         if eos.contains(&next) {
             return Ok(Next::Done(FinishReason::Eos));
         }
+        if let Some(top) = self.logprobs {
+            self.token_logprobs.push(token_logprob(logits, next, top));
+        }
         self.tokens.push(next);
+        self.decode_more(codec)?;
         if self.longest_stop > 0 {
-            let text = codec.decode(&self.tokens)?;
             // Only the new tail can hold a stop string that was not there before.
-            let from =
-                floor_char_boundary(&text, self.checked_up_to.saturating_sub(self.longest_stop));
+            let from = floor_char_boundary(
+                &self.text,
+                self.checked_up_to.saturating_sub(self.longest_stop),
+            );
             if let Some(cut) = self
                 .stop
                 .iter()
-                .filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i))
+                .filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i))
                 .min()
             {
-                self.stopped_text = Some(text[..cut].to_string());
+                self.stopped_at = Some(cut);
                 return Ok(Next::Done(FinishReason::Stop));
             }
-            self.checked_up_to = text.len();
+            self.checked_up_to = self.text.len();
         }
         if self.tokens.len() >= self.budget {
             return Ok(Next::Done(FinishReason::Length));
@@ -129,18 +175,115 @@ impl Sequence {
         Ok(Next::Feed(next))
     }
 
-    pub fn finish(self, reason: FinishReason, codec: &TextCodec) -> Result<Generation, ModelError> {
-        let text = match self.stopped_text {
-            Some(t) => t,
+    /// Decode the tokens past `read_offset`, with the previous window as context, once they
+    /// make whole characters.
+    fn decode_more(&mut self, codec: &TextCodec) -> Result<(), ModelError> {
+        let prefix = codec.decode(&self.tokens[self.prefix_offset..self.read_offset])?;
+        let full = codec.decode(&self.tokens[self.prefix_offset..])?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') {
+            match full.strip_prefix(prefix.as_str()) {
+                Some(new) => self.text.push_str(new),
+                // A decoder whose windows do not concatenate: take the whole text again.
+                None => self.text = codec.decode(&self.tokens)?,
+            }
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.tokens.len();
+        }
+        Ok(())
+    }
+
+    /// The text that is final now and was not handed out yet (with the log-probabilities of
+    /// the tokens generated since the last delta).
+    pub fn take_delta(&mut self) -> Option<Delta> {
+        let end = match self.stopped_at {
+            Some(cut) => cut,
+            None => {
+                let hold = self.stop_prefix_held();
+                floor_char_boundary(&self.text, self.text.len() - hold)
+            }
+        };
+        if end <= self.emitted && self.logprobs_sent == self.token_logprobs.len() {
+            return None;
+        }
+        let text = self.text[self.emitted.min(end)..end.max(self.emitted)].to_string();
+        self.emitted = self.emitted.max(end);
+        let logprobs = self.token_logprobs[self.logprobs_sent..].to_vec();
+        self.logprobs_sent = self.token_logprobs.len();
+        Some(Delta { text, logprobs })
+    }
+
+    /// Bytes at the end of the text that could be the start of a stop string.
+    fn stop_prefix_held(&self) -> usize {
+        let t = self.text.as_bytes();
+        self.stop
+            .iter()
+            .filter_map(|s| {
+                let s = s.as_bytes();
+                (1..s.len()).rev().find(|&k| t.ends_with(&s[..k]))
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The finished generation, and the last delta: what the final text adds to what was
+    /// handed out (empty when the stream already carried everything).
+    pub fn finish_streamed(
+        mut self,
+        reason: FinishReason,
+        codec: &TextCodec,
+    ) -> Result<(Generation, Delta), ModelError> {
+        let text = match self.stopped_at {
+            Some(cut) => self.text[..cut].to_string(),
             None => codec.decode(&self.tokens)?,
         };
-        Ok(Generation {
+        let sent = &self.text[..self.emitted.min(self.text.len())];
+        let rest = match text.strip_prefix(sent) {
+            Some(rest) => rest.to_string(),
+            None => {
+                tracing::warn!("streamed text is not a prefix of the final text");
+                String::new()
+            }
+        };
+        let last = Delta {
+            text: rest,
+            logprobs: self.token_logprobs[self.logprobs_sent..].to_vec(),
+        };
+        let generation = Generation {
             text,
-            tokens: self.tokens,
+            tokens: std::mem::take(&mut self.tokens),
             finish_reason: reason,
             time_to_first_token: self.ttft,
             duration: self.started.elapsed().as_secs_f64(),
-        })
+            logprobs: std::mem::take(&mut self.token_logprobs),
+        };
+        Ok((generation, last))
+    }
+
+    pub fn finish(self, reason: FinishReason, codec: &TextCodec) -> Result<Generation, ModelError> {
+        self.finish_streamed(reason, codec).map(|(g, _)| g)
+    }
+}
+
+/// The log-probability of `token` and the `top` most likely tokens (log-softmax of `logits`).
+fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let lp = |i: usize| logits.get(i).map_or(f32::NEG_INFINITY, |&l| l - lse);
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if best.len() < top || l > best[best.len() - 1].1 {
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(top);
+            }
+        }
+    }
+    TokenLogprob {
+        token,
+        logprob: lp(token as usize),
+        top: best.into_iter().map(|(i, l)| (i, l - lse)).collect(),
     }
 }
 
@@ -239,7 +382,79 @@ mod tests {
             },
             stop: stop.iter().map(|s| s.to_string()).collect(),
             seed: 0,
+            logprobs: None,
         }
+    }
+
+    /// Drive a sequence by hand from `first`, collecting every delta and the final one.
+    fn stream(
+        codec: &TextCodec,
+        vocab: usize,
+        first: u32,
+        p: &GenParams,
+    ) -> (Generation, Vec<String>) {
+        let mut lm = Counter {
+            vocab,
+            ctx: 64,
+            calls: vec![],
+        };
+        let mut seq = Sequence::new(1, p, 64);
+        let mut logits = lm.forward(&[first], 0).unwrap();
+        let mut deltas = Vec::new();
+        loop {
+            let next = seq.accept(&logits, codec, &[]).unwrap();
+            if let Some(d) = seq.take_delta() {
+                deltas.push(d.text);
+            }
+            match next {
+                Next::Feed(t) => logits = lm.forward(&[t], seq.position()).unwrap(),
+                Next::Done(reason) => {
+                    let (g, last) = seq.finish_streamed(reason, codec).unwrap();
+                    deltas.push(last.text);
+                    return (g, deltas);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deltas_hold_back_a_possible_stop_string_and_add_up_to_the_text() {
+        let (g, deltas) = stream(&codec(), 5, 0, &params(10, &["c d"]));
+        assert_eq!(g.finish_reason, FinishReason::Stop);
+        assert_eq!(deltas.concat(), g.text);
+        assert!(deltas.iter().all(|d| !d.contains('c')), "{deltas:?}");
+        let (g, deltas) = stream(&codec(), 5, 0, &params(4, &[]));
+        assert_eq!(deltas.concat(), g.text);
+        assert!(deltas.len() >= 4, "one delta per token: {deltas:?}");
+    }
+
+    #[test]
+    fn deltas_never_split_a_utf8_character() {
+        // Byte-level BPE: "é" is two tokens (its two bytes); alone, the first decodes to U+FFFD.
+        let json = serde_json::json!({
+            "version": "1.0",
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+            "model": {"type": "BPE", "vocab": {"\u{00c3}": 0, "\u{00a9}": 1, "a": 2}, "merges": []}
+        });
+        let t = tokenizers::Tokenizer::from_bytes(serde_json::to_vec(&json).unwrap()).unwrap();
+        let codec = TextCodec::new(t, false, 16).unwrap();
+        let (g, deltas) = stream(&codec, 3, 2, &params(7, &[]));
+        assert!(g.text.starts_with("éa"), "{:?}", g.text);
+        // Only the final text may end in a cut character (the budget ended inside one).
+        let (last, before) = deltas.split_last().unwrap();
+        assert!(before.iter().all(|d| !d.contains('\u{FFFD}')), "{deltas:?}");
+        assert_eq!(last, "\u{FFFD}");
+        assert_eq!(deltas.concat(), g.text);
+    }
+
+    #[test]
+    fn logprobs_are_log_softmax_with_sorted_alternatives() {
+        let lp = token_logprob(&[0.0, 2.0, 1.0], 1, 2);
+        let lse = (1f32 + 2f32.exp() + 1f32.exp()).ln();
+        assert!((lp.logprob - (2.0 - lse)).abs() < 1e-5);
+        assert_eq!(lp.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(lp.top[0].1 >= lp.top[1].1);
     }
 
     #[test]

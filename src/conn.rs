@@ -117,13 +117,24 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// A response body that keeps its connection's request in progress until it is dropped.
-struct GuardedBody {
+/// A response body that holds something (a guard, a permit) until the body is dropped: a
+/// streamed response keeps its connection's request, its concurrency permit and its in-flight
+/// count for as long as it streams.
+pub struct GuardedBody<G> {
     inner: Body,
-    _guard: ActiveGuard,
+    _guard: G,
 }
 
-impl http_body::Body for GuardedBody {
+impl<G: Send + Unpin + 'static> GuardedBody<G> {
+    pub fn wrap(inner: Body, guard: G) -> Body {
+        Body::new(GuardedBody {
+            inner,
+            _guard: guard,
+        })
+    }
+}
+
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
     type Data = axum::body::Bytes;
     type Error = axum::Error;
 
@@ -215,12 +226,7 @@ async fn serve_connection(
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            Ok::<_, Infallible>(response.map(|inner| {
-                Body::new(GuardedBody {
-                    inner,
-                    _guard: guard,
-                })
-            }))
+            Ok::<_, Infallible>(response.map(|inner| GuardedBody::wrap(inner, guard)))
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

@@ -150,6 +150,17 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.kind.status()
     }
+
+    /// The native envelope of this error.
+    pub fn envelope(&self) -> ErrorEnvelope {
+        ErrorEnvelope {
+            error: ErrorBody {
+                code: self.kind.code(),
+                message: self.message.clone(),
+                details: self.details.clone(),
+            },
+        }
+    }
 }
 
 /// The envelope as JSON text, for the few answers written below axum (see `conn`).
@@ -162,6 +173,14 @@ pub fn envelope_json(kind: ErrorKind, message: &str) -> String {
         },
     };
     serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// The error a response was rendered from (in its extensions).
+#[derive(Debug, Clone)]
+pub struct RenderedError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub details: ErrorDetails,
 }
 
 /// The error code of a response, for the metrics middleware.
@@ -188,17 +207,17 @@ pub struct ErrorBody {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let body = ErrorEnvelope {
-            error: ErrorBody {
-                code: self.kind.code(),
-                message: self.message,
-                details: self.details,
-            },
-        };
+        let body = self.envelope();
         let mut response = (status, axum::Json(body)).into_response();
         response
             .extensions_mut()
             .insert(ErrorCode(self.kind.code()));
+        // Kept for adapters that render errors in their own protocol's shape (`/v1`).
+        response.extensions_mut().insert(RenderedError {
+            kind: self.kind,
+            message: self.message.clone(),
+            details: self.details.clone(),
+        });
         if let Some(secs) = self.retry_after_s {
             response
                 .headers_mut()

@@ -18,6 +18,8 @@
 //! - [`metrics`]: every `anya_ai_*` metric, recorded in one place per event.
 //! - [`conn`]: HTTP/1.1 connections on hyper with header-read and idle timeouts, a connection
 //!   cap, and hyper's own parse errors rewritten into the envelope.
+//! - [`serving`]: the serving core every protocol adapter calls: typed requests, validation,
+//!   model access, cache, token budget, streaming answers and their accounting.
 //! - [`server`]: `app(AppState) -> Router`, the layers, binding and serving.
 //! - [`telemetry`]: tracing setup.
 //! - [`usage`]: usage and cost accounting in time buckets.
@@ -36,5 +38,6 @@ pub mod net;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;
+pub mod serving;
 pub mod telemetry;
 pub mod usage;

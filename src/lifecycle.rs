@@ -25,7 +25,24 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// `InFlight` that owns its handle on the lifecycle, for a response body that outlives the
+/// handler (a stream).
+pub struct InFlightOwned(std::sync::Arc<Lifecycle>);
+
+impl Drop for InFlightOwned {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
 impl Lifecycle {
+    /// Count a request in flight until the returned value is dropped.
+    pub fn enter_owned(self: &std::sync::Arc<Self>) -> InFlightOwned {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlightOwned(self.clone())
+    }
+
     pub fn new() -> Self {
         Self::default()
     }

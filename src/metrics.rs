@@ -34,6 +34,9 @@ pub struct ModelLabel {
     pub tokens_output: u64,
     /// Estimated cost from the manifest's prices.
     pub cost: f64,
+    /// Tokens and usage are recorded by the answer itself when it ends (a stream), not from
+    /// this label when the response headers go out.
+    pub deferred: bool,
 }
 
 pub struct Metrics {

@@ -24,7 +24,7 @@ use crate::cache::{CacheError, ResponseCache};
 use crate::config::Settings;
 use crate::error::ErrorCode;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{cache, health, models, openapi, predict, usage};
+use crate::http::{cache, health, models, openai, openapi, predict, usage};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::net::{client_ip, IpNet};
@@ -59,6 +59,8 @@ pub struct AppState {
     pub concurrency: Arc<Semaphore>,
     /// How long a request may wait for its model (`server.request_timeout_ms`).
     pub request_timeout: Duration,
+    /// The serving core every protocol adapter calls.
+    pub core: Arc<crate::serving::Core>,
 }
 
 impl AppState {
@@ -83,18 +85,30 @@ impl AppState {
                 .collect(),
         );
         let concurrency = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
+        let request_timeout = Duration::from_millis(settings.server.request_timeout_ms);
+        let usage = Arc::new(UsageStore::new());
+        let core = Arc::new(crate::serving::Core {
+            registry: registry.clone(),
+            cache: cache.clone(),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            usage: usage.clone(),
+            monitoring: settings.monitoring.enabled,
+            request_timeout,
+        });
         Ok(Self {
             auth,
             limits,
             trusted_proxies,
             concurrency,
-            request_timeout: Duration::from_millis(settings.server.request_timeout_ms),
+            request_timeout,
             settings: Arc::new(settings),
             registry,
             lifecycle: Arc::new(Lifecycle::new()),
             metrics,
-            usage: Arc::new(UsageStore::new()),
+            usage,
             cache,
+            core,
         })
     }
 }
@@ -117,6 +131,13 @@ pub fn app(state: AppState) -> Router {
             "/models/{id}/versions/{version}/predict",
             post(predict::predict_version),
         )
+        .merge(
+            Router::new()
+                .route("/v1/models", get(openai::list_models))
+                .route("/v1/chat/completions", post(openai::chat_completions))
+                .route("/v1/completions", post(openai::completions))
+                .route("/v1/embeddings", post(openai::embeddings)),
+        )
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -125,6 +146,8 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(middleware::from_fn_with_state(state.clone(), observe_request))
+        // Outside every layer that can refuse a request: /v1 errors in OpenAI's shape.
+        .layer(middleware::from_fn(openai::errors))
         .layer(cors(&state.settings.security.allowed_origins))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -173,11 +196,14 @@ async fn observe_request(
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         r
-    } else if let Ok(_permit) = state.concurrency.clone().try_acquire_owned() {
-        let _in_flight = state.lifecycle.enter();
-        // The whole request, body read included, is bounded by the request timeout.
+    } else if let Ok(permit) = state.concurrency.clone().try_acquire_owned() {
+        let in_flight = state.lifecycle.enter_owned();
+        // The whole request, body read included, is bounded by the request timeout (for a
+        // stream: until its headers).
         match tokio::time::timeout(state.request_timeout, next.run(req)).await {
-            Ok(r) => r,
+            // The body holds the permit and the in-flight count: an open stream counts
+            // against max_concurrent_requests, and a drain waits for it.
+            Ok(r) => r.map(|b| crate::conn::GuardedBody::wrap(b, (permit, in_flight))),
             Err(_) => {
                 let mut r = ApiError::new(
                     ErrorKind::Timeout,
@@ -223,7 +249,7 @@ async fn observe_request(
         .extensions()
         .get::<Principal>()
         .map_or(ANONYMOUS, Principal::account);
-    if !label.model.is_empty() {
+    if !label.model.is_empty() && !label.deferred {
         state.usage.record(
             &UsageEvent {
                 model: &label.model,
@@ -341,9 +367,11 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
         "/health" | "/ready" => Need::Open,
         "/metrics" if state.settings.security.metrics_public => Need::Open,
         "/metrics" | "/models/{id}/metrics" => Need::Scope(SCOPE_METRICS),
-        "/models/{id}/predict" | "/models/{id}/versions/{version}/predict" => {
-            Need::Scope(SCOPE_PREDICT)
-        }
+        "/models/{id}/predict"
+        | "/models/{id}/versions/{version}/predict"
+        | "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/embeddings" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
         _ => Need::Authenticated,
     }

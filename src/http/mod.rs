@@ -5,6 +5,7 @@ pub mod cache;
 pub mod extract;
 pub mod health;
 pub mod models;
+pub mod openai;
 pub mod openapi;
 pub mod params;
 pub mod predict;

@@ -6,10 +6,11 @@
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use super::{validate, PredictRequest};
+use super::{serve_request, PredictRequest};
 use crate::http::extract::parse_json;
 use crate::models::{ChatTemplate, Frontend, TextCodec};
 use crate::registry::manifest::{Manifest, ParamSpec, ParamType, Task};
+use crate::serving::validate::validate;
 
 fn codec(limit: usize) -> TextCodec {
     let vocab: serde_json::Map<String, Value> = ["[UNK]", "a", "b", "hello", "world"]
@@ -69,9 +70,9 @@ fn model(task: Task) -> (Manifest, Frontend) {
 /// Parse then validate as the handler does; the outcome must be a valid request or a 4xx.
 fn check(bytes: &[u8], task: Task) -> Result<(), TestCaseError> {
     let (m, f) = model(task);
-    let outcome = parse_json::<PredictRequest>(bytes).and_then(|mut req| {
-        req.parameters.remove("cache");
-        validate(&m, &f, req).map(|_| ())
+    let outcome = parse_json::<PredictRequest>(bytes).and_then(|req| {
+        let (req, _stream) = serve_request("m", None, false, req)?;
+        validate(&m, &f, req.inputs, &req.params, req.logprobs).map(|_| ())
     });
     if let Err(e) = outcome {
         let status = e.status().as_u16();

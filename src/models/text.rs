@@ -85,6 +85,11 @@ impl TextCodec {
         })
     }
 
+    /// Token ids run from 0 to this (special tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
     pub fn max_input_length(&self) -> usize {
         self.max_input_length
     }

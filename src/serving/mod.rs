@@ -1,0 +1,385 @@
+//! The serving core: what every protocol adapter calls. No axum, tonic or wire types here.
+//!
+//! A request (model, optional version, typed inputs, parameters, options) goes through the same
+//! steps whatever protocol it came in on: resolve the model version, check that the caller may
+//! use it, validate and tokenize (`validate`, off the async runtime when large), look up the
+//! per-input cache, charge the token budget, run the engine (drained, or as a stream of text
+//! deltas), store what was computed, and account for it (tokens, cost, usage, inference
+//! metrics) when the answer — or the stream — ends.
+
+pub mod stream;
+pub mod validate;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::auth::Principal;
+use crate::cache::{CacheKey, CachedOutput, ResponseCache};
+use crate::engine::{Output, RunStats, Work};
+use crate::error::{ApiError, ErrorKind};
+use crate::metrics::{Metrics, ModelLabel};
+use crate::models::{ChatMessage, FinishReason, Generation};
+use crate::ratelimit::RateLimits;
+use crate::registry::{Registry, Resolved};
+use crate::usage::{now_unix, UsageEvent, UsageStore};
+pub use stream::{AnswerStream, StreamItem};
+pub use validate::Valid;
+
+/// One input, as a protocol adapter hands it over.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// Text: a sentence to embed, or a raw prompt.
+    Text(String),
+    /// A conversation; the model's chat template is applied.
+    Chat(Vec<ChatMessage>),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+    /// Anything else the native API received (echo models take any JSON; other tasks read a
+    /// list of message objects as a conversation and refuse the rest).
+    Json(Value),
+}
+
+impl Input {
+    /// The native API's reading of a JSON input.
+    pub fn from_json(v: Value) -> Input {
+        match v {
+            Value::String(s) => Input::Text(s),
+            other => Input::Json(other),
+        }
+    }
+
+    fn into_json(self) -> Value {
+        match self {
+            Input::Text(s) => Value::String(s),
+            Input::Chat(m) => serde_json::to_value(m).unwrap_or(Value::Null),
+            Input::Tokens(t) => Value::from(t),
+            Input::Json(v) => v,
+        }
+    }
+
+    /// Bytes of text, without allocating (decides where validation runs).
+    fn text_bytes(&self) -> usize {
+        match self {
+            Input::Text(s) => s.len(),
+            Input::Chat(m) => m.iter().map(|m| m.role.len() + m.content.len()).sum(),
+            Input::Tokens(t) => t.len() * 4,
+            Input::Json(v) => json_text_bytes(v),
+        }
+    }
+}
+
+fn json_text_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(json_text_bytes).sum(),
+        Value::Object(map) => map.iter().map(|(k, v)| k.len() + json_text_bytes(v)).sum(),
+        _ => 8,
+    }
+}
+
+/// A request to the core.
+#[derive(Debug, Clone)]
+pub struct ServeRequest {
+    pub model: String,
+    /// A pinned version; `None` for the model's default.
+    pub version: Option<String>,
+    pub inputs: Vec<Input>,
+    /// Model parameters, checked against the manifest's schema.
+    pub params: Map<String, Value>,
+    /// Use the response cache (when the request is deterministic).
+    pub cache: bool,
+    /// Record log-probabilities of generated tokens, with this many alternatives.
+    pub logprobs: Option<usize>,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Caller<'a> {
+    pub principal: Option<&'a Principal>,
+}
+
+/// One input's output, computed or from the cache.
+#[derive(Debug, Clone)]
+pub enum Item {
+    Output(CachedOutput),
+    Value(Value),
+}
+
+impl Item {
+    pub fn generation(&self) -> Option<&Arc<Generation>> {
+        match self {
+            Item::Output(CachedOutput::Generation(g)) => Some(g),
+            _ => None,
+        }
+    }
+}
+
+/// A finished answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub model: String,
+    pub version: String,
+    /// One per input, in order.
+    pub items: Vec<Item>,
+    pub stats: RunStats,
+    /// Time in the server, from the request's arrival to its answer.
+    pub latency: Duration,
+    /// Inputs answered from the cache.
+    pub cache_hits: usize,
+    /// Whether the cache was consulted (`Some(true)`: every input was a hit).
+    pub cache: Option<bool>,
+    /// Tokens of every input, cached ones included (what a client is told it used).
+    pub prompt_tokens: usize,
+    /// Tokens of every generated output, cached ones included.
+    pub completion_tokens: usize,
+}
+
+/// What the core needs; built once by the server and shared by every adapter.
+pub struct Core {
+    pub registry: Arc<Registry>,
+    pub cache: Option<Arc<ResponseCache>>,
+    pub limits: Option<Arc<RateLimits>>,
+    pub metrics: Arc<Metrics>,
+    pub usage: Arc<UsageStore>,
+    pub monitoring: bool,
+    pub request_timeout: Duration,
+}
+
+/// Requests with at most this many bytes of text are validated on the async runtime (a few
+/// microseconds of tokenization); larger ones on the blocking pool.
+const INLINE_VALIDATION_BYTES: usize = 4096;
+
+/// Where a request stands after the steps before the engine.
+struct Prepared {
+    resolved: Resolved,
+    valid_work: Option<Work>,
+    keys: Vec<CacheKey>,
+    items: Vec<Option<Item>>,
+    missing: Vec<usize>,
+    cache_used: bool,
+    arrived: Instant,
+    prompt_tokens: usize,
+}
+
+impl Core {
+    /// The label of the version a request went to, for the HTTP metrics and the access log.
+    fn label(resolved: &Resolved) -> ModelLabel {
+        ModelLabel {
+            model: resolved.manifest.id.clone(),
+            version: resolved.manifest.version.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Resolve, check access, validate, look up the cache, charge the token budget.
+    async fn prepare(
+        &self,
+        caller: Caller<'_>,
+        req: ServeRequest,
+    ) -> Result<Prepared, (Option<ModelLabel>, ApiError)> {
+        let arrived = Instant::now();
+        let resolved = self
+            .registry
+            .resolve(&req.model, req.version.as_deref())
+            .map_err(|e| (None, e.into()))?;
+        let label = Self::label(&resolved);
+        let fail = |e: ApiError| (Some(label.clone()), e);
+        if let Some(p) = caller.principal {
+            if !p.may_use(&resolved.manifest.id) {
+                return Err(fail(ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!("this token may not use model `{}`", resolved.manifest.id),
+                )));
+            }
+        }
+        let manifest = resolved.manifest.clone();
+        let frontend = resolved.handle.frontend().clone();
+        let bytes: usize = req.inputs.iter().map(Input::text_bytes).sum();
+        let (inputs, params, logprobs) = (req.inputs, req.params, req.logprobs);
+        // Tokenizing and templating a large input takes milliseconds to seconds: off the async
+        // runtime, so /health and small requests never wait behind it.
+        let valid = if bytes <= INLINE_VALIDATION_BYTES {
+            validate::validate(&manifest, &frontend, inputs, &params, logprobs)
+        } else {
+            tokio::task::spawn_blocking(move || {
+                validate::validate(&manifest, &frontend, inputs, &params, logprobs)
+            })
+            .await
+            .map_err(|e| fail(ApiError::internal(e)))?
+        }
+        .map_err(fail)?;
+        let n = valid.work.items();
+        let prompt_tokens = valid.inputs().iter().map(|i| i.len()).sum();
+        let cache = self.cache.as_ref().filter(|_| req.cache && valid.cacheable);
+        let (id, version) = (&resolved.manifest.id, resolved.manifest.version.to_string());
+        let keys: Vec<CacheKey> = match cache {
+            Some(_) => valid
+                .inputs()
+                .iter()
+                .map(|ids| CacheKey::new(id, &version, valid.kind, ids, &valid.key_params))
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut items: Vec<Option<Item>> = vec![None; n];
+        if let Some(cache) = cache {
+            let found = futures::future::join_all(keys.iter().map(|k| cache.get(k))).await;
+            for (slot, hit) in items.iter_mut().zip(found) {
+                *slot = hit.map(|(v, _tier)| Item::Output(v));
+            }
+        }
+        let missing: Vec<usize> = (0..n).filter(|&i| items[i].is_none()).collect();
+        let work = match missing.len() {
+            0 => None,
+            m if m == n => Some(valid.work),
+            _ => Some(valid.work.subset(&missing)),
+        };
+        if let (Some(limits), Some(p), Some(w @ Work::Generate { .. })) =
+            (&self.limits, caller.principal, &work)
+        {
+            let tokens = u32::try_from(w.tokens()).unwrap_or(u32::MAX);
+            if let Err(wait) = limits.charge_tokens(&p.sub, p.tier.as_deref(), tokens) {
+                let mut e = ApiError::new(
+                    ErrorKind::RateLimited,
+                    "over this principal's generation token budget per minute (prompt + max_tokens)",
+                );
+                e.retry_after_s = Some(wait);
+                return Err(fail(e));
+            }
+        }
+        Ok(Prepared {
+            resolved,
+            valid_work: work,
+            keys,
+            items,
+            missing,
+            cache_used: cache.is_some(),
+            arrived,
+            prompt_tokens,
+        })
+    }
+
+    /// Run a request to its end. Returns the version's label (once known) beside the outcome;
+    /// the label carries tokens and cost for the access log and usage.
+    pub async fn infer(
+        &self,
+        caller: Caller<'_>,
+        req: ServeRequest,
+    ) -> (Option<ModelLabel>, Result<Answer, ApiError>) {
+        let mut p = match self.prepare(caller, req).await {
+            Ok(p) => p,
+            Err((label, e)) => return (label, Err(e)),
+        };
+        let mut label = Self::label(&p.resolved);
+        let mut stats = RunStats::default();
+        if let Some(work) = p.valid_work.take() {
+            match p.resolved.handle.infer(work, self.request_timeout).await {
+                Ok(done) => {
+                    stats = done.stats;
+                    let computed = items_of(done.output);
+                    self.store(&p, &computed).await;
+                    let fresh: Vec<&Generation> = computed
+                        .iter()
+                        .filter_map(Item::generation)
+                        .map(|g| g.as_ref())
+                        .collect();
+                    if self.monitoring {
+                        self.metrics.observe_inference(&label, &stats, &fresh);
+                    }
+                    for (&slot, item) in p.missing.iter().zip(computed) {
+                        p.items[slot] = Some(item);
+                    }
+                }
+                Err(e) => return (Some(label), Err(e.into())),
+            }
+        }
+        let answer = self.answer(&p, stats, &mut label);
+        (Some(label), Ok(answer))
+    }
+
+    /// Put computed outputs in the cache (complete generations only).
+    async fn store(&self, p: &Prepared, computed: &[Item]) {
+        let Some(cache) = self.cache.as_ref().filter(|_| p.cache_used) else {
+            return;
+        };
+        for (&slot, item) in p.missing.iter().zip(computed) {
+            if let Item::Output(out) = item {
+                let complete = !matches!(out, CachedOutput::Generation(g) if g.finish_reason == FinishReason::Cancelled);
+                if let (true, Some(key)) = (complete, p.keys.get(slot)) {
+                    cache.put(key.clone(), out.clone()).await;
+                }
+            }
+        }
+    }
+
+    fn answer(&self, p: &Prepared, stats: RunStats, label: &mut ModelLabel) -> Answer {
+        let manifest = &p.resolved.manifest;
+        label.batch_size = Some(stats.batch_size);
+        label.tokens_input = stats.tokens_processed as u64;
+        label.tokens_output = stats.tokens_generated as u64;
+        label.cost = manifest
+            .pricing
+            .as_ref()
+            .map(|pr| pr.cost(label.tokens_input, label.tokens_output))
+            .unwrap_or(0.0);
+        let n = p.items.len();
+        let hits = n - p.missing.len();
+        let completion_tokens = p
+            .items
+            .iter()
+            .flatten()
+            .filter_map(Item::generation)
+            .map(|g| g.tokens.len())
+            .sum();
+        Answer {
+            prompt_tokens: p.prompt_tokens,
+            completion_tokens,
+            model: manifest.id.clone(),
+            version: manifest.version.to_string(),
+            items: p.items.iter().flatten().cloned().collect(),
+            stats,
+            latency: p.arrived.elapsed(),
+            cache_hits: hits,
+            cache: p.cache_used.then_some(hits == n),
+        }
+    }
+
+    /// Record usage for an answer whose accounting was deferred to its end (streams).
+    pub(crate) fn record_usage(
+        &self,
+        label: &ModelLabel,
+        principal: &str,
+        latency: Duration,
+        error: bool,
+    ) {
+        self.usage.record(
+            &UsageEvent {
+                model: &label.model,
+                version: &label.version,
+                principal,
+                tokens_input: label.tokens_input,
+                tokens_output: label.tokens_output,
+                cost: label.cost,
+                latency_ms: latency.as_secs_f64() * 1e3,
+                error,
+            },
+            now_unix(),
+        );
+    }
+}
+
+/// The engine's output as items, one per computed input.
+fn items_of(output: Output) -> Vec<Item> {
+    match output {
+        Output::Vectors(vs) => vs
+            .into_iter()
+            .map(|v| Item::Output(CachedOutput::Vector(v.into())))
+            .collect(),
+        Output::Generations(gs) => gs
+            .into_iter()
+            .map(|g| Item::Output(CachedOutput::Generation(Arc::new(g))))
+            .collect(),
+        Output::Values(vs) => vs.into_iter().map(Item::Value).collect(),
+    }
+}

@@ -1,0 +1,310 @@
+//! Validation: the only place that makes a valid request. Inputs are checked against the
+//! model's manifest (count, types, parameters) and tokenized with its `Frontend` (byte
+//! pre-check first, truncation on request). Errors name a neutral field path (`inputs[2]`,
+//! `parameters.temperature`) that each protocol adapter renders in its own terms.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::Input;
+use crate::engine::Work;
+use crate::error::ApiError;
+use crate::http::params::{self, ValidParams};
+use crate::models::generate::GenParams;
+use crate::models::sampling::SamplingParams;
+use crate::models::text::EncodeError;
+use crate::models::{ChatMessage, Frontend};
+use crate::registry::manifest::{Manifest, Task};
+
+/// A request that passed validation; only `validate` makes one.
+pub struct Valid {
+    pub work: Work,
+    /// Deterministic: embeddings always, generation when greedy or seeded.
+    pub cacheable: bool,
+    /// Separates tasks in cache keys.
+    pub kind: &'static str,
+    /// The parameters that change the output, canonically encoded (for cache keys).
+    pub key_params: Vec<u8>,
+}
+
+impl Valid {
+    /// Each input's token ids (the canonical form the cache keys on).
+    pub fn inputs(&self) -> Vec<&[u32]> {
+        match &self.work {
+            Work::Embed { inputs } => inputs.iter().map(Vec::as_slice).collect(),
+            Work::Generate { prompts, .. } => prompts.iter().map(Vec::as_slice).collect(),
+            Work::Echo { .. } => Vec::new(),
+        }
+    }
+}
+
+/// Check a request against the model's manifest and tokenizer.
+pub fn validate(
+    manifest: &Manifest,
+    frontend: &Frontend,
+    inputs: Vec<Input>,
+    parameters: &Map<String, Value>,
+    logprobs: Option<usize>,
+) -> Result<Valid, ApiError> {
+    if inputs.is_empty() {
+        return Err(ApiError::invalid("inputs", "must not be empty"));
+    }
+    if inputs.len() > manifest.max_inputs {
+        return Err(ApiError::too_large(
+            "inputs",
+            format!(
+                "{} inputs; this model takes at most {} per request (max_inputs)",
+                inputs.len(),
+                manifest.max_inputs
+            ),
+        ));
+    }
+    let params = params::validate(&manifest.parameters, parameters)?;
+    let (mut cacheable, mut kind, mut key_params) = (false, "echo", Vec::new());
+    let work = match manifest.task {
+        Task::Embedding => {
+            let truncate = params.bool("truncate").unwrap_or(false);
+            let ids = inputs
+                .iter()
+                .enumerate()
+                .map(|(i, input)| match input {
+                    Input::Text(text) => encode(frontend, text, truncate, i),
+                    Input::Tokens(ids) => check_ids(frontend, ids, truncate, i),
+                    _ => Err(ApiError::invalid(
+                        format!("inputs[{i}]"),
+                        "must be a string",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (cacheable, kind) = (true, "embed");
+            Work::Embed { inputs: ids }
+        }
+        Task::TextGeneration => {
+            let mut gen = gen_params(&params);
+            gen.logprobs = logprobs;
+            let prompts = inputs
+                .into_iter()
+                .enumerate()
+                .map(|(i, input)| {
+                    let ids = match input {
+                        Input::Tokens(ids) => check_ids(frontend, &ids, false, i)?,
+                        other => {
+                            let prompt = prompt_text(frontend, other, i)?;
+                            encode(frontend, &prompt, false, i)?
+                        }
+                    };
+                    if ids.is_empty() {
+                        return Err(ApiError::invalid(
+                            format!("inputs[{i}]"),
+                            "the prompt is empty",
+                        ));
+                    }
+                    Ok(ids)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // Greedy, or sampling from a seed the client chose: the same request gives the
+            // same text, so it may be cached.
+            let greedy = gen.sampling.temperature <= 0.0;
+            // Log-probabilities are not kept in the cache: such requests always compute.
+            cacheable = (greedy || params.u64("seed").is_some()) && logprobs.is_none();
+            kind = "generate";
+            let canonical = if greedy {
+                serde_json::json!([gen.max_tokens, gen.stop, 0.0])
+            } else {
+                serde_json::json!([
+                    gen.max_tokens,
+                    gen.stop,
+                    gen.sampling.temperature,
+                    gen.sampling.top_k,
+                    gen.sampling.top_p,
+                    gen.seed
+                ])
+            };
+            key_params = canonical.to_string().into_bytes();
+            Work::Generate {
+                prompts,
+                params: gen,
+            }
+        }
+        Task::Echo => Work::Echo {
+            inputs: inputs.into_iter().map(Input::into_json).collect(),
+            delay: Duration::from_millis(params.u64("delay_ms").unwrap_or(0)),
+        },
+    };
+    Ok(Valid {
+        work,
+        cacheable,
+        kind,
+        key_params,
+    })
+}
+
+fn encode(frontend: &Frontend, text: &str, truncate: bool, i: usize) -> Result<Vec<u32>, ApiError> {
+    let codec = frontend
+        .codec
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("model without a tokenizer"))?;
+    codec.encode(text, truncate).map_err(|e| match e {
+        EncodeError::TooLong { tokens, limit } => ApiError::invalid(
+            format!("inputs[{i}]"),
+            format!(
+                "{tokens} tokens; the limit is {limit} (max_input_length){}",
+                if frontend.task == Task::Embedding {
+                    "; set parameters.truncate to true to cut longer inputs"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        EncodeError::TooManyBytes { bytes, limit } => ApiError::invalid(
+            format!("inputs[{i}]"),
+            format!(
+                "{bytes} bytes; an input may have at most {limit} bytes (max_input_length {} tokens × {} bytes){}",
+                codec.max_input_length(),
+                crate::models::text::MAX_BYTES_PER_TOKEN,
+                if frontend.task == Task::Embedding {
+                    "; set parameters.truncate to true to cut longer inputs"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        EncodeError::Tokenizer(msg) => ApiError::invalid(format!("inputs[{i}]"), msg),
+    })
+}
+
+/// Token ids given by the client: each must be in the vocabulary, and within the input limit.
+fn check_ids(
+    frontend: &Frontend,
+    ids: &[u32],
+    truncate: bool,
+    i: usize,
+) -> Result<Vec<u32>, ApiError> {
+    let codec = frontend
+        .codec
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("model without a tokenizer"))?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid(
+            format!("inputs[{i}]"),
+            "must not be empty",
+        ));
+    }
+    let vocab = codec.vocab_size();
+    if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+        return Err(ApiError::invalid(
+            format!("inputs[{i}]"),
+            format!("token id {bad} is outside the vocabulary (0..{vocab})"),
+        ));
+    }
+    let limit = codec.max_input_length();
+    if ids.len() > limit {
+        if truncate {
+            return Ok(ids[..limit].to_vec());
+        }
+        return Err(ApiError::invalid(
+            format!("inputs[{i}]"),
+            format!(
+                "{} tokens; the limit is {limit} (max_input_length)",
+                ids.len()
+            ),
+        ));
+    }
+    Ok(ids.to_vec())
+}
+
+/// A raw prompt, or a conversation rendered with the model's chat template.
+fn prompt_text(frontend: &Frontend, input: Input, i: usize) -> Result<String, ApiError> {
+    let field = format!("inputs[{i}]");
+    let v = match input {
+        Input::Text(s) => return Ok(s),
+        Input::Chat(messages) => return render_chat(frontend, messages, field),
+        Input::Tokens(_) => return Err(ApiError::invalid(field, "must be text")),
+        Input::Json(v) => v,
+    };
+    match v {
+        Value::String(s) => Ok(s),
+        Value::Array(items) => {
+            // Each message must be an object: serde would also read `["user", "hi"]` as one.
+            if let Some(j) = items.iter().position(|m| !m.is_object()) {
+                return Err(ApiError::invalid(
+                    format!("{field}[{j}]"),
+                    "a message must be an object {\"role\", \"content\"}",
+                ));
+            }
+            let messages: Vec<ChatMessage> =
+                serde_json::from_value(Value::Array(items)).map_err(|e| {
+                    ApiError::invalid(
+                        field.clone(),
+                        format!(
+                        "a conversation must be a list of {{\"role\", \"content\"}} messages: {e}"
+                    ),
+                    )
+                })?;
+            render_chat(frontend, messages, field)
+        }
+        _ => Err(ApiError::invalid(
+            field,
+            "must be a string or a list of {\"role\", \"content\"} messages",
+        )),
+    }
+}
+
+/// A conversation rendered with the model's chat template.
+fn render_chat(
+    frontend: &Frontend,
+    messages: Vec<ChatMessage>,
+    field: String,
+) -> Result<String, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(field, "the conversation is empty"));
+    }
+    // Refuse an oversized conversation before rendering the template over it.
+    if let Some(codec) = &frontend.codec {
+        let bytes: usize = messages.iter().map(|m| m.content.len()).sum();
+        if bytes > codec.max_input_bytes() {
+            return Err(ApiError::invalid(
+                field,
+                format!(
+                    "{bytes} bytes of messages; a conversation may have at most {} (max_input_length {} tokens × {} bytes)",
+                    codec.max_input_bytes(),
+                    codec.max_input_length(),
+                    crate::models::text::MAX_BYTES_PER_TOKEN
+                ),
+            ));
+        }
+    }
+    if let Some(m) = messages
+        .iter()
+        .find(|m| !["system", "user", "assistant"].contains(&m.role.as_str()))
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("role `{}` must be system, user or assistant", m.role),
+        ));
+    }
+    let template = frontend.chat_template.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            field.clone(),
+            "this model has no chat template; send a string prompt",
+        )
+    })?;
+    template
+        .render(&messages)
+        .map_err(|e| ApiError::invalid(field, format!("chat template: {e}")))
+}
+
+pub(crate) fn gen_params(p: &ValidParams) -> GenParams {
+    GenParams {
+        max_tokens: p.u64("max_tokens").unwrap_or(128) as usize,
+        sampling: SamplingParams {
+            temperature: p.f64("temperature").unwrap_or(0.8),
+            top_k: p.u64("top_k").unwrap_or(0) as usize,
+            top_p: p.f64("top_p").unwrap_or(1.0),
+        },
+        stop: p.strings("stop"),
+        seed: p.u64("seed").unwrap_or_else(rand::random),
+        logprobs: None,
+    }
+}

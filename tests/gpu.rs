@@ -242,9 +242,10 @@ fn several_sequences_per_step_on_the_gpu_equal_one_at_a_time() {
     let mut diverged = vec![false; n];
     for i in 0..16 {
         let next: Vec<u32> = logits.iter().map(|l| argmax(l)).collect();
-        for (s, &t) in next.iter().enumerate() {
-            if !diverged[s] && t != alone[s][i].0 {
-                let gap = top2_gap(&alone[s][i].1);
+        for ((s, &t), seq) in next.iter().enumerate().zip(&alone) {
+            let (want, want_logits) = &seq[i];
+            if !diverged[s] && t != *want {
+                let gap = top2_gap(want_logits);
                 assert!(
                     gap < NEAR_TIE,
                     "sequence {s}, step {i}: batched differs (gap {gap})"

@@ -8,15 +8,57 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Where models run.
+/// Where models run: `cpu`, `cuda` (GPU 0), `cuda:N`, or `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(try_from = "String", into = "String")]
 pub enum DeviceKind {
     Cpu,
-    Cuda,
-    /// CUDA when built with the `cuda` feature and a GPU is present, else CPU.
+    /// The CUDA GPU with this ordinal.
+    Cuda(usize),
+    /// CUDA GPU 0 when built with the `cuda` feature and a GPU is present, else CPU.
     #[default]
     Auto,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "auto" => Ok(DeviceKind::Auto),
+            "cuda" | "gpu" => Ok(DeviceKind::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .map(DeviceKind::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}`: expected cpu, cuda, cuda:N or auto")),
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceKind {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKind::Cpu => f.write_str("cpu"),
+            DeviceKind::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceKind::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl From<DeviceKind> for String {
+    fn from(d: DeviceKind) -> String {
+        d.to_string()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -500,6 +542,28 @@ mod tests {
         let p = dir.join("anya.yaml");
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn devices_parse_with_an_ordinal() {
+        for (text, want) in [
+            ("cpu", DeviceKind::Cpu),
+            ("auto", DeviceKind::Auto),
+            ("cuda", DeviceKind::Cuda(0)),
+            ("CUDA:3", DeviceKind::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<DeviceKind>(), Ok(want), "{text}");
+        }
+        for bad in ["cuda:", "cuda:x", "tpu", "cuda:-1"] {
+            assert!(bad.parse::<DeviceKind>().is_err(), "{bad}");
+        }
+        assert_eq!(DeviceKind::Cuda(2).to_string(), "cuda:2");
+        let e = env(&[("ANYA__MODEL__DEVICE", "cuda:1")]);
+        let s = Settings::load_from(None, e, &Overrides::default()).unwrap();
+        assert_eq!(s.model.device, DeviceKind::Cuda(1));
+        let e = env(&[("ANYA__MODEL__DEVICE", "cuda:one")]);
+        let err = Settings::load_from(None, e, &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("device"), "{err}");
     }
 
     #[test]

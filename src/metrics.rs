@@ -54,6 +54,7 @@ pub struct Metrics {
     itl: HistogramVec,
     in_flight: IntGauge,
     models: IntGaugeVec,
+    model_info: IntGaugeVec,
     cancelled: IntCounterVec,
     cache_requests: IntCounterVec,
     cache_errors: IntCounterVec,
@@ -187,6 +188,11 @@ impl Metrics {
                 "Model versions by state (loading, ready, failed).",
                 &["state"],
             ),
+            model_info: gauge(
+                "anya_ai_model_info",
+                "Loaded model versions and the device each runs on (cpu, cuda:N); the value is always 1.",
+                &["model", "version", "device"],
+            ),
             cancelled: counter(
                 "anya_ai_cancelled_total",
                 "Requests dropped before compute because the client had gone.",
@@ -214,6 +220,7 @@ impl Metrics {
             Box::new(m.itl.clone()),
             Box::new(m.in_flight.clone()),
             Box::new(m.models.clone()),
+            Box::new(m.model_info.clone()),
             Box::new(m.cancelled.clone()),
             Box::new(m.cache_requests.clone()),
             Box::new(m.cache_errors.clone()),
@@ -348,6 +355,7 @@ impl Metrics {
         self.in_flight.set(in_flight as i64);
         self.cache_entries.set(cache_entries as i64);
         let (mut loading, mut ready, mut failed) = (0, 0, 0);
+        self.model_info.reset();
         for rec in models.list() {
             for (v, ver) in &rec.versions {
                 let version = v.to_string();
@@ -356,6 +364,13 @@ impl Metrics {
                     VersionState::Failed(_) => failed += 1,
                     VersionState::Ready(h) => {
                         ready += 1;
+                        self.model_info
+                            .with_label_values(&[
+                                rec.id.as_str(),
+                                version.as_str(),
+                                h.frontend().device.as_str(),
+                            ])
+                            .set(1);
                         self.queue_size
                             .with_label_values(&[rec.id.as_str(), version.as_str()])
                             .set(h.queue_len() as i64);

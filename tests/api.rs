@@ -242,6 +242,7 @@ async fn model_listing_and_detail() {
     assert_eq!(b["parameters"][0]["name"], "delay_ms");
     assert_eq!(b["parameters"][0]["max"], 10000.0);
     assert_eq!(b["limits"]["max_inputs"], 4);
+    assert_eq!(b["versions"][0]["device"], "cpu", "{b}");
     let (s, b) = srv.get("/models/nope").await;
     assert_eq!(s, 404);
     assert_envelope(&b, "not_found");

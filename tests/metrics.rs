@@ -131,6 +131,13 @@ async fn counts_are_exact_and_the_exposition_is_valid() {
         0.0
     );
     assert_eq!(sample(&text, r#"anya_ai_models{state="ready"}"#), 1.0);
+    assert_eq!(
+        sample(
+            &text,
+            r#"anya_ai_model_info{device="cpu",model="echo",version="1.0.0"}"#
+        ),
+        1.0
+    );
     assert!(text.contains("anya_ai_build_info{version="));
     assert!(text.contains("process_resident_memory_bytes"));
     assert!(

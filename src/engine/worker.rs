@@ -72,7 +72,9 @@ fn load(spec: &LoadSpec) -> Result<(Backend, Arc<Frontend>), EngineError> {
     spec.manifest
         .verify_files(&spec.dir)
         .map_err(|e| load_err(&e))?;
-    let device = models::device::select(spec.device).map_err(|e| load_err(&e))?;
+    // The manifest's device, if it names one, beats `model.device`.
+    let kind = spec.manifest.device.unwrap_or(spec.device);
+    let device = models::device::select(kind).map_err(|e| load_err(&e))?;
     let (mut backend, frontend) =
         models::load(&spec.manifest, &spec.dir, &device).map_err(|e| load_err(&e))?;
     if spec.warmup {

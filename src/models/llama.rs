@@ -1,6 +1,8 @@
 //! GGUF llama-family text generation: the metadata (tokenizer, chat template, EOS), then the
-//! weights on our own CPU forward pass ([`super::llama_cpu`]) or, on other devices or formats it
-//! does not cover, on candle's quantized llama (one sequence at a time).
+//! weights on our own CPU forward pass ([`super::llama_cpu`]); on a GPU on the candle-tensor
+//! llama ([`super::llama_candle`], weights dequantized to f16, several sequences per step); on
+//! the CPU for formats our kernels do not cover, on candle's quantized llama (one sequence at a
+//! time).
 
 use std::path::Path;
 
@@ -8,6 +10,7 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
+use super::llama_candle::CandleLlama;
 use super::llama_cpu::CpuLlama;
 use super::{gguf_tokenizer, CausalLm, ChatTemplate, Chunk, ModelError, TextCodec};
 
@@ -27,7 +30,8 @@ pub struct LoadedLlama {
 
 impl GgufLlama {
     /// Load weights, and the tokenizer from `tokenizer_json` or else the GGUF metadata.
-    /// On the CPU, `sequences` sequences can decode together on `threads` threads.
+    /// `sequences` sequences can decode together (on the CPU on `threads` threads), except on
+    /// the CPU fallback for formats our kernels lack.
     pub fn load(
         path: &Path,
         tokenizer_json: Option<&Path>,
@@ -74,6 +78,15 @@ impl GgufLlama {
         let model: Box<dyn CausalLm> = if device.is_cpu() && CpuLlama::supports(&content) {
             Box::new(CpuLlama::load(
                 path, &content, &mut file, sequences, threads,
+            )?)
+        } else if !device.is_cpu() {
+            Box::new(CandleLlama::load(
+                path,
+                &content,
+                &mut file,
+                device,
+                CandleLlama::dtype_for(device),
+                sequences,
             )?)
         } else {
             let weights =

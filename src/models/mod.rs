@@ -13,9 +13,12 @@ pub mod generate;
 pub mod gguf_tokenizer;
 pub mod kernels;
 pub mod llama;
+pub mod llama_candle;
 pub mod llama_cpu;
 pub mod quant;
 pub mod sampling;
+#[cfg(test)]
+pub(crate) mod test_gguf;
 pub mod text;
 
 use std::path::Path;
@@ -83,6 +86,42 @@ pub trait CausalLm: Send {
         .pop()
         .ok_or_else(|| ModelError::Inference("no logits".into()))
     }
+}
+
+/// Check a step before running it: every slot exists and appears once, no chunk is empty,
+/// starts after what its slot holds (`lens`) or runs past `context`, and every token is in the
+/// vocabulary.
+pub(crate) fn check_chunks(
+    chunks: &[Chunk<'_>],
+    lens: &[usize],
+    context: usize,
+    vocab: usize,
+) -> Result<(), ModelError> {
+    let bad = |m: String| Err(ModelError::Inference(m));
+    for (i, c) in chunks.iter().enumerate() {
+        let Some(&len) = lens.get(c.slot) else {
+            return bad(format!("slot {} of {}", c.slot, lens.len()));
+        };
+        if chunks[..i].iter().any(|o| o.slot == c.slot) {
+            return bad(format!("slot {} twice in one step", c.slot));
+        }
+        if c.tokens.is_empty() {
+            return bad("an empty chunk".into());
+        }
+        if c.start > len {
+            return bad(format!(
+                "chunk starts at {} after the cached {len}",
+                c.start
+            ));
+        }
+        if c.start + c.tokens.len() > context {
+            return bad(format!("past the context of {context}"));
+        }
+        if let Some(t) = c.tokens.iter().find(|&&t| t as usize >= vocab) {
+            return bad(format!("token {t} is outside the vocabulary"));
+        }
+    }
+    Ok(())
 }
 
 /// Threads for a model's compute pool: `RAYON_NUM_THREADS` (set from `model.threads`) or one per

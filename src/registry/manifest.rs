@@ -174,6 +174,9 @@ pub struct Manifest {
     pub parameters: Vec<ParamSpec>,
     #[serde(default)]
     pub batching: BatchingConfig,
+    /// Where this version runs (`cpu`, `cuda`, `cuda:N`, `auto`); overrides `model.device`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::config::DeviceKind>,
     #[serde(default)]
     pub files: Vec<FileEntry>,
     /// An ed25519 signature over the rest of the manifest (`anya models sign`).
@@ -278,6 +281,7 @@ impl Manifest {
             max_inputs: 4,
             parameters: vec![],
             batching: BatchingConfig::default(),
+            device: None,
             files: vec![],
             pricing: None,
             signature: None,
@@ -461,6 +465,25 @@ mod tests {
         std::fs::write(dir.path().join(MANIFEST_FILE), bad).unwrap();
         let err = Manifest::load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("surprise"), "{err}");
+    }
+
+    #[test]
+    fn a_device_override_round_trips_and_bad_ones_are_named() {
+        use crate::config::DeviceKind;
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = sample(dir.path());
+        assert!(!m.to_yaml().contains("device"));
+        m.device = Some(DeviceKind::Cuda(1));
+        assert!(m.to_yaml().contains("device: cuda:1"), "{}", m.to_yaml());
+        std::fs::write(dir.path().join(MANIFEST_FILE), m.to_yaml()).unwrap();
+        assert_eq!(
+            Manifest::load(dir.path()).unwrap().device,
+            Some(DeviceKind::Cuda(1))
+        );
+        let bad = m.to_yaml().replace("cuda:1", "tpu");
+        std::fs::write(dir.path().join(MANIFEST_FILE), bad).unwrap();
+        let err = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tpu"), "{err}");
     }
 
     #[test]

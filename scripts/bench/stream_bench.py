@@ -106,9 +106,9 @@ def fmt(v, nd=1):
 
 class Client:
     """One closed-loop client. By default a new connection per request (connect time counts in
-    TTFT; on loopback well under a millisecond): llama-server closes the connection after a
-    stream without saying so, and the next request on it fails. --keep-alive reuses one
-    connection (reopened after any error)."""
+    TTFT; on loopback well under a millisecond): llama-server answers a stream with
+    `Keep-Alive: timeout=5, max=100` but closes the connection after it, so the next request on
+    it fails (RemoteDisconnected). --keep-alive reuses one connection (reopened after errors)."""
 
     def __init__(self, host, port, timeout, headers, keep_alive=False):
         self.host, self.port, self.timeout, self.headers = host, port, timeout, headers

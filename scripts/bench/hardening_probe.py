@@ -92,6 +92,7 @@ def main():
     a = ap.parse_args()
     base = a.base.rstrip("/")
     rows = []
+    start_rss = rss_mb(a.pid) if a.pid else None
 
     idle = [request(base, "GET", "/health")[1] for _ in range(50)]
     rows.append(("/health idle", pct(idle, 50), pct(idle, 99), ""))
@@ -124,7 +125,8 @@ def main():
         after = rss_mb(a.pid)
         time.sleep(10)
         later = rss_mb(a.pid)
-        print(f"\nRSS MB: before {before:.0f}, after 8 × 1.9 MB bodies {after:.0f}, 10 s later {later:.0f}")
+        print(f"\nRSS MB: idle at start {start_rss:.0f}; after the scenarios above {before:.0f}; "
+              f"after 8 more × 1.9 MB bodies {after:.0f}; 10 s later {later:.0f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    T: DeserializeOwned,
+    T: DeserializeOwned + Send + 'static,
     AppState: FromRef<S>,
     S: Send + Sync,
 {
@@ -81,9 +81,20 @@ where
                 )
             }
         })?;
-        parse_json(&bytes).map(ApiJson)
+        if bytes.len() <= INLINE_PARSE_BYTES {
+            return parse_json(&bytes).map(ApiJson);
+        }
+        // Parsing a large body takes milliseconds: off the async runtime, like tokenizing.
+        tokio::task::spawn_blocking(move || parse_json(&bytes))
+            .await
+            .map_err(ApiError::internal)?
+            .map(ApiJson)
     }
 }
+
+/// Bodies up to this size are parsed on the async runtime (microseconds); larger ones on the
+/// blocking pool.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 /// Parse a request body strictly: one JSON object and nothing after it (no top-level array
 /// read as a struct's fields, no trailing bytes, no second document). Failures are 400s

@@ -563,3 +563,84 @@ async fn real_model_inputs_oversized_truncated_and_fair() {
         "the small request waited for every large one: {order:?}"
     );
 }
+
+/// Item 4: oversized inputs must not leave the process holding hundreds of MB (they used to be
+/// tokenized, with several copies of the body, before being refused: +340 MB after a few
+/// dozen). A bound with a wide margin, on the real binary and its real allocator; the exact
+/// figures come from `scripts/bench/hardening_probe.py`.
+#[cfg(target_os = "linux")]
+#[test]
+fn oversized_bodies_do_not_grow_memory() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let Some(models) = common::real_models() else {
+        return;
+    };
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_anya"))
+        .args([
+            "serve",
+            "--models-dir",
+            models.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let send = |path: &str, body: &str| -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let req = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = s.write_all(req.as_bytes());
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp
+    };
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ready = || -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp.starts_with("HTTP/1.1 200")
+    };
+    while !ready() {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = rss(child.id());
+    let prompt = serde_json::json!({"inputs": ["hello world ".repeat(160_000)]}).to_string();
+    for _ in 0..24 {
+        let r = send("/models/smollm2-135m-instruct/predict", &prompt);
+        assert!(r.starts_with("HTTP/1.1 400"), "{}", &r[..r.len().min(200)]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let after = rss(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        after < before + 150,
+        "RSS grew from {before} MB to {after} MB after 24 oversized prompts"
+    );
+}

@@ -65,6 +65,19 @@ impl Lifecycle {
         InFlight(self)
     }
 
+    /// Resolves once draining has started.
+    pub async fn until_draining(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_draining() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Resolves once no request is in flight.
     pub async fn drained(&self) {
         loop {

@@ -49,6 +49,7 @@ pub struct Metrics {
     batch_compute: HistogramVec,
     queue_wait: HistogramVec,
     queue_size: IntGaugeVec,
+    active_sequences: IntGaugeVec,
     tokens: IntCounterVec,
     ttft: HistogramVec,
     itl: HistogramVec,
@@ -161,6 +162,11 @@ impl Metrics {
                 "Requests waiting for a batch.",
                 mv,
             ),
+            active_sequences: gauge(
+                "anya_ai_active_sequences",
+                "Text generation: sequences holding a KV-cache slot now (decoding or reading their prompt).",
+                mv,
+            ),
             tokens: counter(
                 "anya_ai_tokens_total",
                 "Tokens processed (input) and generated (output).",
@@ -215,6 +221,7 @@ impl Metrics {
             Box::new(m.batch_compute.clone()),
             Box::new(m.queue_wait.clone()),
             Box::new(m.queue_size.clone()),
+            Box::new(m.active_sequences.clone()),
             Box::new(m.tokens.clone()),
             Box::new(m.ttft.clone()),
             Box::new(m.itl.clone()),
@@ -374,6 +381,9 @@ impl Metrics {
                         self.queue_size
                             .with_label_values(&[rec.id.as_str(), version.as_str()])
                             .set(h.queue_len() as i64);
+                        self.active_sequences
+                            .with_label_values(&[rec.id.as_str(), version.as_str()])
+                            .set(h.active_sequences() as i64);
                     }
                 }
             }

@@ -24,7 +24,7 @@ use crate::cache::{CacheError, ResponseCache};
 use crate::config::Settings;
 use crate::error::ErrorCode;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{cache, health, models, openai, openapi, predict, usage};
+use crate::http::{cache, health, models, openai, openapi, predict, usage, ws};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::net::{client_ip, IpNet};
@@ -136,7 +136,8 @@ pub fn app(state: AppState) -> Router {
                 .route("/v1/models", get(openai::list_models))
                 .route("/v1/chat/completions", post(openai::chat_completions))
                 .route("/v1/completions", post(openai::completions))
-                .route("/v1/embeddings", post(openai::embeddings)),
+                .route("/v1/embeddings", post(openai::embeddings))
+                .route("/v1/ws", get(ws::ws)),
         )
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
@@ -240,15 +241,54 @@ async fn observe_request(
         .remove::<ModelLabel>()
         .unwrap_or_default();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+    let principal = response.extensions().get::<Principal>();
+    record_request(
+        &state,
+        &label,
+        principal,
+        &Outcome {
+            endpoint,
+            method: method.as_str(),
+            status,
+            code,
+            elapsed,
+        },
+    );
+    response
+}
+
+/// How one request ended, for `record_request`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome<'a> {
+    /// The route template (never a raw path).
+    pub endpoint: &'a str,
+    pub method: &'a str,
+    pub status: u16,
+    pub code: Option<&'static str>,
+    pub elapsed: Duration,
+}
+
+/// The books of one request, whatever protocol carried it: HTTP metrics, usage (unless the
+/// answer streams and records its own when it ends) and the access log line.
+pub(crate) fn record_request(
+    state: &AppState,
+    label: &ModelLabel,
+    principal: Option<&Principal>,
+    outcome: &Outcome<'_>,
+) {
+    let Outcome {
+        endpoint,
+        method,
+        status,
+        code,
+        elapsed,
+    } = *outcome;
     if state.settings.monitoring.enabled {
         state
             .metrics
-            .observe_http(&label, endpoint, status, code, elapsed);
+            .observe_http(label, endpoint, status, code, elapsed);
     }
-    let account = response
-        .extensions()
-        .get::<Principal>()
-        .map_or(ANONYMOUS, Principal::account);
+    let account = principal.map_or(ANONYMOUS, Principal::account);
     if !label.model.is_empty() && !label.deferred {
         state.usage.record(
             &UsageEvent {
@@ -276,7 +316,6 @@ async fn observe_request(
         principal = %account,
         "request"
     );
-    response
 }
 
 /// The limits every request meets before routing: header size (431), a declared body over
@@ -371,7 +410,8 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
         | "/models/{id}/versions/{version}/predict"
         | "/v1/chat/completions"
         | "/v1/completions"
-        | "/v1/embeddings" => Need::Scope(SCOPE_PREDICT),
+        | "/v1/embeddings"
+        | "/v1/ws" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
         _ => Need::Authenticated,
     }

@@ -230,6 +230,8 @@ struct Inner {
     frontend: Arc<Frontend>,
     alive: Arc<AtomicBool>,
     cancelled: Arc<AtomicUsize>,
+    /// Generation sequences holding a KV-cache slot.
+    active: Arc<AtomicUsize>,
     /// Inputs per piece when a large request is cut (a quarter of a batch).
     piece_items: usize,
 }
@@ -275,10 +277,12 @@ impl ModelHandle {
         let (ready_tx, ready_rx) = oneshot::channel();
         let alive = Arc::new(AtomicBool::new(true));
         let thread_alive = alive.clone();
+        let active = Arc::new(AtomicUsize::new(0));
+        let active_w = active.clone();
         let observer = spec.observer.clone();
         std::thread::Builder::new()
             .name(format!("anya-worker-{}", spec.manifest.id))
-            .spawn(move || worker::run(spec, policy, batch_rx, ready_tx, thread_alive))
+            .spawn(move || worker::run(spec, policy, batch_rx, ready_tx, thread_alive, active_w))
             .map_err(|e| EngineError::Load(format!("cannot start worker thread: {e}")))?;
         let frontend: Arc<Frontend> = ready_rx
             .await
@@ -304,6 +308,7 @@ impl ModelHandle {
                 frontend,
                 alive,
                 cancelled,
+                active,
                 piece_items: (policy.max_batch_size / 4).max(1),
             }),
         })
@@ -316,6 +321,11 @@ impl ModelHandle {
     /// Requests waiting for a batch.
     pub fn queue_len(&self) -> usize {
         self.inner.queued.load(Ordering::Relaxed)
+    }
+
+    /// Generation sequences holding a KV-cache slot now (0 for other tasks).
+    pub fn active_sequences(&self) -> usize {
+        self.inner.active.load(Ordering::Relaxed)
     }
 
     /// Requests dropped before compute because their client had gone.

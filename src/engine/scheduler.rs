@@ -12,6 +12,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -56,6 +58,8 @@ pub(super) struct Scheduler<'a> {
     waiting: VecDeque<(u64, usize)>,
     running: Vec<Running>,
     free: Vec<usize>,
+    /// Sequences holding a slot, for the metrics (read at scrape time).
+    active: Option<Arc<AtomicUsize>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -76,12 +80,26 @@ impl<'a> Scheduler<'a> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             free: (0..slots).rev().collect(),
+            active: None,
+        }
+    }
+
+    /// Publish the number of sequences holding a slot into `gauge` after every change.
+    pub(super) fn with_active_gauge(mut self, gauge: Arc<AtomicUsize>) -> Self {
+        self.active = Some(gauge);
+        self
+    }
+
+    fn publish_active(&self) {
+        if let Some(g) = &self.active {
+            g.store(self.running.len(), Ordering::Relaxed);
         }
     }
 
     /// Serve until the batcher goes away and every sequence has ended.
     pub(super) fn run(mut self, batches: &mut mpsc::Receiver<Batch>) {
         loop {
+            self.publish_active();
             if self.running.is_empty() && self.waiting.is_empty() {
                 match batches.blocking_recv() {
                     Some(b) => self.intake(b),
@@ -97,6 +115,7 @@ impl<'a> Scheduler<'a> {
             }
             self.admit();
             let cancelled = self.drop_cancelled();
+            self.publish_active();
             if self.running.is_empty() {
                 if cancelled > 0 {
                     self.report(0, Duration::ZERO, cancelled);

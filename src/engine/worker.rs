@@ -2,7 +2,7 @@
 //! Compute never runs on tokio's threads; a panic in a forward pass fails that batch only.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,6 +29,7 @@ pub(super) fn run(
     mut batches: mpsc::Receiver<Batch>,
     ready: oneshot::Sender<Result<Arc<Frontend>, EngineError>>,
     alive: Arc<AtomicBool>,
+    active: Arc<AtomicUsize>,
 ) {
     let _guard = AliveGuard(alive);
     let loaded = catch_unwind(AssertUnwindSafe(|| load(&spec)))
@@ -51,6 +52,7 @@ pub(super) fn run(
             spec.observer.as_ref(),
             policy.max_batch_tokens,
         )
+        .with_active_gauge(active)
         .run(&mut batches);
         return;
     }

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod params;
 pub mod predict;
 pub mod usage;
+pub mod ws;
 
 use crate::engine::EngineError;
 use crate::error::{ApiError, ErrorDetails, ErrorKind};

@@ -175,7 +175,7 @@ fn labelled(mut response: Response, label: Option<ModelLabel>) -> Response {
 }
 
 /// The native request as the core's request, and whether it asks to stream.
-fn serve_request(
+pub(crate) fn serve_request(
     id: &str,
     version: Option<&str>,
     no_cache_header: bool,
@@ -255,7 +255,7 @@ fn wants_event_stream(headers: &HeaderMap) -> bool {
 }
 
 /// The native body of an answer.
-fn render(answer: Answer) -> PredictResponse {
+pub(crate) fn render(answer: Answer) -> PredictResponse {
     let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     let mut finish_reasons = Vec::new();
     let outputs = answer

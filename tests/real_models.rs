@@ -255,6 +255,44 @@ async fn generation_over_http() {
         .await;
     assert_eq!(s, 200, "{c}");
     assert_eq!(c["outputs"][0], chat["text"]);
+    // the same through the OpenAI-compatible route, plain and streamed
+    let v1 =
+        json!({"model": GEN, "messages": chat["messages"], "temperature": 0, "max_tokens": 32});
+    let (s, _, o) = srv.post("/v1/chat/completions", v1.clone()).await;
+    assert_eq!(s, 200, "{o}");
+    assert_eq!(o["choices"][0]["message"]["content"], chat["text"]);
+    let mut streamed = v1.clone();
+    streamed["stream"] = json!(true);
+    let sse = srv
+        .client
+        .post(srv.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let text: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(json!(text), chat["text"], "{sse}");
+    let (s, _, p) = srv
+        .post(
+            "/v1/completions",
+            json!({"model": GEN, "prompt": plain["prompt"], "temperature": 0, "max_tokens": 32}),
+        )
+        .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["choices"][0]["text"], plain["text"]);
     // a seed makes sampling repeatable
     let seeded = json!({"inputs": ["Tell me a story."], "parameters": {"temperature": 1.0, "seed": 7, "max_tokens": 12}});
     let (_, _, x) = srv.post(&url, seeded.clone()).await;

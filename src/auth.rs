@@ -20,6 +20,9 @@ pub const SCOPE_PREDICT: &str = "predict";
 pub const SCOPE_ADMIN: &str = "admin";
 pub const SCOPE_METRICS: &str = "metrics";
 
+/// The account of requests without a principal (and of anonymous principals).
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {
@@ -61,7 +64,7 @@ impl Principal {
     /// The name usage is accounted under.
     pub fn account(&self) -> &str {
         if self.anonymous {
-            "anonymous"
+            ANONYMOUS
         } else {
             &self.sub
         }

@@ -22,7 +22,6 @@ use redis::AsyncCommands;
 use sha2::{Digest, Sha256};
 
 use crate::config::CacheSection;
-use crate::metrics::Metrics;
 use crate::models::{FinishReason, Generation};
 
 /// Prefix of every Redis key; bump the version when the value format changes.
@@ -171,11 +170,20 @@ impl RedisTier {
     }
 }
 
+/// What the cache reports about itself; the metrics implement it, so the cache knows no
+/// Prometheus types (as the engine's `BatchObserver`).
+pub trait CacheObserver: Send + Sync {
+    /// One lookup in one tier: `result` is `hit`, `miss` or `error`.
+    fn lookup(&self, tier: Tier, result: &'static str, took: Duration);
+    /// A failed write to the Redis tier.
+    fn write_error(&self);
+}
+
 pub struct ResponseCache {
     memory: Cache<CacheKey, CachedOutput>,
     redis: Option<RedisTier>,
     ttl: Duration,
-    metrics: Arc<Metrics>,
+    metrics: Arc<dyn CacheObserver>,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -196,7 +204,10 @@ pub struct Cleared {
 impl ResponseCache {
     /// `None` when `cache.enabled` is false. Redis connects lazily: a Redis that is down at
     /// startup is no reason not to start.
-    pub fn new(cfg: &CacheSection, metrics: Arc<Metrics>) -> Result<Option<Self>, CacheError> {
+    pub fn new(
+        cfg: &CacheSection,
+        metrics: Arc<dyn CacheObserver>,
+    ) -> Result<Option<Self>, CacheError> {
         if !cfg.enabled {
             return Ok(None);
         }
@@ -247,12 +258,10 @@ impl ResponseCache {
     pub async fn get(&self, key: &CacheKey) -> Option<(CachedOutput, Tier)> {
         let started = Instant::now();
         if let Some(v) = self.memory.get(key).await {
-            self.metrics
-                .observe_cache(Tier::Memory, "hit", started.elapsed());
+            self.metrics.lookup(Tier::Memory, "hit", started.elapsed());
             return Some((v, Tier::Memory));
         }
-        self.metrics
-            .observe_cache(Tier::Memory, "miss", started.elapsed());
+        self.metrics.lookup(Tier::Memory, "miss", started.elapsed());
         let redis = self.redis.as_ref()?;
         let started = Instant::now();
         let mut conn = redis.conn.clone();
@@ -268,19 +277,16 @@ impl ResponseCache {
         };
         match result {
             Ok(Some(v)) => {
-                self.metrics
-                    .observe_cache(Tier::Redis, "hit", started.elapsed());
+                self.metrics.lookup(Tier::Redis, "hit", started.elapsed());
                 self.memory.insert(key.clone(), v.clone()).await;
                 Some((v, Tier::Redis))
             }
             Ok(None) => {
-                self.metrics
-                    .observe_cache(Tier::Redis, "miss", started.elapsed());
+                self.metrics.lookup(Tier::Redis, "miss", started.elapsed());
                 None
             }
             Err(e) => {
-                self.metrics
-                    .observe_cache(Tier::Redis, "error", started.elapsed());
+                self.metrics.lookup(Tier::Redis, "error", started.elapsed());
                 redis.warn("read", &e);
                 None
             }
@@ -301,11 +307,11 @@ impl ResponseCache {
                 match tokio::time::timeout(redis.timeout, set).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
-                        this.metrics.observe_cache_write_error();
+                        this.metrics.write_error();
                         redis.warn("write", &e);
                     }
                     Err(_) => {
-                        this.metrics.observe_cache_write_error();
+                        this.metrics.write_error();
                         redis.warn(
                             "write",
                             &format!("no answer within {} ms", redis.timeout.as_millis()),
@@ -398,6 +404,19 @@ mod tests {
         }
     }
 
+    /// Counts what the cache reports.
+    #[derive(Default)]
+    struct Seen(std::sync::Mutex<Vec<(Tier, &'static str)>>);
+
+    impl CacheObserver for Seen {
+        fn lookup(&self, tier: Tier, result: &'static str, _took: Duration) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((tier, result));
+            }
+        }
+        fn write_error(&self) {}
+    }
+
     #[tokio::test]
     async fn memory_tier_hits_expires_and_clears_by_model() {
         let cfg = CacheSection {
@@ -407,13 +426,18 @@ mod tests {
             redis_url: None,
             redis_timeout_ms: 50,
         };
-        let cache = Arc::new(ResponseCache::new(&cfg, Metrics::new()).unwrap().unwrap());
+        let seen = Arc::new(Seen::default());
+        let cache = Arc::new(ResponseCache::new(&cfg, seen.clone()).unwrap().unwrap());
         let a = CacheKey::new("a", "1", "embed", &[1], b"");
         let b = CacheKey::new("b", "1", "embed", &[1], b"");
         let v = CachedOutput::Vector(vec![1.0f32].into());
         cache.put(a.clone(), v.clone()).await;
         cache.put(b.clone(), v.clone()).await;
         assert_eq!(cache.get(&a).await.map(|x| x.1), Some(Tier::Memory));
+        assert_eq!(
+            seen.0.lock().unwrap().last().copied(),
+            Some((Tier::Memory, "hit"))
+        );
         let cleared = cache.clear(Some("a")).await;
         assert_eq!(cleared.memory, 1);
         assert!(cache.get(&a).await.is_none());

@@ -4,8 +4,7 @@
 //! so a new failure mode cannot get a status without a code. Internal errors (5xx) never show
 //! their cause to the client: it is logged with the request's span instead.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -204,34 +203,6 @@ pub struct ErrorBody {
     pub details: ErrorDetails,
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let body = self.envelope();
-        let mut response = (status, axum::Json(body)).into_response();
-        response
-            .extensions_mut()
-            .insert(ErrorCode(self.kind.code()));
-        // Kept for adapters that render errors in their own protocol's shape (`/v1`).
-        response.extensions_mut().insert(RenderedError {
-            kind: self.kind,
-            message: self.message.clone(),
-            details: self.details.clone(),
-        });
-        if let Some(secs) = self.retry_after_s {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if self.kind == ErrorKind::Unauthorized {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,13 +232,6 @@ mod tests {
             assert_eq!(kind.status().as_u16(), status);
             assert_eq!(kind.code(), code);
         }
-    }
-
-    #[test]
-    fn unavailable_carries_retry_after() {
-        let r = ApiError::unavailable("queue full", 1).into_response();
-        assert_eq!(r.status(), 503);
-        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

@@ -39,5 +39,6 @@ pub mod ratelimit;
 pub mod registry;
 pub mod server;
 pub mod serving;
+pub mod spec;
 pub mod telemetry;
 pub mod usage;

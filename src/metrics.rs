@@ -396,3 +396,13 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+impl crate::cache::CacheObserver for Metrics {
+    fn lookup(&self, tier: crate::cache::Tier, result: &'static str, took: Duration) {
+        self.observe_cache(tier, result, took);
+    }
+
+    fn write_error(&self) {
+        self.observe_cache_write_error();
+    }
+}

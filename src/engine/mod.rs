@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::models::generate::Delta;
 use crate::models::{Frontend, GenParams, Generation};
-use crate::registry::manifest::Manifest;
+use crate::spec::manifest::Manifest;
 use batcher::{BatchPolicy, BatchQueue, Next, Pending};
 
 /// What a request asks a model to do; inputs are already tokenized and validated.
@@ -72,15 +72,33 @@ impl Work {
         }
     }
 
-    pub fn tokens(&self) -> usize {
+    /// Tokens of the inputs (sentences or prompts): what the model reads, and what a client is
+    /// told it sent. The one place they are counted.
+    pub fn input_tokens(&self) -> usize {
         match self {
-            Work::Embed { inputs } => inputs.iter().map(Vec::len).sum(),
-            Work::Generate { prompts, params } => {
-                prompts.iter().map(|p| p.len() + params.max_tokens).sum()
-            }
-            Work::Echo { inputs, .. } => inputs.len(),
+            Work::Embed { inputs } => sum_lengths(inputs),
+            Work::Generate { prompts, .. } => sum_lengths(prompts),
+            Work::Echo { .. } => 0,
         }
     }
+
+    /// What a request may cost at most, in tokens: its inputs plus, for generation,
+    /// `max_tokens` per prompt (the batch's token budget and the generation rate limit).
+    /// Echo inputs count one each.
+    pub fn tokens(&self) -> usize {
+        match self {
+            Work::Generate { prompts, params } => {
+                sum_lengths(prompts) + prompts.len() * params.max_tokens
+            }
+            Work::Echo { inputs, .. } => inputs.len(),
+            Work::Embed { .. } => self.input_tokens(),
+        }
+    }
+}
+
+/// Tokens in a list of token sequences.
+pub(crate) fn sum_lengths(seqs: &[Vec<u32>]) -> usize {
+    seqs.iter().map(Vec::len).sum()
 }
 
 #[derive(Debug, Clone)]

@@ -378,7 +378,7 @@ impl<'a> Scheduler<'a> {
             queue: admitted.saturating_duration_since(req.job.enqueued),
             compute: now.saturating_duration_since(admitted),
             batch_size: req.peak.max(1),
-            tokens_processed: req.prompts.iter().map(Vec::len).sum(),
+            tokens_processed: super::sum_lengths(&req.prompts),
             tokens_generated: gens.iter().map(|g| g.tokens.len()).sum(),
         };
         req.job.reply.done(Ok(Completed {
@@ -415,7 +415,7 @@ mod tests {
     use super::*;
     use crate::models::sampling::SamplingParams;
     use crate::models::TextCodec;
-    use crate::registry::manifest::Task;
+    use crate::spec::manifest::Task;
     use tokio::sync::oneshot;
 
     /// After token t it predicts (t + 1) % 8; remembers every step's chunks as

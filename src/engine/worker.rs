@@ -65,7 +65,7 @@ pub(super) fn run(
 fn load(spec: &LoadSpec) -> Result<(Backend, Arc<Frontend>), EngineError> {
     let load_err = |e: &dyn std::fmt::Display| EngineError::Load(e.to_string());
     if let Some(keys) = &spec.trusted_keys {
-        crate::registry::signing::verify(&spec.manifest, keys).map_err(|e| {
+        crate::spec::signing::verify(&spec.manifest, keys).map_err(|e| {
             EngineError::Load(format!(
                 "refused: {e} (security.require_signed_models is on)"
             ))
@@ -141,11 +141,7 @@ fn run_batch(
                     queue: dispatched.saturating_duration_since(job.enqueued),
                     compute: compute_time,
                     batch_size,
-                    tokens_processed: match &job.work {
-                        Work::Embed { inputs } => inputs.iter().map(Vec::len).sum(),
-                        Work::Generate { prompts, .. } => prompts.iter().map(Vec::len).sum(),
-                        Work::Echo { .. } => 0,
-                    },
+                    tokens_processed: job.work.input_tokens(),
                     tokens_generated: generated,
                 };
                 job.reply.done(Ok(Completed { output, stats }));

@@ -9,9 +9,9 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::app::AppState;
 use crate::cache::Cleared;
 use crate::error::{ApiError, ErrorEnvelope};
-use crate::server::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ClearReport {
@@ -45,9 +45,7 @@ pub async fn clear(
         .ok_or_else(|| ApiError::not_found("the cache is disabled (cache.enabled: false)"))?;
     let model = q.get("model").cloned();
     if let Some(m) = &model {
-        if state.registry.get(m).is_none() {
-            return Err(ApiError::not_found(format!("model `{m}` not found")));
-        }
+        state.registry.record(m)?;
     }
     let cleared = cache.clear(model.as_deref()).await;
     Ok(Json(ClearReport { cleared, model }))

@@ -8,8 +8,8 @@ use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
+use super::app::AppState;
 use crate::error::{ApiError, ErrorDetails, ErrorKind};
-use crate::server::AppState;
 
 pub struct ApiJson<T>(pub T);
 

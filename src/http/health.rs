@@ -7,8 +7,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::app::AppState;
 use crate::error::{ApiError, ErrorDetails, ErrorEnvelope};
-use crate::server::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Status {

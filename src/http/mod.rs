@@ -1,19 +1,26 @@
-//! HTTP routes. Each handler is thin: extract, validate into a typed request, call the engine,
-//! shape the answer. All errors are `ApiError`.
+//! The HTTP adapter layer: the application (`app`: state, route table, layers) and one thin
+//! adapter per protocol or resource — wire format in, the serving core's request, the core's
+//! answer out in the protocol's own shape. All errors are `ApiError`, rendered per protocol.
 
+pub mod app;
 pub mod cache;
 pub mod extract;
 pub mod health;
 pub mod models;
 pub mod openai;
 pub mod openapi;
-pub mod params;
 pub mod predict;
 pub mod usage;
 pub mod ws;
 
+/// Parameter checking moved to the serving core; the old path still works.
+pub use crate::serving::params;
+
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
 use crate::engine::EngineError;
-use crate::error::{ApiError, ErrorDetails, ErrorKind};
+use crate::error::{ApiError, ErrorCode, ErrorDetails, ErrorKind, RenderedError};
 use crate::registry::RegistryError;
 
 impl From<RegistryError> for ApiError {
@@ -45,5 +52,48 @@ impl From<EngineError> for ApiError {
             EngineError::Stopped(_) => ApiError::unavailable(e.to_string(), 5),
             EngineError::Model(_) | EngineError::Load(_) => ApiError::internal(e),
         }
+    }
+}
+
+/// The native envelope, with the status, `Retry-After` and `WWW-Authenticate`; the error's
+/// kind rides along in the response's extensions for the metrics and for adapters that render
+/// errors in their own protocol's shape (`/v1`).
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = self.envelope();
+        let mut response = (status, axum::Json(body)).into_response();
+        response
+            .extensions_mut()
+            .insert(ErrorCode(self.kind.code()));
+        // Kept for adapters that render errors in their own protocol's shape (`/v1`).
+        response.extensions_mut().insert(RenderedError {
+            kind: self.kind,
+            message: self.message.clone(),
+            details: self.details.clone(),
+        });
+        if let Some(secs) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.kind == ErrorKind::Unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let r = ApiError::unavailable("queue full", 1).into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 }

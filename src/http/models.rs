@@ -10,10 +10,10 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 
+use super::app::AppState;
 use crate::error::{ApiError, ErrorEnvelope};
-use crate::registry::manifest::{Manifest, Task};
-use crate::registry::{ModelRecord, VersionRecord, VersionState};
-use crate::server::AppState;
+use crate::registry::{ModelRecord, RegistryError, VersionRecord, VersionState};
+use crate::spec::manifest::{Manifest, Task};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
@@ -178,12 +178,8 @@ pub async fn get_model(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ModelDetail>, ApiError> {
-    let rec = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("model `{id}` not found")))?;
-    let d = default_record(&rec)
-        .ok_or_else(|| ApiError::not_found(format!("model `{id}` not found")))?;
+    let rec = state.registry.record(&id)?;
+    let d = default_record(&rec).ok_or(RegistryError::NotFound(id.clone()))?;
     let m = &d.manifest;
     let dimensions = match &d.state {
         VersionState::Ready(h) => h.frontend().dimensions,
@@ -260,10 +256,7 @@ pub async fn list_versions(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<VersionList>, ApiError> {
-    let rec = state
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("model `{id}` not found")))?;
+    let rec = state.registry.record(&id)?;
     Ok(Json(VersionList {
         model: rec.id.clone(),
         versions: rec

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::app::AppState;
 use super::extract::ApiJson;
 use crate::auth::Principal;
 use crate::cache::CachedOutput;
@@ -23,7 +24,6 @@ use crate::error::{ApiError, ErrorKind, RenderedError};
 use crate::metrics::ModelLabel;
 use crate::models::generate::TokenLogprob;
 use crate::models::{ChatMessage, FinishReason};
-use crate::server::AppState;
 use crate::serving::{Answer, AnswerStream, Caller, Input, Item, ServeRequest, StreamItem};
 
 fn now() -> u64 {

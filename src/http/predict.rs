@@ -15,13 +15,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
+use super::app::AppState;
 use super::extract::{ApiJson, ApiPath};
 use crate::auth::Principal;
 use crate::cache::CachedOutput;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::metrics::ModelLabel;
 use crate::models::{ChatMessage, FinishReason};
-use crate::server::AppState;
 use crate::serving::{Answer, AnswerStream, Caller, Input, Item, ServeRequest, StreamItem};
 /// A prediction request.
 #[derive(Debug, Deserialize, ToSchema)]

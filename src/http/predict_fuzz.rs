@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use super::{serve_request, PredictRequest};
 use crate::http::extract::parse_json;
 use crate::models::{ChatTemplate, Frontend, TextCodec};
-use crate::registry::manifest::{Manifest, ParamSpec, ParamType, Task};
 use crate::serving::validate::validate;
+use crate::spec::manifest::{Manifest, ParamSpec, ParamType, Task};
 
 fn codec(limit: usize) -> TextCodec {
     let vocab: serde_json::Map<String, Value> = ["[UNK]", "a", "b", "hello", "world"]

@@ -13,8 +13,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::app::AppState;
 use crate::error::{ApiError, ErrorEnvelope};
-use crate::server::AppState;
 use crate::usage::{now_unix, GroupBy, ModelWindow, Period, UsageRow};
 
 fn period(q: &HashMap<String, String>) -> Result<Period, ApiError> {
@@ -49,9 +49,7 @@ pub async fn model_metrics(
 ) -> Result<Json<ModelWindow>, ApiError> {
     super::extract::only(&q, &["period"])?;
     let period = period(&q)?;
-    if state.registry.get(&id).is_none() {
-        return Err(ApiError::not_found(format!("model `{id}` not found")));
-    }
+    state.registry.record(&id)?;
     Ok(Json(state.usage.model_window(
         &id,
         period,

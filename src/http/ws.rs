@@ -28,11 +28,11 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use super::app::{record_request, AppState, Outcome};
 use super::predict::{render, serve_request, PredictRequest};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorKind};
 use crate::metrics::ModelLabel;
-use crate::server::{record_request, AppState, Outcome};
 use crate::serving::{Caller, StreamItem};
 
 /// Requests one connection may have open at once (each also takes a

@@ -25,7 +25,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use crate::registry::manifest::{Format, Manifest, Task};
+use crate::spec::manifest::{Format, Manifest, Task};
 pub use generate::{FinishReason, GenParams, Generation};
 pub use text::{ChatMessage, ChatTemplate, TextCodec};
 

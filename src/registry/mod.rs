@@ -4,9 +4,8 @@
 //! A plain `std::sync::RwLock` guards the map: it is held only to read or swap an entry, never
 //! across an `.await`, and lookups vastly outnumber the writes (loads).
 
-pub mod manifest;
-pub mod repository;
-pub mod signing;
+/// The on-disk description of models lives in `spec`; the old paths still work.
+pub use crate::spec::{manifest, repository, signing};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -195,6 +194,12 @@ impl Registry {
                 reason: reason.clone(),
             }),
         }
+    }
+
+    /// The model `id`, or the one "not found" error every route gives.
+    pub fn record(&self, id: &str) -> Result<ModelRecord, RegistryError> {
+        self.get(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_string()))
     }
 
     pub fn get(&self, id: &str) -> Option<ModelRecord> {

@@ -7,6 +7,7 @@
 //! deltas), store what was computed, and account for it (tokens, cost, usage, inference
 //! metrics) when the answer — or the stream — ends.
 
+pub mod params;
 pub mod stream;
 pub mod validate;
 
@@ -211,7 +212,7 @@ impl Core {
         }
         .map_err(fail)?;
         let n = valid.work.items();
-        let prompt_tokens = valid.inputs().iter().map(|i| i.len()).sum();
+        let prompt_tokens = valid.work.input_tokens();
         let cache = self.cache.as_ref().filter(|_| req.cache && valid.cacheable);
         let (id, version) = (&resolved.manifest.id, resolved.manifest.version.to_string());
         let keys: Vec<CacheKey> = match cache {

@@ -78,7 +78,7 @@ impl Core {
             .collect();
         let account = caller
             .principal
-            .map_or(crate::server::ANONYMOUS, Principal::account)
+            .map_or(crate::auth::ANONYMOUS, Principal::account)
             .to_string();
         let mut header_label = label.clone();
         header_label.deferred = true;

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::params::{self, ValidParams};
 use super::Input;
 use crate::engine::Work;
 use crate::error::ApiError;
-use crate::http::params::{self, ValidParams};
 use crate::models::generate::GenParams;
 use crate::models::sampling::SamplingParams;
 use crate::models::text::EncodeError;
 use crate::models::{ChatMessage, Frontend};
-use crate::registry::manifest::{Manifest, Task};
+use crate::spec::manifest::{Manifest, Task};
 
 /// A request that passed validation; only `validate` makes one.
 pub struct Valid {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::registry::manifest::{ParamSpec, ParamType};
+use crate::spec::manifest::{ParamSpec, ParamType};
 
 /// Parameters after validation: every given one checked, defaults filled in.
 #[derive(Debug, Clone, Default)]
@@ -192,7 +192,7 @@ mod tests {
     use serde_json::json;
 
     fn specs() -> Vec<ParamSpec> {
-        crate::registry::repository::generation_parameters()
+        crate::spec::repository::generation_parameters()
     }
 
     fn given(v: Value) -> Map<String, Value> {

@@ -7,18 +7,9 @@
 
 use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
-use serde::{Deserialize, Serialize};
 
 use super::manifest::Manifest;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ManifestSignature {
-    /// The signer's ed25519 public key, base64.
-    pub public_key: String,
-    /// The signature over the canonical manifest, base64.
-    pub value: String,
-}
+pub use super::manifest::ManifestSignature;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SignatureError {

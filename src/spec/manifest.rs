@@ -176,12 +176,12 @@ pub struct Manifest {
     pub batching: BatchingConfig,
     /// Where this version runs (`cpu`, `cuda`, `cuda:N`, `auto`); overrides `model.device`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub device: Option<crate::config::DeviceKind>,
+    pub device: Option<super::device::DeviceKind>,
     #[serde(default)]
     pub files: Vec<FileEntry>,
     /// An ed25519 signature over the rest of the manifest (`anya models sign`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signature: Option<super::signing::ManifestSignature>,
+    pub signature: Option<ManifestSignature>,
     /// Prices, for the usage and cost figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pricing: Option<Pricing>,
@@ -421,6 +421,16 @@ impl Manifest {
     }
 }
 
+/// An ed25519 signature over the canonical manifest (see `signing`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSignature {
+    /// The signer's ed25519 public key, base64.
+    pub public_key: String,
+    /// The signature over the canonical manifest, base64.
+    pub value: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,7 +479,7 @@ mod tests {
 
     #[test]
     fn a_device_override_round_trips_and_bad_ones_are_named() {
-        use crate::config::DeviceKind;
+        use crate::spec::device::DeviceKind;
         let dir = tempfile::tempdir().unwrap();
         let mut m = sample(dir.path());
         assert!(!m.to_yaml().contains("device"));

@@ -1,0 +1,577 @@
+//! The HTTP application: `AppState` (what every handler shares), the one route table
+//! (`app(state) -> Router`, each route naming its access rule in `need`), and the layers every
+//! request passes: request id, trace span, CORS, early limits, drain, concurrency, timeout,
+//! auth, scopes, rate limits, metrics, usage and the access log. Binding and serving are
+//! `server`'s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, Method, Request, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use super::{cache, health, models, openai, openapi, predict, usage, ws};
+pub use crate::auth::ANONYMOUS;
+use crate::auth::{Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT};
+use crate::cache::{CacheError, ResponseCache};
+use crate::config::Settings;
+use crate::error::ErrorCode;
+use crate::error::{ApiError, ErrorKind};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{Metrics, ModelLabel};
+use crate::net::{client_ip, IpNet};
+use crate::ratelimit::RateLimits;
+use crate::registry::Registry;
+use crate::usage::{now_unix, UsageEvent, UsageStore};
+use axum::extract::ConnectInfo;
+use tokio::sync::Semaphore;
+
+/// Why the shared state could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{0}")]
+    Cache(#[from] CacheError),
+    #[error("{0}")]
+    Keys(#[from] crate::auth::KeyError),
+}
+
+use axum::extract::MatchedPath;
+use std::time::Instant;
+
+/// What every handler shares: cheap handles only.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub settings: Arc<Settings>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<Metrics>,
+    pub usage: Arc<UsageStore>,
+    /// The response cache; `None` when `cache.enabled` is false.
+    pub cache: Option<Arc<ResponseCache>>,
+    /// Token checks; `None` when `security.auth_required` is false (everyone is anonymous).
+    pub auth: Option<Arc<Authenticator>>,
+    /// Per-principal limits; `None` when `rate_limits.enabled` is false.
+    pub limits: Option<Arc<RateLimits>>,
+    pub trusted_proxies: Arc<Vec<IpNet>>,
+    /// Requests processed at once (`server.max_concurrent_requests`).
+    pub concurrency: Arc<Semaphore>,
+    /// How long a request may wait for its model (`server.request_timeout_ms`).
+    pub request_timeout: Duration,
+    /// The serving core every protocol adapter calls.
+    pub core: Arc<crate::serving::Core>,
+}
+
+impl AppState {
+    pub fn new(settings: Settings, registry: Arc<Registry>) -> Result<Self, StateError> {
+        let metrics = Metrics::new();
+        let cache = ResponseCache::new(&settings.cache, metrics.clone())?.map(Arc::new);
+        let auth = if settings.security.auth_required {
+            Some(Arc::new(Authenticator::new(&settings.security)?))
+        } else {
+            None
+        };
+        let limits = settings
+            .rate_limits
+            .enabled
+            .then(|| Arc::new(RateLimits::new(&settings.rate_limits)));
+        let trusted_proxies = Arc::new(
+            settings
+                .security
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| IpNet::parse(p))
+                .collect(),
+        );
+        let concurrency = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
+        let request_timeout = Duration::from_millis(settings.server.request_timeout_ms);
+        let usage = Arc::new(UsageStore::new());
+        let core = Arc::new(crate::serving::Core {
+            registry: registry.clone(),
+            cache: cache.clone(),
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            usage: usage.clone(),
+            monitoring: settings.monitoring.enabled,
+            request_timeout,
+        });
+        Ok(Self {
+            auth,
+            limits,
+            trusted_proxies,
+            concurrency,
+            request_timeout,
+            settings: Arc::new(settings),
+            registry,
+            lifecycle: Arc::new(Lifecycle::new()),
+            metrics,
+            usage,
+            cache,
+            core,
+        })
+    }
+}
+
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.settings.server.max_body_bytes;
+    let mut router = Router::new();
+    if state.settings.monitoring.enabled {
+        router = router.route("/metrics", get(health::metrics));
+    }
+    router
+        .route("/models", get(models::list_models))
+        .route("/models/{id}", get(models::get_model))
+        .route("/models/{id}/versions", get(models::list_versions))
+        .route("/models/{id}/metrics", get(usage::model_metrics))
+        .route("/usage", get(usage::usage))
+        .route("/cache", delete(cache::clear))
+        .route("/models/{id}/predict", post(predict::predict))
+        .route(
+            "/models/{id}/versions/{version}/predict",
+            post(predict::predict_version),
+        )
+        .merge(
+            Router::new()
+                .route("/v1/models", get(openai::list_models))
+                .route("/v1/chat/completions", post(openai::chat_completions))
+                .route("/v1/completions", post(openai::completions))
+                .route("/v1/embeddings", post(openai::embeddings))
+                .route("/v1/ws", get(ws::ws)),
+        )
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
+        .layer(middleware::from_fn_with_state(state.clone(), observe_request))
+        // Outside every layer that can refuse a request: /v1 errors in OpenAI's shape.
+        .layer(middleware::from_fn(openai::errors))
+        .layer(cors(&state.settings.security.allowed_origins))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            // Failures are in the access log line already (with their status); the default
+            // ERROR line per 5xx would flood the logs with every 503 from /ready.
+            TraceLayer::new_for_http()
+                .on_failure(())
+                .make_span_with(|req: &Request<_>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let uri = crate::telemetry::loggable_uri(req.uri());
+            tracing::info_span!("request", method = %req.method(), uri = %uri, request_id = %id)
+        }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// The application on the metrics port: `/metrics` alone, with the early limits.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), probe_limits))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Every request passes here once: probes always answer; other requests are refused while
+/// draining and counted while in flight; then the metrics and the access log line are recorded.
+async fn observe_request(
+    State(state): State<AppState>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    // Checks every route gets, probes included: a probe must never be a way around a limit.
+    if let Some(refused) = refuse_early(&state, &req) {
+        return refused;
+    }
+    let path = req.uri().path();
+    let probe = matches!(path, "/health" | "/ready" | "/metrics");
+    if probe {
+        return next.run(req).await;
+    }
+    // Route templates, not raw paths: a label value can never come from the client.
+    // A clone of the matched path is an Arc, not a new string.
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let endpoint = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let method = req.method().clone();
+    let mut response = if state.lifecycle.is_draining() {
+        let mut r = ApiError::unavailable("the server is shutting down", 1).into_response();
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    } else if let Ok(permit) = state.concurrency.clone().try_acquire_owned() {
+        let in_flight = state.lifecycle.enter_owned();
+        // The whole request, body read included, is bounded by the request timeout (for a
+        // stream: until its headers).
+        match tokio::time::timeout(state.request_timeout, next.run(req)).await {
+            // The body holds the permit and the in-flight count: an open stream counts
+            // against max_concurrent_requests, and a drain waits for it.
+            Ok(r) => r.map(|b| crate::conn::GuardedBody::wrap(b, (permit, in_flight))),
+            Err(_) => {
+                let mut r = ApiError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the request was not answered within {} ms",
+                        state.request_timeout.as_millis()
+                    ),
+                )
+                .with_details(crate::error::ErrorDetails {
+                    field: None,
+                    issue: Some(format!(
+                        "server.request_timeout_ms is {}",
+                        state.request_timeout.as_millis()
+                    )),
+                })
+                .into_response();
+                // The body may still be on its way: this connection cannot be reused.
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                r
+            }
+        }
+    } else {
+        ApiError::unavailable(
+            "too many requests in flight (server.max_concurrent_requests); retry later",
+            1,
+        )
+        .into_response()
+    };
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let label = response
+        .extensions_mut()
+        .remove::<ModelLabel>()
+        .unwrap_or_default();
+    let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+    let principal = response.extensions().get::<Principal>();
+    record_request(
+        &state,
+        &label,
+        principal,
+        &Outcome {
+            endpoint,
+            method: method.as_str(),
+            status,
+            code,
+            elapsed,
+        },
+    );
+    response
+}
+
+/// How one request ended, for `record_request`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outcome<'a> {
+    /// The route template (never a raw path).
+    pub endpoint: &'a str,
+    pub method: &'a str,
+    pub status: u16,
+    pub code: Option<&'static str>,
+    pub elapsed: Duration,
+}
+
+/// The books of one request, whatever protocol carried it: HTTP metrics, usage (unless the
+/// answer streams and records its own when it ends) and the access log line.
+pub(crate) fn record_request(
+    state: &AppState,
+    label: &ModelLabel,
+    principal: Option<&Principal>,
+    outcome: &Outcome<'_>,
+) {
+    let Outcome {
+        endpoint,
+        method,
+        status,
+        code,
+        elapsed,
+    } = *outcome;
+    if state.settings.monitoring.enabled {
+        state
+            .metrics
+            .observe_http(label, endpoint, status, code, elapsed);
+    }
+    let account = principal.map_or(ANONYMOUS, Principal::account);
+    if !label.model.is_empty() && !label.deferred {
+        state.usage.record(
+            &UsageEvent {
+                model: &label.model,
+                version: &label.version,
+                principal: account,
+                tokens_input: label.tokens_input,
+                tokens_output: label.tokens_output,
+                cost: label.cost,
+                latency_ms: elapsed.as_secs_f64() * 1e3,
+                error: status >= 400,
+            },
+            now_unix(),
+        );
+    }
+    tracing::info!(
+        target: "anya::access",
+        method = %method,
+        route = %endpoint,
+        model = %label.model,
+        version = %label.version,
+        status,
+        latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        batch_size = label.batch_size.unwrap_or(0),
+        principal = %account,
+        "request"
+    );
+}
+
+/// The limits every request meets before routing: header size (431), a declared body over
+/// `server.max_body_bytes` (413 at once, without waiting for the bytes), and a body encoding
+/// other than identity (415).
+fn refuse_early(state: &AppState, req: &Request<Body>) -> Option<Response> {
+    let limit = state.settings.server.max_header_bytes;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if header_bytes > limit {
+        return Some(
+            ApiError::new(
+                ErrorKind::HeadersTooLarge,
+                format!(
+                    "request headers are {header_bytes} bytes; the limit is {limit} (server.max_header_bytes)"
+                ),
+            )
+            .into_response(),
+        );
+    }
+    let max_body = state.settings.server.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > max_body as u64) {
+        let mut r = ApiError::too_large(
+            "body",
+            format!(
+                "Content-Length is {len} bytes; the limit is {max_body} (server.max_body_bytes)"
+            ),
+        )
+        .into_response();
+        // The body is not read: the connection cannot carry another request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Some(r);
+    }
+    let encoding = req
+        .headers()
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(|e| e.trim().to_ascii_lowercase())
+        .find(|e| !e.is_empty() && e != "identity");
+    if let Some(encoding) = encoding {
+        return Some(
+            ApiError::new(
+                ErrorKind::UnsupportedMediaType,
+                format!(
+                    "Content-Encoding `{encoding}` is not supported; send the body uncompressed"
+                ),
+            )
+            .with_details(crate::error::ErrorDetails {
+                field: Some("Content-Encoding".into()),
+                issue: Some("must be identity (or absent)".into()),
+            })
+            .into_response(),
+        );
+    }
+    None
+}
+
+/// The early limits, for the routes served on the metrics port.
+async fn probe_limits(State(state): State<AppState>, req: Request<Body>, next: Next) -> Response {
+    match refuse_early(&state, &req) {
+        Some(r) => r,
+        None => next.run(req).await,
+    }
+}
+
+/// What a route asks of the caller.
+enum Need {
+    /// Probes: no token, no rate limit.
+    Open,
+    /// Any valid token.
+    Authenticated,
+    /// A token with this scope (`admin` implies every scope).
+    Scope(&'static str),
+}
+
+fn need(state: &AppState, method: &Method, route: &str) -> Need {
+    match route {
+        "/health" | "/ready" => Need::Open,
+        "/metrics" if state.settings.security.metrics_public => Need::Open,
+        "/metrics" | "/models/{id}/metrics" => Need::Scope(SCOPE_METRICS),
+        "/models/{id}/predict"
+        | "/models/{id}/versions/{version}/predict"
+        | "/v1/chat/completions"
+        | "/v1/completions"
+        | "/v1/embeddings"
+        | "/v1/ws" => Need::Scope(SCOPE_PREDICT),
+        "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
+        _ => Need::Authenticated,
+    }
+}
+
+/// Authentication, authorisation and rate limits, for every route but the probes. The principal
+/// goes into the request's extensions (handlers read it) and the response's (the access log and
+/// usage accounting read it).
+async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let need = need(&state, req.method(), &route);
+    if matches!(need, Need::Open) {
+        return next.run(req).await;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok());
+    let client = client_ip(peer, forwarded, &state.trusted_proxies);
+    let principal = match &state.auth {
+        None => Principal::anonymous(&client.to_string()),
+        Some(auth) => {
+            let token = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            let verified = match token {
+                None | Some("") => Err(crate::auth::AuthError::Missing),
+                Some(t) => auth.verify(t),
+            };
+            match verified {
+                Ok(p) => p,
+                Err(e) => {
+                    return ApiError::new(ErrorKind::Unauthorized, e.to_string()).into_response()
+                }
+            }
+        }
+    };
+    if let Need::Scope(scope) = need {
+        if !principal.has_scope(scope) {
+            return with_principal(
+                ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!("this route needs the `{scope}` scope"),
+                )
+                .into_response(),
+                principal,
+            );
+        }
+    }
+    if route.starts_with("/models/{id}/") {
+        let id = req.uri().path().split('/').nth(2).unwrap_or_default();
+        if !principal.may_use(id) {
+            return with_principal(
+                ApiError::new(
+                    ErrorKind::Forbidden,
+                    format!("this token may not use model `{id}`"),
+                )
+                .into_response(),
+                principal,
+            );
+        }
+    }
+    let decision = state
+        .limits
+        .as_ref()
+        .and_then(|l| l.check_request(&principal.sub, principal.tier.as_deref()));
+    let mut response = match decision {
+        Some(d) if !d.allowed => {
+            let mut e = ApiError::new(
+                ErrorKind::RateLimited,
+                format!("more than {} requests per minute", d.limit),
+            );
+            e.retry_after_s = Some(d.reset_s);
+            e.into_response()
+        }
+        _ => {
+            req.extensions_mut().insert(principal.clone());
+            next.run(req).await
+        }
+    };
+    if let Some(d) = decision {
+        let h = response.headers_mut();
+        h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
+        h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
+        h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_s));
+    }
+    with_principal(response, principal)
+}
+
+fn with_principal(mut r: Response, p: Principal) -> Response {
+    r.extensions_mut().insert(p);
+    r
+}
+
+/// CORS for the exact origins in `security.allowed_origins` (none: no CORS headers at all).
+/// Credentials are never allowed, so no origin list can widen into a wildcard.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(list))
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::CACHE_CONTROL,
+            header::HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            header::HeaderName::from_static("x-request-id"),
+            header::HeaderName::from_static("x-cache"),
+            header::HeaderName::from_static("x-ratelimit-limit"),
+            header::HeaderName::from_static("x-ratelimit-remaining"),
+            header::HeaderName::from_static("x-ratelimit-reset"),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

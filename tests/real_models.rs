@@ -202,6 +202,7 @@ fn greedy_generation_matches_llama_cpp() {
             stop: vec![],
             seed: 0,
             logprobs: None,
+            ignore_eos: false,
         };
         let g = generate(lm.as_mut(), codec, &[eos], &ids, &params, &|| false).unwrap();
         let mut want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
@@ -255,6 +256,27 @@ async fn generation_over_http() {
         .await;
     assert_eq!(s, 200, "{c}");
     assert_eq!(c["outputs"][0], chat["text"]);
+    // `ignore_eos` (declared in the parameter schema, an extra body field on /v1): the answer
+    // that ends at EOS after 11 tokens runs on to `max_tokens`
+    let (s, info) = srv.get(&format!("/models/{GEN}")).await;
+    assert_eq!(s, 200);
+    assert!(info.to_string().contains("\"ignore_eos\""), "{info}");
+    let eos_case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "chat_eos")
+        .unwrap();
+    for (ignore, finish, tokens) in [(false, "stop", 11), (true, "length", 16)] {
+        let body = json!({"model": GEN, "messages": eos_case["messages"], "temperature": 0,
+            "max_tokens": 16, "ignore_eos": ignore});
+        let (s, _, r) = srv.post("/v1/chat/completions", body).await;
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["choices"][0]["finish_reason"], finish, "{r}");
+        assert_eq!(r["usage"]["completion_tokens"], tokens, "{r}");
+        let text = r["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(text.starts_with(eos_case["text"].as_str().unwrap()), "{r}");
+    }
     // a seed makes sampling repeatable
     let seeded = json!({"inputs": ["Tell me a story."], "parameters": {"temperature": 1.0, "seed": 7, "max_tokens": 12}});
     let (_, _, x) = srv.post(&url, seeded.clone()).await;

@@ -12,6 +12,10 @@ pub struct GenParams {
     pub seed: u64,
     /// Record each generated token's log-probability and this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Never end at an end-of-sequence token: as llama.cpp's server does, EOS tokens are
+    /// given no chance at all (their logits count as -inf when sampling), so the generation
+    /// runs to its budget, a stop string or the context end.
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,6 +81,9 @@ pub struct Sequence {
     token_logprobs: Vec<TokenLogprob>,
     /// Logprob entries handed out with deltas.
     logprobs_sent: usize,
+    ignore_eos: bool,
+    /// The logits with EOS masked, reused across steps (only with `ignore_eos`).
+    masked: Vec<f32>,
 }
 
 /// What a sequence needs next.
@@ -116,6 +123,8 @@ impl Sequence {
             logprobs: params.logprobs,
             token_logprobs: Vec::new(),
             logprobs_sent: 0,
+            ignore_eos: params.ignore_eos,
+            masked: Vec::new(),
         }
     }
 
@@ -140,7 +149,18 @@ impl Sequence {
         codec: &TextCodec,
         eos: &[u32],
     ) -> Result<Next, ModelError> {
-        let next = self.sampler.sample(logits);
+        let next = if self.ignore_eos && eos.iter().any(|&e| (e as usize) < logits.len()) {
+            self.masked.clear();
+            self.masked.extend_from_slice(logits);
+            for &e in eos {
+                if let Some(l) = self.masked.get_mut(e as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            self.sampler.sample(&self.masked)
+        } else {
+            self.sampler.sample(logits)
+        };
         if self.tokens.is_empty() {
             self.ttft = self.started.elapsed().as_secs_f64();
         }
@@ -383,6 +403,7 @@ mod tests {
             stop: stop.iter().map(|s| s.to_string()).collect(),
             seed: 0,
             logprobs: None,
+            ignore_eos: false,
         }
     }
 
@@ -480,6 +501,23 @@ mod tests {
         let g = generate(&mut lm, &codec(), &[3], &[0], &params(10, &[]), &|| false).unwrap();
         assert_eq!(g.tokens, vec![1, 2]);
         assert_eq!(g.finish_reason, FinishReason::Eos);
+    }
+
+    #[test]
+    fn ignore_eos_masks_eos_and_runs_to_the_budget() {
+        let mut lm = Counter {
+            vocab: 5,
+            ctx: 64,
+            calls: vec![],
+        };
+        let p = GenParams {
+            ignore_eos: true,
+            ..params(7, &[])
+        };
+        let g = generate(&mut lm, &codec(), &[3], &[0], &p, &|| false).unwrap();
+        // 3 (EOS) is never chosen: after 2 the best remaining logit is token 0's.
+        assert_eq!(g.tokens, vec![1, 2, 0, 1, 2, 0, 1]);
+        assert_eq!(g.finish_reason, FinishReason::Length);
     }
 
     #[test]

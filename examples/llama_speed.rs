@@ -19,6 +19,38 @@ fn main() -> anyhow::Result<()> {
     };
     let mut lm = CpuLlama::open(std::path::Path::new(&path), 8, threads)?;
     let prompt: Vec<u32> = (0..64u32).map(|i| 300 + (i * 7919) % 40_000).collect();
+    if let Some(steps) = std::env::var("PROFILE_STEPS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        // For callgrind: the 64-token prompt into PROFILE_SEQS slots (default 1), then
+        // PROFILE_STEPS decode steps of all of them together (0: the prefill alone).
+        let seqs: usize = std::env::var("PROFILE_SEQS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        for s in 0..seqs {
+            lm.step(&[Chunk {
+                slot: s,
+                start: 0,
+                tokens: &prompt,
+                logits: true,
+            }])?;
+        }
+        let tok = [13u32];
+        for k in 0..steps {
+            let chunks: Vec<Chunk> = (0..seqs)
+                .map(|s| Chunk {
+                    slot: s,
+                    start: prompt.len() + k,
+                    tokens: &tok,
+                    logits: true,
+                })
+                .collect();
+            lm.step(&chunks)?;
+        }
+        return Ok(());
+    }
     if std::env::var_os("DECODE_ONLY").is_some() {
         // For profiling the decode step alone.
         lm.forward(&prompt, 0)?;

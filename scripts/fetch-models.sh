@@ -144,10 +144,14 @@ parameters:
     type: integer
     min: 0
     description: seed of the sampler; fixed seed gives repeatable output
+  - name: ignore_eos
+    type: boolean
+    default: false
+    description: keep generating past end-of-sequence tokens (they are never sampled)
 # Generation: up to max_batch_size sequences decode together (continuous batching);
 # max_batch_tokens bounds the tokens of one step (decode tokens plus prompt chunks).
 batching:
-  max_batch_size: 8
+  max_batch_size: 16
   max_batch_tokens: 512
   max_queue_delay_ms: 0
   queue_capacity: 64

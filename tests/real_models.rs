@@ -6,9 +6,10 @@ mod common;
 
 use std::path::Path;
 
-use anya::models::generate::{generate, GenParams};
+use anya::engine::{LoadSpec, ModelHandle, Output, Work};
+use anya::models;
+use anya::models::generate::GenParams;
 use anya::models::sampling::SamplingParams;
-use anya::models::{self, Backend};
 use anya::registry::manifest::Manifest;
 use common::*;
 use serde_json::{json, Value};
@@ -154,9 +155,10 @@ async fn concurrent_embedding_requests_share_batches() {
 /// that moves it (either way) fails and must be looked at.
 const PRECISION_DIVERGENCES: &[(&str, usize)] = &[("chat", 15)];
 
-/// Tokenizer and greedy decoding against llama.cpp, below HTTP, token id for token id.
-#[test]
-fn greedy_generation_matches_llama_cpp() {
+/// Tokenizer and greedy decoding against llama.cpp, below HTTP, token id for token id: the
+/// engine's own path (batcher, scheduler, `Sequence`), one request at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_generation_matches_llama_cpp() {
     let Some(dir) = real_models() else { return };
     let vdir = dir.join(GEN).join("1.0.0");
     let manifest = Manifest::load(&vdir).unwrap();
@@ -167,10 +169,17 @@ fn greedy_generation_matches_llama_cpp() {
         sha,
         "reference made on another file"
     );
-    let (backend, frontend) = models::load(&manifest, &vdir, &candle_core::Device::Cpu).unwrap();
-    let Backend::Generation(mut lm) = backend else {
-        panic!("not a generator")
-    };
+    let handle = ModelHandle::start(LoadSpec {
+        manifest: manifest.clone(),
+        dir: vdir.clone(),
+        device: anya::config::DeviceKind::Cpu,
+        warmup: false,
+        observer: None,
+        trusted_keys: None,
+    })
+    .await
+    .unwrap();
+    let frontend = handle.frontend().clone();
     let codec = frontend.codec.as_ref().unwrap();
     let eos = reference["eos_token_id"].as_u64().unwrap() as u32;
     assert!(frontend.eos_token_ids.contains(&eos));
@@ -202,8 +211,20 @@ fn greedy_generation_matches_llama_cpp() {
             stop: vec![],
             seed: 0,
             logprobs: None,
+            ignore_eos: false,
         };
-        let g = generate(lm.as_mut(), codec, &[eos], &ids, &params, &|| false).unwrap();
+        let work = Work::Generate {
+            prompts: vec![ids.clone()],
+            params,
+        };
+        let done = handle
+            .infer(work, std::time::Duration::from_secs(300))
+            .await
+            .unwrap();
+        let Output::Generations(mut gens) = done.output else {
+            panic!("not a generation")
+        };
+        let g = gens.remove(0);
         let mut want: Vec<u32> = serde_json::from_value(case["tokens"].clone()).unwrap();
         if want.last() == Some(&eos) {
             want.pop(); // llama.cpp's list includes the EOS; anya stops at it
@@ -293,6 +314,27 @@ async fn generation_over_http() {
         .await;
     assert_eq!(s, 200, "{p}");
     assert_eq!(p["choices"][0]["text"], plain["text"]);
+    // `ignore_eos` (declared in the parameter schema, an extra body field on /v1): the answer
+    // that ends at EOS after 11 tokens runs on to `max_tokens`
+    let (s, info) = srv.get(&format!("/models/{GEN}")).await;
+    assert_eq!(s, 200);
+    assert!(info.to_string().contains("\"ignore_eos\""), "{info}");
+    let eos_case = reference["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "chat_eos")
+        .unwrap();
+    for (ignore, finish, tokens) in [(false, "stop", 11), (true, "length", 16)] {
+        let body = json!({"model": GEN, "messages": eos_case["messages"], "temperature": 0,
+            "max_tokens": 16, "ignore_eos": ignore});
+        let (s, _, r) = srv.post("/v1/chat/completions", body).await;
+        assert_eq!(s, 200, "{r}");
+        assert_eq!(r["choices"][0]["finish_reason"], finish, "{r}");
+        assert_eq!(r["usage"]["completion_tokens"], tokens, "{r}");
+        let text = r["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(text.starts_with(eos_case["text"].as_str().unwrap()), "{r}");
+    }
     // a seed makes sampling repeatable
     let seeded = json!({"inputs": ["Tell me a story."], "parameters": {"temperature": 1.0, "seed": 7, "max_tokens": 12}});
     let (_, _, x) = srv.post(&url, seeded.clone()).await;

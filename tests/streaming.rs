@@ -467,7 +467,7 @@ async fn sigterm_with_open_streams_finishes_them_then_exits_0() {
         let r = client
             .post(format!("{base}/v1/chat/completions"))
             .json(&json!({"model": GEN, "stream": true, "max_tokens": 40, "temperature": 0.7,
-                          "seed": i,
+                          "seed": i, "ignore_eos": true,
                           "messages": [{"role": "user", "content": format!("Story number {i}, please.")}]}))
             .send()
             .await

@@ -24,7 +24,8 @@
 #   LLAMA_EXTRA=JSON      extra body fields for llama-server (default
 #                         {"ignore_eos": true, "cache_prompt": false}: every request generates
 #                         exactly MAX_TOKENS tokens and no prompt prefix is reused, as in anya)
-#   ANYA_EXTRA=JSON       extra body fields for anya (default {})
+#   ANYA_EXTRA=JSON       extra body fields for anya (default {"ignore_eos": true}: exactly
+#                         MAX_TOKENS tokens per request, as llama-server)
 #   STREAM_NO_16=1        skip the -np 16 server and the 16-stream row
 # Latency (TTFT, inter-token): lower is better, so a ratio below 1 favours anya; tokens/s:
 # higher is better, a ratio above 1 favours anya.
@@ -40,7 +41,8 @@ max_tokens="${MAX_TOKENS:-128}"
 threads="${THREADS:-2}"
 default_llama_extra='{"ignore_eos": true, "cache_prompt": false}'
 llama_extra="${LLAMA_EXTRA:-$default_llama_extra}"
-anya_extra="${ANYA_EXTRA:-"{}"}"
+default_anya_extra='{"ignore_eos": true}'
+anya_extra="${ANYA_EXTRA:-$default_anya_extra}"
 anya_url="${ANYA_URL:-}"
 anya_model="${ANYA_MODEL:-smollm2-135m-instruct}"
 

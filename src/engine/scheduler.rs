@@ -24,6 +24,13 @@ use super::{
 use crate::models::generate::{Next, Sequence};
 use crate::models::{CausalLm, Chunk, FinishReason, Frontend, GenParams, Generation, ModelError};
 
+/// Prompt tokens per step while other sequences decode: an eighth of the step's budget (64 of
+/// 512), at least 16, so a new prompt holds each decoding stream up by a bounded amount and
+/// still starts within a few steps.
+fn decoding_prefill(step_tokens: usize) -> usize {
+    (step_tokens / 8).max(16).min(step_tokens)
+}
+
 /// A request being served.
 struct Request {
     job: Job,
@@ -244,6 +251,11 @@ impl<'a> Scheduler<'a> {
             }
         }
         let mut prefill_budget = budget.max(16.min(self.step_tokens));
+        if !plan.is_empty() {
+            // Sequences are decoding: a prompt chunk delays every one of their next tokens, so
+            // prompts go in smaller pieces (prefill costs about the same in any chunking).
+            prefill_budget = prefill_budget.min(decoding_prefill(self.step_tokens));
+        }
         for (i, r) in self.running.iter().enumerate() {
             if r.next.is_none() && prefill_budget > 0 {
                 let prompt = &self.requests[&r.request].prompts[r.index];
@@ -494,6 +506,7 @@ mod tests {
             stop: vec![],
             seed: 0,
             logprobs: None,
+            ignore_eos: false,
         };
         let work = Work::Generate { prompts, params };
         let (reply, rx) = crate::engine::Reply::channel(&work, stream);
@@ -574,7 +587,8 @@ mod tests {
         assert_eq!(tokens(ra), vec![vec![2, 3, 4, 5, 6, 7]]);
         assert_eq!(tokens(rb), vec![vec![3]]);
         // b's 40 prompt tokens arrive in chunks within the 20-token budget (a's decode token
-        // counts), in order, while a decodes one token in each of those steps.
+        // counts), in order, while a decodes one token in each of those steps; once a decodes,
+        // b's chunks shrink to 16 tokens (`decoding_prefill`).
         let b_chunks: Vec<(usize, usize, bool)> = lm
             .steps
             .iter()
@@ -584,7 +598,7 @@ mod tests {
             .collect();
         assert_eq!(
             b_chunks,
-            vec![(0, 19, false), (19, 19, false), (38, 2, true)],
+            vec![(0, 19, false), (19, 16, false), (35, 5, true)],
             "{:?}",
             lm.steps
         );
@@ -595,6 +609,13 @@ mod tests {
             .steps
             .iter()
             .all(|s| s.iter().map(|c| c.2).sum::<usize>() <= 20));
+    }
+
+    #[test]
+    fn prefill_while_decoding_is_an_eighth_of_the_step() {
+        assert_eq!(decoding_prefill(512), 64);
+        assert_eq!(decoding_prefill(20), 16);
+        assert_eq!(decoding_prefill(8), 8);
     }
 
     #[test]

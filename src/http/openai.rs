@@ -84,6 +84,8 @@ struct Sampling {
     user: Option<String>,
     frequency_penalty: Option<f64>,
     presence_penalty: Option<f64>,
+    /// Not OpenAI's: vLLM's and llama.cpp's extra field, the model parameter `ignore_eos`.
+    ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +164,9 @@ impl Sampling {
         }
         if let Some(s) = self.seed {
             p.insert("seed".into(), s.into());
+        }
+        if let Some(b) = self.ignore_eos {
+            p.insert("ignore_eos".into(), b.into());
         }
         match &self.stop {
             Some(Stop::One(s)) => {
@@ -759,4 +764,24 @@ fn render_embeddings(
     let tokens = answer.prompt_tokens;
     Ok(json!({"object": "list", "data": data, "model": req.model,
               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ignore_eos_is_passed_on_as_the_model_parameter() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "messages": [], "max_tokens": 5, "ignore_eos": true
+        }))
+        .unwrap();
+        let p = req.sampling.params().unwrap();
+        assert_eq!(p["ignore_eos"], json!(true));
+        assert_eq!(p["max_tokens"], json!(5));
+        assert!(!req.other.contains_key("ignore_eos"));
+        let req: CompletionRequest =
+            serde_json::from_value(json!({"model": "m", "prompt": "x"})).unwrap();
+        assert!(!req.sampling.params().unwrap().contains_key("ignore_eos"));
+    }
 }

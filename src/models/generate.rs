@@ -2,7 +2,7 @@
 //! budget, the context end, or the client going away.
 
 use super::sampling::{Sampler, SamplingParams};
-use super::{CausalLm, ModelError, TextCodec};
+use super::{ModelError, TextCodec};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenParams {
@@ -12,6 +12,10 @@ pub struct GenParams {
     pub seed: u64,
     /// Record each generated token's log-probability and this many top alternatives.
     pub logprobs: Option<usize>,
+    /// Never end at an end-of-sequence token: as llama.cpp's server does, EOS tokens are
+    /// given no chance at all (their logits count as -inf when sampling), so the generation
+    /// runs to its budget, a stop string or the context end.
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -77,6 +81,9 @@ pub struct Sequence {
     token_logprobs: Vec<TokenLogprob>,
     /// Logprob entries handed out with deltas.
     logprobs_sent: usize,
+    ignore_eos: bool,
+    /// The logits with EOS masked, reused across steps (only with `ignore_eos`).
+    masked: Vec<f32>,
 }
 
 /// What a sequence needs next.
@@ -116,6 +123,8 @@ impl Sequence {
             logprobs: params.logprobs,
             token_logprobs: Vec::new(),
             logprobs_sent: 0,
+            ignore_eos: params.ignore_eos,
+            masked: Vec::new(),
         }
     }
 
@@ -140,7 +149,18 @@ impl Sequence {
         codec: &TextCodec,
         eos: &[u32],
     ) -> Result<Next, ModelError> {
-        let next = self.sampler.sample(logits);
+        let next = if self.ignore_eos && eos.iter().any(|&e| (e as usize) < logits.len()) {
+            self.masked.clear();
+            self.masked.extend_from_slice(logits);
+            for &e in eos {
+                if let Some(l) = self.masked.get_mut(e as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+            self.sampler.sample(&self.masked)
+        } else {
+            self.sampler.sample(logits)
+        };
         if self.tokens.is_empty() {
             self.ttft = self.started.elapsed().as_secs_f64();
         }
@@ -287,36 +307,6 @@ fn token_logprob(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
     }
 }
 
-/// Generate from `prompt` in slot 0 of `lm`. `cancelled` is polled between steps.
-pub fn generate(
-    lm: &mut dyn CausalLm,
-    codec: &TextCodec,
-    eos: &[u32],
-    prompt: &[u32],
-    params: &GenParams,
-    cancelled: &dyn Fn() -> bool,
-) -> Result<Generation, ModelError> {
-    if prompt.is_empty() {
-        return Err(ModelError::Inference("empty prompt".into()));
-    }
-    let mut seq = Sequence::new(prompt.len(), params, lm.context_length());
-    if seq.is_empty_budget() {
-        return seq.finish(FinishReason::Length, codec);
-    }
-    let mut logits = lm.forward(prompt, 0)?;
-    loop {
-        match seq.accept(&logits, codec, eos)? {
-            Next::Done(reason) => return seq.finish(reason, codec),
-            Next::Feed(token) => {
-                if cancelled() {
-                    return seq.finish(FinishReason::Cancelled, codec);
-                }
-                logits = lm.forward(&[token], seq.position())?;
-            }
-        }
-    }
-}
-
 fn floor_char_boundary(s: &str, mut i: usize) -> usize {
     if i >= s.len() {
         return s.len();
@@ -383,38 +373,63 @@ mod tests {
             stop: stop.iter().map(|s| s.to_string()).collect(),
             seed: 0,
             logprobs: None,
+            ignore_eos: false,
         }
     }
 
-    /// Drive a sequence by hand from `first`, collecting every delta and the final one.
+    /// Drive a sequence by hand as the scheduler does (the prompt in one chunk, then one
+    /// token per step), collecting every delta and the final one. `cancel` is polled before
+    /// each step.
+    fn drive(
+        lm: &mut Counter,
+        codec: &TextCodec,
+        eos: &[u32],
+        prompt: &[u32],
+        p: &GenParams,
+        cancel: &dyn Fn() -> bool,
+    ) -> (Generation, Vec<String>) {
+        let mut seq = Sequence::new(prompt.len(), p, lm.context_length());
+        let mut deltas = Vec::new();
+        if seq.is_empty_budget() {
+            let (g, last) = seq.finish_streamed(FinishReason::Length, codec).unwrap();
+            deltas.push(last.text);
+            return (g, deltas);
+        }
+        let mut logits = lm.forward(prompt, 0).unwrap();
+        loop {
+            let next = seq.accept(&logits, codec, eos).unwrap();
+            if let Some(d) = seq.take_delta() {
+                deltas.push(d.text);
+            }
+            let reason = match next {
+                Next::Feed(_) if cancel() => FinishReason::Cancelled,
+                Next::Feed(t) => {
+                    logits = lm.forward(&[t], seq.position()).unwrap();
+                    continue;
+                }
+                Next::Done(reason) => reason,
+            };
+            let (g, last) = seq.finish_streamed(reason, codec).unwrap();
+            deltas.push(last.text);
+            return (g, deltas);
+        }
+    }
+
+    fn counter(vocab: usize, ctx: usize) -> Counter {
+        Counter {
+            vocab,
+            ctx,
+            calls: vec![],
+        }
+    }
+
     fn stream(
         codec: &TextCodec,
         vocab: usize,
         first: u32,
         p: &GenParams,
     ) -> (Generation, Vec<String>) {
-        let mut lm = Counter {
-            vocab,
-            ctx: 64,
-            calls: vec![],
-        };
-        let mut seq = Sequence::new(1, p, 64);
-        let mut logits = lm.forward(&[first], 0).unwrap();
-        let mut deltas = Vec::new();
-        loop {
-            let next = seq.accept(&logits, codec, &[]).unwrap();
-            if let Some(d) = seq.take_delta() {
-                deltas.push(d.text);
-            }
-            match next {
-                Next::Feed(t) => logits = lm.forward(&[t], seq.position()).unwrap(),
-                Next::Done(reason) => {
-                    let (g, last) = seq.finish_streamed(reason, codec).unwrap();
-                    deltas.push(last.text);
-                    return (g, deltas);
-                }
-            }
-        }
+        drive(&mut counter(vocab, 64), codec, &[], &[first], p, &|| false)
     }
 
     #[test]
@@ -459,12 +474,8 @@ mod tests {
 
     #[test]
     fn runs_prompt_once_then_one_token_per_step() {
-        let mut lm = Counter {
-            vocab: 5,
-            ctx: 64,
-            calls: vec![],
-        };
-        let g = generate(&mut lm, &codec(), &[], &[0], &params(3, &[]), &|| false).unwrap();
+        let mut lm = counter(5, 64);
+        let (g, _) = drive(&mut lm, &codec(), &[], &[0], &params(3, &[]), &|| false);
         assert_eq!(g.tokens, vec![1, 2, 3]);
         assert_eq!(g.finish_reason, FinishReason::Length);
         assert_eq!(lm.calls, vec![(vec![0], 0), (vec![1], 1), (vec![2], 2)]);
@@ -472,24 +483,40 @@ mod tests {
 
     #[test]
     fn eos_ends_and_is_not_returned() {
-        let mut lm = Counter {
-            vocab: 5,
-            ctx: 64,
-            calls: vec![],
-        };
-        let g = generate(&mut lm, &codec(), &[3], &[0], &params(10, &[]), &|| false).unwrap();
+        let (g, _) = drive(
+            &mut counter(5, 64),
+            &codec(),
+            &[3],
+            &[0],
+            &params(10, &[]),
+            &|| false,
+        );
         assert_eq!(g.tokens, vec![1, 2]);
         assert_eq!(g.finish_reason, FinishReason::Eos);
     }
 
     #[test]
-    fn stop_string_cuts_the_text() {
-        let mut lm = Counter {
-            vocab: 5,
-            ctx: 64,
-            calls: vec![],
+    fn ignore_eos_masks_eos_and_runs_to_the_budget() {
+        let p = GenParams {
+            ignore_eos: true,
+            ..params(7, &[])
         };
-        let g = generate(&mut lm, &codec(), &[], &[0], &params(10, &["d"]), &|| false).unwrap();
+        let (g, _) = drive(&mut counter(5, 64), &codec(), &[3], &[0], &p, &|| false);
+        // 3 (EOS) is never chosen: after 2 the best remaining logit is token 0's.
+        assert_eq!(g.tokens, vec![1, 2, 0, 1, 2, 0, 1]);
+        assert_eq!(g.finish_reason, FinishReason::Length);
+    }
+
+    #[test]
+    fn stop_string_cuts_the_text() {
+        let (g, _) = drive(
+            &mut counter(5, 64),
+            &codec(),
+            &[],
+            &[0],
+            &params(10, &["d"]),
+            &|| false,
+        );
         assert_eq!(g.finish_reason, FinishReason::Stop);
         assert!(!g.text.contains('d'), "{}", g.text);
         assert!(g.text.contains('c'), "{}", g.text);
@@ -497,19 +524,23 @@ mod tests {
 
     #[test]
     fn context_end_bounds_the_budget_and_cancel_stops() {
-        let mut lm = Counter {
-            vocab: 5,
-            ctx: 3,
-            calls: vec![],
-        };
-        let g = generate(&mut lm, &codec(), &[], &[0, 1], &params(10, &[]), &|| false).unwrap();
+        let (g, _) = drive(
+            &mut counter(5, 3),
+            &codec(),
+            &[],
+            &[0, 1],
+            &params(10, &[]),
+            &|| false,
+        );
         assert_eq!(g.tokens.len(), 1);
-        let mut lm = Counter {
-            vocab: 5,
-            ctx: 64,
-            calls: vec![],
-        };
-        let g = generate(&mut lm, &codec(), &[], &[0], &params(10, &[]), &|| true).unwrap();
+        let (g, _) = drive(
+            &mut counter(5, 64),
+            &codec(),
+            &[],
+            &[0],
+            &params(10, &[]),
+            &|| true,
+        );
         assert_eq!(g.finish_reason, FinishReason::Cancelled);
         assert_eq!(g.tokens.len(), 1);
     }

@@ -498,8 +498,8 @@ struct Head<'a> {
 /// the results are the same bits).
 fn attend(kernel: Kernel, head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if kernel == Kernel::Avx2 {
-        // SAFETY: Kernel::Avx2 is only detected on CPUs with AVX2 and FMA.
+    if matches!(kernel, Kernel::Avx2 | Kernel::Avx512) {
+        // SAFETY: both are only detected on CPUs with AVX2 and FMA.
         unsafe { attend_avx2(head, scores, out) };
         return;
     }

@@ -3,7 +3,9 @@
 //! outputs match it).
 //!
 //! Each format has a scalar reference dot product and, on x86-64 with AVX2 + FMA + F16C
-//! (detected at run time), a SIMD one; tests check that both agree. [`QMatrix::matmul`] splits
+//! (detected at run time), a SIMD one; tests check that both agree. Where the CPU also has
+//! AVX-512 F/BW/VNNI, Q4_1 matrices run on a kernel that takes sixteen rows at once and
+//! equals the scalar reference bit for bit. [`QMatrix::matmul`] splits
 //! the weight rows into many small chunks on a rayon pool, so a core taken by something else
 //! slows the step down instead of stalling it.
 
@@ -84,6 +86,10 @@ pub enum Kernel {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// AVX2 plus AVX-512 F/BW/VNNI: rows sixteen at a time, one 32-bit lane per row (see
+    /// [`avx512`]).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernel {
@@ -95,6 +101,9 @@ impl Kernel {
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
+                if std::env::var_os("ANYA_NO_AVX512").is_none() && avx512::available() {
+                    return Kernel::Avx512;
+                }
                 return Kernel::Avx2;
             }
         }
@@ -106,6 +115,8 @@ impl Kernel {
             Kernel::Scalar => "scalar",
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => "avx512",
         }
     }
 
@@ -130,6 +141,18 @@ impl Kernel {
             // SAFETY: `detect` only returns Avx2 when the CPU has AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::gemm(w, nb, acts, n, out) },
+            // SAFETY: `detect` only returns Avx512 when the CPU also has AVX-512 F, BW and VNNI.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => unsafe { B::gemm_avx512(w, nb, acts, n, out) },
+        }
+    }
+
+    /// Rows per matmul work item: a multiple of what the kernel handles at once.
+    fn row_group(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512::ROWS,
+            _ => 4,
         }
     }
 }
@@ -175,6 +198,12 @@ pub trait WeightBlock: Copy + Send + Sync {
     /// The CPU must support AVX2, FMA and F16C.
     #[cfg(target_arch = "x86_64")]
     unsafe fn dot4_avx2(w: &[Self], a: [&[BlockQ8]; 4]) -> [f32; 4];
+    /// [`Kernel::gemm`] on CPUs with AVX-512 F, BW and VNNI (and AVX2, FMA, F16C).
+    ///
+    /// # Safety
+    /// The CPU must support all of those.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn gemm_avx512(w: &[Self], nb: usize, acts: &[BlockQ8], n: usize, out: &mut [f32]);
 }
 
 impl WeightBlock for BlockQ4_1 {
@@ -193,6 +222,11 @@ impl WeightBlock for BlockQ4_1 {
         // SAFETY: the caller's promise.
         unsafe { avx2::dot_q4_1_x4(w, a) }
     }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn gemm_avx512(w: &[Self], nb: usize, acts: &[BlockQ8], n: usize, out: &mut [f32]) {
+        // SAFETY: the caller's promise.
+        unsafe { avx512::gemm_q4_1(w, nb, acts, n, out) }
+    }
 }
 
 impl WeightBlock for BlockQ8_0 {
@@ -210,6 +244,11 @@ impl WeightBlock for BlockQ8_0 {
     unsafe fn dot4_avx2(w: &[Self], a: [&[BlockQ8]; 4]) -> [f32; 4] {
         // SAFETY: the caller's promise.
         unsafe { avx2::dot_q8_0_x4(w, a) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn gemm_avx512(w: &[Self], nb: usize, acts: &[BlockQ8], n: usize, out: &mut [f32]) {
+        // SAFETY: the caller's promise.
+        unsafe { avx512::gemm_q8_0(w, nb, acts, n, out) }
     }
 }
 
@@ -372,6 +411,268 @@ mod avx2 {
     }
 }
 
+/// Q4_1 × Q8_1 with AVX-512 VNNI. Sixteen weight rows go side by side, one 32-bit lane each:
+/// per block, four gathers fetch bytes `4k..4k + 4` of every row's codes (their low nibbles are
+/// elements `4k..4k + 4`, the high ones `16 + 4k..`), and `vpdpbusd` multiplies them with the
+/// activation's matching four bytes broadcast to every lane. Each lane thus holds one row's
+/// exact integer block sum, and the block is added to the row's total in the same order and with
+/// the same f32 operations as [`dot_q4_1_scalar`]: the results equal the reference bit for bit,
+/// whatever the number of activations. Up to eight activations share each gathered block.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{BlockQ4_1, BlockQ8, BlockQ8_0, WeightBlock};
+    use std::arch::x86_64::*;
+
+    /// Rows handled together.
+    pub const ROWS: usize = 16;
+
+    pub fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+
+    /// `out[r][t]` for every row `r` of `w` (`nb` blocks each) and activation `t` of `acts`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn gemm_q4_1(
+        w: &[BlockQ4_1],
+        nb: usize,
+        acts: &[BlockQ8],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            drive(w, nb, acts, n, out, |wg, t, og| {
+                let left = n - t;
+                if left >= 8 {
+                    tile::<8>(wg, nb, acts, t, n, og);
+                    8
+                } else if left >= 4 {
+                    tile::<4>(wg, nb, acts, t, n, og);
+                    4
+                } else if left >= 2 {
+                    tile::<2>(wg, nb, acts, t, n, og);
+                    2
+                } else {
+                    tile::<1>(wg, nb, acts, t, n, og);
+                    1
+                }
+            })
+        }
+    }
+
+    /// The same for Q8_0 rows.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn gemm_q8_0(
+        w: &[BlockQ8_0],
+        nb: usize,
+        acts: &[BlockQ8],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: the caller's promise.
+        unsafe {
+            drive(w, nb, acts, n, out, |wg, t, og| {
+                let left = n - t;
+                if left >= 8 {
+                    tile_q8_0::<8>(wg, nb, acts, t, n, og);
+                    8
+                } else if left >= 4 {
+                    tile_q8_0::<4>(wg, nb, acts, t, n, og);
+                    4
+                } else if left >= 2 {
+                    tile_q8_0::<2>(wg, nb, acts, t, n, og);
+                    2
+                } else {
+                    tile_q8_0::<1>(wg, nb, acts, t, n, og);
+                    1
+                }
+            })
+        }
+    }
+
+    /// Groups of sixteen rows through `tile(rows, first activation, out rows) -> activations
+    /// done`; rows past the last whole group through the scalar reference (the same bits).
+    ///
+    /// # Safety
+    /// `tile` must be safe to call on this CPU.
+    #[inline(always)]
+    unsafe fn drive<B: WeightBlock>(
+        w: &[B],
+        nb: usize,
+        acts: &[BlockQ8],
+        n: usize,
+        out: &mut [f32],
+        mut tile: impl FnMut(&[B], usize, &mut [f32]) -> usize,
+    ) {
+        let rows = w.len() / nb;
+        let groups = rows / ROWS;
+        for g in 0..groups {
+            let wg = &w[g * ROWS * nb..(g + 1) * ROWS * nb];
+            let og = &mut out[g * ROWS * n..(g + 1) * ROWS * n];
+            let mut t = 0;
+            while t < n {
+                t += tile(wg, t, og);
+            }
+        }
+        for r in groups * ROWS..rows {
+            for t in 0..n {
+                out[r * n + t] =
+                    B::dot_scalar(&w[r * nb..(r + 1) * nb], &acts[t * nb..(t + 1) * nb]);
+            }
+        }
+    }
+
+    /// Sixteen rows (`wg`) against activations `t0..t0 + T`, into `og[row][t]` (`n` per row).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW and VNNI; `wg` holds 16 rows of `nb` blocks and
+    /// `acts` at least `t0 + T` activations.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<const T: usize>(
+        wg: &[BlockQ4_1],
+        nb: usize,
+        acts: &[BlockQ8],
+        t0: usize,
+        n: usize,
+        og: &mut [f32],
+    ) {
+        assert!(wg.len() >= ROWS * nb && acts.len() >= (t0 + T) * nb && og.len() >= ROWS * n);
+        let stride = (nb * std::mem::size_of::<BlockQ4_1>()) as i32;
+        let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(stride));
+        let low = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = &wg[b];
+            let base = (blk as *const BlockQ4_1).cast::<u8>();
+            let d_ptr = std::ptr::addr_of!(blk.d).cast::<u8>();
+            let m_ptr = std::ptr::addr_of!(blk.m).cast::<u8>();
+            let q_ptr = blk.qs.as_ptr();
+            debug_assert_eq!(d_ptr, base);
+            // SAFETY: lane i reads row i's block b (byte offset i * stride from row 0's), which
+            // lies inside `wg` by the assertion above.
+            let (wd, wm, q) = unsafe {
+                (
+                    _mm512_i32gather_ps::<1>(offsets, d_ptr.cast()),
+                    _mm512_i32gather_ps::<1>(offsets, m_ptr.cast()),
+                    [
+                        _mm512_i32gather_epi32::<1>(offsets, q_ptr.cast()),
+                        _mm512_i32gather_epi32::<1>(offsets, q_ptr.add(4).cast()),
+                        _mm512_i32gather_epi32::<1>(offsets, q_ptr.add(8).cast()),
+                        _mm512_i32gather_epi32::<1>(offsets, q_ptr.add(12).cast()),
+                    ],
+                )
+            };
+            let mut lo = [_mm512_setzero_si512(); 4];
+            let mut hi = [_mm512_setzero_si512(); 4];
+            for k in 0..4 {
+                lo[k] = _mm512_and_si512(q[k], low);
+                hi[k] = _mm512_and_si512(_mm512_srli_epi16::<4>(q[k]), low);
+            }
+            for (j, a) in acc.iter_mut().enumerate() {
+                let y = &acts[(t0 + j) * nb + b];
+                let yq = y.qs.as_ptr().cast::<i32>();
+                let mut sum = _mm512_setzero_si512();
+                for k in 0..4 {
+                    // SAFETY: bytes 4k..4k + 4 and 16 + 4k..20 + 4k of the 32; unaligned reads.
+                    let (pl, ph) =
+                        unsafe { (yq.add(k).read_unaligned(), yq.add(k + 4).read_unaligned()) };
+                    sum = _mm512_dpbusd_epi32(sum, lo[k], _mm512_set1_epi32(pl));
+                    sum = _mm512_dpbusd_epi32(sum, hi[k], _mm512_set1_epi32(ph));
+                }
+                // sum += d * y.d * sumi + m * y.s, as the reference (no fused multiply-add).
+                let scaled = _mm512_mul_ps(
+                    _mm512_mul_ps(wd, _mm512_set1_ps(y.d)),
+                    _mm512_cvtepi32_ps(sum),
+                );
+                let offset = _mm512_mul_ps(wm, _mm512_set1_ps(y.s));
+                *a = _mm512_add_ps(*a, _mm512_add_ps(scaled, offset));
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let mut v = [0.0f32; ROWS];
+            // SAFETY: 16 floats into a 16-float array.
+            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
+            for (i, x) in v.iter().enumerate() {
+                og[i * n + t0 + j] = *x;
+            }
+        }
+    }
+
+    /// Sixteen Q8_0 rows against activations `t0..t0 + T`. `vpdpbusd` wants unsigned bytes on
+    /// one side: the weights' magnitudes, with their signs moved onto the activation bytes
+    /// (which never hold -128, so negating them is exact).
+    ///
+    /// # Safety
+    /// As [`tile`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile_q8_0<const T: usize>(
+        wg: &[BlockQ8_0],
+        nb: usize,
+        acts: &[BlockQ8],
+        t0: usize,
+        n: usize,
+        og: &mut [f32],
+    ) {
+        assert!(wg.len() >= ROWS * nb && acts.len() >= (t0 + T) * nb && og.len() >= ROWS * n);
+        let stride = (nb * std::mem::size_of::<BlockQ8_0>()) as i32;
+        let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(stride));
+        let zero = _mm512_setzero_si512();
+        let mut acc = [_mm512_setzero_ps(); T];
+        for b in 0..nb {
+            let blk = &wg[b];
+            let d_ptr = std::ptr::addr_of!(blk.d).cast::<u8>();
+            let q_ptr = blk.qs.as_ptr().cast::<u8>();
+            // SAFETY: lane i reads row i's block b, inside `wg` by the assertion above.
+            let wd = unsafe { _mm512_i32gather_ps::<1>(offsets, d_ptr.cast()) };
+            let mut mag = [zero; 8];
+            let mut neg = [0u64; 8];
+            for k in 0..8 {
+                // SAFETY: bytes 4k..4k + 4 of the 32 codes of each row's block b.
+                let q = unsafe { _mm512_i32gather_epi32::<1>(offsets, q_ptr.add(4 * k).cast()) };
+                mag[k] = _mm512_abs_epi8(q);
+                neg[k] = _mm512_movepi8_mask(q);
+            }
+            for (j, a) in acc.iter_mut().enumerate() {
+                let y = &acts[(t0 + j) * nb + b];
+                let yq = y.qs.as_ptr().cast::<i32>();
+                let mut sum = _mm512_setzero_si512();
+                for k in 0..8 {
+                    // SAFETY: bytes 4k..4k + 4 of the 32; unaligned read.
+                    let p = _mm512_set1_epi32(unsafe { yq.add(k).read_unaligned() });
+                    let signed = _mm512_mask_sub_epi8(p, neg[k], zero, p);
+                    sum = _mm512_dpbusd_epi32(sum, mag[k], signed);
+                }
+                // sum += d * y.d * sumi, as the reference.
+                let scaled = _mm512_mul_ps(
+                    _mm512_mul_ps(wd, _mm512_set1_ps(y.d)),
+                    _mm512_cvtepi32_ps(sum),
+                );
+                *a = _mm512_add_ps(*a, scaled);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            let mut v = [0.0f32; ROWS];
+            // SAFETY: 16 floats into a 16-float array.
+            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
+            for (i, x) in v.iter().enumerate() {
+                og[i * n + t0 + j] = *x;
+            }
+        }
+    }
+}
+
 /// A weight matrix of `rows × cols` (each row one output), in the layout of its GGUF tensor.
 pub enum QData {
     Q4_1(Vec<BlockQ4_1>),
@@ -519,7 +820,8 @@ impl QMatrix {
         debug_assert_eq!(out.len(), n * rows);
         // About 16 chunks of rows per matmul: enough for both cores to stay busy and for one to
         // take over the rest when the other is held up, few enough that scheduling is cheap.
-        let chunk = rows.div_ceil(16).max(4);
+        let group = kernel.row_group();
+        let chunk = rows.div_ceil(16).max(4).div_ceil(group) * group;
         let dot_rows = |r0: usize, dst: &mut [f32]| {
             // dst is rows r0.. of the transposed result: [row][t]
             let r1 = r0 + dst.len() / n;
@@ -685,6 +987,58 @@ mod tests {
                     let want = dot_q4_1_scalar(&blocks[r * 2..r * 2 + 2], &a[t * 2..t * 2 + 2]);
                     let got = out[t * rows + r];
                     assert!((got - want).abs() < 1e-4, "t {t} r {r}: {got} vs {want}");
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 kernels equal the scalar reference bit for bit, for every number of
+    /// activations (tiles of 8, 4, 2, 1) and for rows past the last group of sixteen.
+    #[test]
+    fn avx512_gemm_equals_the_reference_exactly() {
+        let k = Kernel::detect();
+        if k.name() != "avx512" {
+            eprintln!("skipped: this CPU runs the {} kernels", k.name());
+            return;
+        }
+        let (rows, cols) = (37, 96);
+        let nb = cols / QK;
+        let w = noise(11, rows * cols);
+        for (ty, bytes) in [(3, q4_1_bytes(&w)), (8, q8_0_bytes(&w))] {
+            let m = QMatrix::from_bytes(ty, rows, cols, &bytes).unwrap();
+            for n in 1..=13 {
+                let x: Vec<f32> = noise(20 + n as u64, n * cols)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * (1 + i % 7) as f32)
+                    .collect();
+                let mut a = vec![BlockQ8::default(); n * nb];
+                for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(nb)) {
+                    quantize_row(xr, ar);
+                }
+                let mut out = vec![0.0; rows * n];
+                let reference = |r: usize, t: usize| {
+                    let at = &a[t * nb..(t + 1) * nb];
+                    match &m.data {
+                        QData::Q4_1(b) => dot_q4_1_scalar(&b[r * nb..(r + 1) * nb], at),
+                        QData::Q8_0(b) => dot_q8_0_scalar(&b[r * nb..(r + 1) * nb], at),
+                    }
+                };
+                match &m.data {
+                    QData::Q4_1(b) => k.gemm(b, nb, &a, n, &mut out),
+                    QData::Q8_0(b) => k.gemm(b, nb, &a, n, &mut out),
+                }
+                let mut mm = vec![0.0; n * rows];
+                m.matmul(k, &a, n, &mut mm, &mut Vec::new());
+                for (i, &got) in out.iter().enumerate() {
+                    let (r, t) = (i / n, i % n);
+                    let want = reference(r, t);
+                    assert_eq!(got.to_bits(), want.to_bits(), "type {ty} n {n} r {r} t {t}");
+                    assert_eq!(
+                        mm[t * rows + r].to_bits(),
+                        want.to_bits(),
+                        "matmul {ty} n {n}"
+                    );
                 }
             }
         }

@@ -110,7 +110,7 @@ pub fn validate(
             cacheable = (greedy || params.u64("seed").is_some()) && logprobs.is_none();
             kind = "generate";
             let canonical = if greedy {
-                serde_json::json!([gen.max_tokens, gen.stop, 0.0])
+                serde_json::json!([gen.max_tokens, gen.stop, 0.0, gen.ignore_eos])
             } else {
                 serde_json::json!([
                     gen.max_tokens,
@@ -118,7 +118,8 @@ pub fn validate(
                     gen.sampling.temperature,
                     gen.sampling.top_k,
                     gen.sampling.top_p,
-                    gen.seed
+                    gen.seed,
+                    gen.ignore_eos
                 ])
             };
             key_params = canonical.to_string().into_bytes();
@@ -306,5 +307,6 @@ pub(crate) fn gen_params(p: &ValidParams) -> GenParams {
         stop: p.strings("stop"),
         seed: p.u64("seed").unwrap_or_else(rand::random),
         logprobs: None,
+        ignore_eos: p.bool("ignore_eos").unwrap_or(false),
     }
 }

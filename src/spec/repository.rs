@@ -332,6 +332,7 @@ pub fn generation_parameters() -> Vec<ParamSpec> {
             Some(0.0),
             None,
         ),
+        param("ignore_eos", ParamType::Boolean, json!(false), None, None),
     ]
 }
 

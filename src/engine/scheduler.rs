@@ -587,8 +587,8 @@ mod tests {
         assert_eq!(tokens(ra), vec![vec![2, 3, 4, 5, 6, 7]]);
         assert_eq!(tokens(rb), vec![vec![3]]);
         // b's 40 prompt tokens arrive in chunks within the 20-token budget (a's decode token
-        // counts), in order, while a decodes one token in each of those steps; once a decodes,
-        // b's chunks shrink to 16 tokens (`decoding_prefill`).
+        // counts), in order, while a decodes one token in each of those steps; as a decodes,
+        // b's chunks are at most 16 tokens (`decoding_prefill`) instead of 19.
         let b_chunks: Vec<(usize, usize, bool)> = lm
             .steps
             .iter()
@@ -598,7 +598,7 @@ mod tests {
             .collect();
         assert_eq!(
             b_chunks,
-            vec![(0, 19, false), (19, 16, false), (35, 5, true)],
+            vec![(0, 16, false), (16, 16, false), (32, 8, true)],
             "{:?}",
             lm.steps
         );

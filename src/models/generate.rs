@@ -320,7 +320,7 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::Chunk;
+    use crate::models::{CausalLm, Chunk};
 
     /// A tiny deterministic LM: after token t it always predicts (t + 1) % vocab.
     struct Counter {

@@ -1198,7 +1198,7 @@ pub async fn embeddings(
             .iter()
             .map(|l| {
                 l.as_array()
-                    .and_then(|l| token_ids(l))
+                    .and_then(|l| token_ids(l.as_slice()))
                     .map(Input::Tokens)
                     .ok_or_else(|| ApiError::invalid("input", "token lists must hold token ids"))
             })

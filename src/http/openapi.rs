@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{OneOfBuilder, Schema};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
@@ -216,8 +217,36 @@ impl Modify for SharedResponses {
                     body: op.request_body.is_some(),
                 };
                 add_errors(op, openai, &route);
+                if openai {
+                    either_shape(op);
+                }
             }
         }
+    }
+}
+
+/// The HTTP layer answers a request it cannot parse (400, 414, 431) before the path is known,
+/// so in the native envelope, under `/v1` too (`conn::rewrite_bare_error`).
+fn either_shape(op: &mut Operation) {
+    for status in ["400", "414", "431"] {
+        let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) else {
+            continue;
+        };
+        let schema = OneOfBuilder::new()
+            .item(Ref::from_schema_name("OpenAiErrorEnvelope"))
+            .item(Ref::from_schema_name("ErrorEnvelope"))
+            .build();
+        response.content.insert(
+            "application/json".into(),
+            RefOr::T(
+                ContentBuilder::new()
+                    .schema(Some(Schema::OneOf(schema)))
+                    .build(),
+            ),
+        );
+        response.description.push_str(
+            " (a request the HTTP layer cannot parse gets the native ErrorEnvelope: its path is not known yet)",
+        );
     }
 }
 
@@ -269,9 +298,11 @@ mod tests {
     fn every_operation_documents_the_layers_errors_in_its_shape() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
         let post = &doc["paths"]["/v1/chat/completions"]["post"]["responses"];
-        for code in [
-            "400", "404", "408", "413", "414", "415", "429", "431", "503", "504",
-        ] {
+        for code in ["400", "414", "431"] {
+            let either = &post[code]["content"]["application/json"]["schema"]["oneOf"];
+            assert_eq!(either.as_array().map(Vec::len), Some(2), "{code}: {either}");
+        }
+        for code in ["404", "408", "413", "415", "429", "503", "504"] {
             let schema = post[code]["content"]["application/json"]["schema"]["$ref"].as_str();
             assert_eq!(
                 schema,

@@ -192,12 +192,34 @@ pub struct ErrorEnvelope {
     pub error: ErrorBody,
 }
 
+/// The documented values of `code` (`ErrorKind::code`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+enum ErrorCodeDoc {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    PayloadTooLarge,
+    UriTooLong,
+    UnsupportedMediaType,
+    HeadersTooLarge,
+    RateLimitExceeded,
+    InternalError,
+    ServiceUnavailable,
+    Timeout,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code: invalid_request, unauthorized, forbidden, not_found,
     /// method_not_allowed, request_timeout, payload_too_large, uri_too_long,
     /// unsupported_media_type, headers_too_large, rate_limit_exceeded, internal_error,
     /// service_unavailable, timeout.
+    #[schema(value_type = ErrorCodeDoc)]
     pub code: &'static str,
     pub message: String,
     pub details: ErrorDetails,
@@ -232,6 +254,39 @@ mod tests {
             assert_eq!(kind.status().as_u16(), status);
             assert_eq!(kind.code(), code);
         }
+    }
+
+    #[test]
+    fn the_documented_codes_are_the_codes() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(ErrorCodeDoc::schema()).unwrap();
+        let documented: Vec<&str> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let kinds = [
+            ErrorKind::InvalidRequest,
+            ErrorKind::Unauthorized,
+            ErrorKind::Forbidden,
+            ErrorKind::NotFound,
+            ErrorKind::MethodNotAllowed,
+            ErrorKind::PayloadTooLarge,
+            ErrorKind::HeadersTooLarge,
+            ErrorKind::UriTooLong,
+            ErrorKind::UnsupportedMediaType,
+            ErrorKind::BodyTimeout,
+            ErrorKind::RateLimited,
+            ErrorKind::Internal,
+            ErrorKind::Unavailable,
+            ErrorKind::Timeout,
+        ];
+        let mut codes: Vec<&str> = kinds.iter().map(|k| k.code()).collect();
+        codes.sort_unstable();
+        let mut documented = documented;
+        documented.sort_unstable();
+        assert_eq!(codes, documented);
     }
 
     #[test]

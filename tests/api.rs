@@ -269,9 +269,16 @@ async fn openapi_documents_every_route() {
         "/ready",
         "/metrics",
         "/openapi.json",
+        "/v1/models",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
     ] {
         assert!(paths.contains_key(p), "undocumented {p}");
     }
+    // The served document names this server's models as examples.
+    let id = &paths["/models/{id}"]["get"]["parameters"][0];
+    assert_eq!(id["schema"]["examples"], json!(["echo"]), "{id}");
     let predict = &paths["/models/{id}/predict"]["post"]["responses"];
     for code in ["200", "400", "404", "413", "503", "504"] {
         assert!(predict.get(code).is_some(), "predict lacks {code}");

@@ -64,12 +64,24 @@ pub struct ParameterInfo {
     /// integer, number, boolean, string or string_list.
     #[serde(rename = "type")]
     pub kind: String,
-    #[schema(value_type = Option<Object>)]
+    /// Null when the parameter has no default.
+    #[schema(value_type = Option<ParamDefault>)]
     pub default: Option<Value>,
     pub min: Option<f64>,
     pub max: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+/// A parameter's default, of the parameter's type.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum ParamDefault {
+    Boolean(bool),
+    Number(f64),
+    String(String),
+    StringList(Vec<String>),
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -13,8 +13,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use base64::Engine as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use utoipa::ToSchema;
 
 use super::app::AppState;
 use super::extract::ApiJson;
@@ -24,6 +25,7 @@ use crate::error::{ApiError, ErrorKind, RenderedError};
 use crate::metrics::ModelLabel;
 use crate::models::generate::TokenLogprob;
 use crate::models::{ChatMessage, FinishReason};
+use crate::spec::manifest::Task;
 use crate::serving::{Answer, AnswerStream, Caller, Input, Item, ServeRequest, StreamItem};
 
 fn now() -> u64 {
@@ -31,6 +33,28 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// A model of another task is refused before any work (the core would run it, and its
+/// outputs are not what this route answers with). A model that does not resolve is left to the
+/// core, which answers 404 or 503.
+fn require_task(
+    state: &AppState,
+    model: &str,
+    version: Option<&str>,
+    task: Task,
+) -> Result<(), ApiError> {
+    match state.registry.resolve(model, version) {
+        Ok(r) if r.manifest.task != task => Err(ApiError::invalid(
+            "model",
+            format!(
+                "`{model}` serves {}; this route needs {}",
+                r.manifest.task.as_str(),
+                task.as_str()
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// `model` or `model@version`.
@@ -41,75 +65,193 @@ fn split_model(model: &str) -> (String, Option<String>) {
     }
 }
 
-/// `GET /v1/models`.
-pub async fn list_models(State(state): State<AppState>) -> Json<Value> {
-    let data: Vec<Value> = state
+/// `"object": "list"`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListObject {
+    List,
+}
+
+/// `"object": "model"`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelObjectKind {
+    Model,
+}
+
+/// One model, as OpenAI lists them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelObject {
+    /// The model id (send it as `model`; `id@version` picks a version).
+    pub id: String,
+    pub object: ModelObjectKind,
+    /// Always 0.
+    pub created: u64,
+    /// Always `anya`.
+    pub owned_by: String,
+}
+
+/// The answer of `GET /v1/models`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelListV1 {
+    pub object: ListObject,
+    pub data: Vec<ModelObject>,
+}
+
+/// The models served.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    responses((status = 200, description = "Every model id", body = ModelListV1)),
+    tag = "openai"
+)]
+pub async fn list_models(State(state): State<AppState>) -> Json<ModelListV1> {
+    let data = state
         .registry
         .list()
         .into_iter()
-        .map(|rec| json!({"id": rec.id, "object": "model", "created": 0, "owned_by": "anya"}))
+        .map(|rec| ModelObject {
+            id: rec.id.clone(),
+            object: ModelObjectKind::Model,
+            created: 0,
+            owned_by: "anya".into(),
+        })
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(ModelListV1 {
+        object: ListObject::List,
+        data,
+    })
 }
 
 /// A `stop` given as one string or a list.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 enum Stop {
     One(String),
     Many(Vec<String>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct StreamOptions {
+    /// A last chunk, with no choices, carries the usage.
     #[serde(default)]
     include_usage: bool,
 }
 
-/// The sampling fields shared by chat and text completions.
-#[derive(Debug, Deserialize)]
+/// The sampling fields shared by chat and text completions. A model's own ranges (`GET
+/// /models/{id}`) apply: a value outside them is a 400 naming the field.
+#[derive(Debug, Deserialize, ToSchema)]
 struct Sampling {
     max_tokens: Option<u64>,
+    /// Wins over `max_tokens`.
     max_completion_tokens: Option<u64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
     seed: Option<u64>,
+    /// Up to 4 strings that end the generation.
     stop: Option<Stop>,
+    /// Choices per prompt.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 16)]
     n: Option<usize>,
+    /// Answer with server-sent events (`text/event-stream`).
     #[serde(default)]
     stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     #[allow(dead_code)]
     user: Option<String>,
+    /// Only 0 (or null).
     frequency_penalty: Option<f64>,
+    /// Only 0 (or null).
     presence_penalty: Option<f64>,
     /// Not OpenAI's: vLLM's and llama.cpp's extra field, the model parameter `ignore_eos`.
     ignore_eos: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A message's content: a string, or a list of text parts.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum ContentDoc {
+    Text(String),
+    Parts(Vec<TextPartDoc>),
+}
+
+/// `"type": "text"`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+enum TextPartKind {
+    Text,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct TextPartDoc {
+    #[serde(rename = "type")]
+    kind: TextPartKind,
+    text: String,
+}
+
+/// One message of the conversation.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct MessageDoc {
+    /// `system` (or `developer`), `user` or `assistant`.
+    role: String,
+    content: ContentDoc,
+}
+
+/// A chat completion request.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChatRequest {
+    /// A model id, or `id@version`.
     model: String,
+    #[schema(value_type = Vec<MessageDoc>, min_items = 1)]
     messages: Vec<Value>,
     #[serde(flatten)]
     sampling: Sampling,
+    /// Return the log-probability of each generated token.
     logprobs: Option<bool>,
+    /// With `logprobs`: the most likely alternatives per token (at most 20 are returned).
     top_logprobs: Option<usize>,
+    /// Other fields: those that would change the output and are not implemented (`tools`,
+    /// `logit_bias`, a `response_format` other than text, ...) are refused with 400.
     #[serde(flatten)]
+    #[schema(ignore)]
     other: Map<String, Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// `prompt`: one string, a list of them (one completion each), or one list of token ids.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum PromptDoc {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+}
+
+/// A text completion request.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    /// A model id, or `id@version`.
     model: String,
+    #[schema(value_type = PromptDoc)]
     prompt: Value,
     #[serde(flatten)]
     sampling: Sampling,
+    /// Refused (chat completions have log-probabilities).
+    #[schema(ignore)]
     logprobs: Option<usize>,
+    /// Refused when true.
+    #[schema(ignore)]
     echo: Option<bool>,
+    /// Refused unless null.
+    #[schema(ignore)]
     suffix: Option<Value>,
     #[serde(flatten)]
+    #[schema(ignore)]
     other: Map<String, Value>,
 }
 
@@ -243,6 +385,36 @@ fn openai_param(field: &str) -> String {
     field.to_string()
 }
 
+/// OpenAI's error body: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiErrorEnvelope {
+    pub error: OpenAiError,
+}
+
+/// The error's class, as OpenAI's SDKs map it to their exceptions (with the status).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OpenAiErrorType {
+    InvalidRequestError,
+    AuthenticationError,
+    PermissionError,
+    RateLimitError,
+    ServerError,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OpenAiError {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: OpenAiErrorType,
+    /// The request field at fault, where there is one.
+    pub param: Option<String>,
+    /// `invalid_api_key`, `forbidden`, `model_not_found`, `rate_limit_exceeded`,
+    /// `service_unavailable`, `internal_error`, `timeout`, or one of the native error codes
+    /// (`invalid_request`, `payload_too_large`, ...).
+    pub code: String,
+}
+
 /// OpenAI's error shape for any response our layers rendered as an error.
 pub async fn errors(req: Request<Body>, next: Next) -> Response {
     if !req.uri().path().starts_with("/v1/") {
@@ -253,20 +425,23 @@ pub async fn errors(req: Request<Body>, next: Next) -> Response {
         return response;
     };
     let (kind, code) = match e.kind {
-        ErrorKind::Unauthorized => ("authentication_error", "invalid_api_key"),
-        ErrorKind::Forbidden => ("permission_error", "forbidden"),
-        ErrorKind::NotFound => ("invalid_request_error", "model_not_found"),
-        ErrorKind::RateLimited => ("rate_limit_error", "rate_limit_exceeded"),
-        ErrorKind::Internal | ErrorKind::Timeout => ("server_error", e.kind.code()),
-        ErrorKind::Unavailable => ("server_error", "service_unavailable"),
-        _ => ("invalid_request_error", e.kind.code()),
+        ErrorKind::Unauthorized => (OpenAiErrorType::AuthenticationError, "invalid_api_key"),
+        ErrorKind::Forbidden => (OpenAiErrorType::PermissionError, "forbidden"),
+        ErrorKind::NotFound => (OpenAiErrorType::InvalidRequestError, "model_not_found"),
+        ErrorKind::RateLimited => (OpenAiErrorType::RateLimitError, "rate_limit_exceeded"),
+        ErrorKind::Internal | ErrorKind::Timeout => (OpenAiErrorType::ServerError, e.kind.code()),
+        ErrorKind::Unavailable => (OpenAiErrorType::ServerError, "service_unavailable"),
+        _ => (OpenAiErrorType::InvalidRequestError, e.kind.code()),
     };
-    let body = json!({"error": {
-        "message": e.message,
-        "type": kind,
-        "param": e.details.field.as_deref().map(openai_param),
-        "code": code,
-    }});
+    let body = OpenAiErrorEnvelope {
+        error: OpenAiError {
+            message: e.message,
+            kind,
+            param: e.details.field.as_deref().map(openai_param),
+            code: code.to_string(),
+        },
+    };
+    let body = serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}"));
     let (mut parts, _) = response.into_parts();
     parts.headers.insert(
         axum::http::header::CONTENT_TYPE,
@@ -285,7 +460,187 @@ pub async fn errors(req: Request<Body>, next: Next) -> Response {
             HeaderValue::from(secs.min(60)),
         );
     }
-    Response::from_parts(parts, Body::from(body.to_string()))
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Why a choice ended.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReasonV1 {
+    /// An end-of-sequence token or a stop string.
+    Stop,
+    /// `max_tokens`, or the end of the model's context.
+    Length,
+}
+
+/// `"role": "assistant"`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AssistantRole {
+    Assistant,
+}
+
+/// Token counts of a request.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Usage {
+    /// Prompt tokens (counted once when `n` choices share the prompt).
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// `"object": "chat.completion"`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub enum ChatCompletionObject {
+    #[serde(rename = "chat.completion")]
+    ChatCompletion,
+}
+
+/// `"object": "chat.completion.chunk"`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub enum ChatChunkObject {
+    #[serde(rename = "chat.completion.chunk")]
+    ChatCompletionChunk,
+}
+
+/// `"object": "text_completion"` (answers and stream chunks alike).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TextCompletionObject {
+    TextCompletion,
+}
+
+/// The answer of `POST /v1/chat/completions` without `stream`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletion {
+    pub id: String,
+    pub object: ChatCompletionObject,
+    /// Unix seconds.
+    pub created: u64,
+    /// The model as the request named it.
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: AssistantMessage,
+    /// With `logprobs: true`; else null.
+    pub logprobs: Option<ChoiceLogprobs>,
+    pub finish_reason: FinishReasonV1,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantMessage {
+    pub role: AssistantRole,
+    pub content: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChoiceLogprobs {
+    /// One entry per generated token.
+    pub content: Vec<TokenLogprobV1>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenLogprobV1 {
+    pub token: String,
+    pub logprob: f32,
+    /// The token's UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this position (`top_logprobs` of them).
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// One event of a streamed chat completion (`data: {...}`; the stream ends with
+/// `data: [DONE]`). The first chunk of each choice carries the role; the finishing chunk
+/// carries the finish reason. An error after the stream started is a `data:` event holding
+/// `OpenAiErrorEnvelope`, then `[DONE]`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: ChatChunkObject,
+    pub created: u64,
+    pub model: String,
+    /// Empty in the usage chunk.
+    pub choices: Vec<ChatChunkChoice>,
+    /// Only with `stream_options.include_usage`: null except in the last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>)]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatChunkChoice {
+    pub index: usize,
+    pub delta: ChatDelta,
+    /// Always null in chunks.
+    #[schema(value_type = Option<ChoiceLogprobs>)]
+    pub logprobs: Option<ChoiceLogprobs>,
+    pub finish_reason: Option<FinishReasonV1>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChatDelta {
+    /// In the first chunk of each choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<AssistantRole>,
+    pub content: String,
+}
+
+/// The answer of `POST /v1/completions` without `stream`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TextCompletion {
+    pub id: String,
+    pub object: TextCompletionObject,
+    pub created: u64,
+    pub model: String,
+    /// `n` per prompt, prompt by prompt.
+    pub choices: Vec<TextChoice>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TextChoice {
+    pub index: usize,
+    pub text: String,
+    /// Always null (log-probabilities are on chat completions).
+    #[schema(value_type = Option<ChoiceLogprobs>)]
+    pub logprobs: Option<ChoiceLogprobs>,
+    pub finish_reason: FinishReasonV1,
+}
+
+/// One event of a streamed text completion (`data: {...}`, then `data: [DONE]`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TextCompletionChunk {
+    pub id: String,
+    pub object: TextCompletionObject,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<TextChunkChoice>,
+    /// Only with `stream_options.include_usage`: null except in the last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Usage>)]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TextChunkChoice {
+    pub index: usize,
+    pub text: String,
+    /// Always null.
+    #[schema(value_type = Option<ChoiceLogprobs>)]
+    pub logprobs: Option<ChoiceLogprobs>,
+    pub finish_reason: Option<FinishReasonV1>,
 }
 
 fn labelled(mut r: Response, label: Option<ModelLabel>) -> Response {
@@ -295,14 +650,29 @@ fn labelled(mut r: Response, label: Option<ModelLabel>) -> Response {
     r
 }
 
-fn finish_reason(r: FinishReason) -> &'static str {
+fn finish_reason(r: FinishReason) -> FinishReasonV1 {
     match r {
-        FinishReason::Length => "length",
-        _ => "stop",
+        FinishReason::Length => FinishReasonV1::Length,
+        _ => FinishReasonV1::Stop,
     }
 }
 
-/// `POST /v1/chat/completions`.
+/// A chat completion: the model's chat template over `messages`, `n` choices.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    request_body = ChatRequest,
+    responses(
+        (status = 200, description = "The completion; with `stream: true`, server-sent events each holding a `ChatCompletionChunk`, then `data: [DONE]`", content(
+            (ChatCompletion = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "Malformed JSON, wrong types, an unsupported field, a parameter out of the model's range, a prompt too long, or not a text-generation model", body = OpenAiErrorEnvelope),
+        (status = 404, description = "Unknown model or version", body = OpenAiErrorEnvelope),
+        (status = 500, description = "Inference failed", body = OpenAiErrorEnvelope),
+    ),
+    tag = "openai"
+)]
 pub async fn chat_completions(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -333,6 +703,9 @@ pub async fn chat_completions(
         Err(e) => return e.into_response(),
     };
     let (model, version) = split_model(&req.model);
+    if let Err(e) = require_task(&state, &model, version.as_deref(), Task::TextGeneration) {
+        return e.into_response();
+    }
     let serve = ServeRequest {
         model,
         version,
@@ -362,22 +735,29 @@ pub async fn chat_completions(
     let (label, outcome) = state.core.infer(caller, serve).await;
     let r = match outcome {
         Ok(answer) => {
-            let choices: Vec<Value> = generations(&answer)
+            let choices = generations(&answer)
                 .into_iter()
                 .enumerate()
-                .map(|(i, (text, reason, lps))| {
-                    json!({
-                        "index": i,
-                        "message": {"role": "assistant", "content": text},
-                        "logprobs": top.map(|_| json!({"content": chat_logprobs(&state, &answer, &lps)})),
-                        "finish_reason": reason,
-                    })
+                .map(|(index, (content, finish_reason, lps))| ChatChoice {
+                    index,
+                    message: AssistantMessage {
+                        role: AssistantRole::Assistant,
+                        content,
+                    },
+                    logprobs: top.map(|_| ChoiceLogprobs {
+                        content: chat_logprobs(&state, &answer, &lps),
+                    }),
+                    finish_reason,
                 })
                 .collect();
-            Json(json!({
-                "id": id, "object": "chat.completion", "created": created,
-                "model": req.model, "choices": choices, "usage": usage(&answer, n),
-            }))
+            Json(ChatCompletion {
+                id,
+                object: ChatCompletionObject::ChatCompletion,
+                created,
+                model: req.model,
+                choices,
+                usage: usage(&answer, n),
+            })
             .into_response()
         }
         Err(e) => e.into_response(),
@@ -385,7 +765,23 @@ pub async fn chat_completions(
     labelled(r, label)
 }
 
-/// `POST /v1/completions`.
+/// A text completion: `n` choices per prompt, no chat template.
+#[utoipa::path(
+    post,
+    path = "/v1/completions",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion; with `stream: true`, server-sent events each holding a `TextCompletionChunk`, then `data: [DONE]`", content(
+            (TextCompletion = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "Malformed JSON, wrong types, an unsupported field, a parameter out of the model's range, a prompt too long, or not a text-generation model", body = OpenAiErrorEnvelope),
+        (status = 404, description = "Unknown model or version", body = OpenAiErrorEnvelope),
+        (status = 413, description = "More prompts (times `n`) than the model takes", body = OpenAiErrorEnvelope),
+        (status = 500, description = "Inference failed", body = OpenAiErrorEnvelope),
+    ),
+    tag = "openai"
+)]
 pub async fn completions(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -413,12 +809,9 @@ pub async fn completions(
                 .filter_map(|v| v.as_str().map(|s| Input::Text(s.to_string())))
                 .collect(),
             Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_u64) => {
-                vec![Input::Tokens(
-                    items
-                        .iter()
-                        .filter_map(|v| v.as_u64().map(|t| t as u32))
-                        .collect(),
-                )]
+                vec![Input::Tokens(token_ids(items).ok_or_else(|| {
+                    ApiError::invalid("prompt", "token ids must fit in 32 bits")
+                })?)]
             }
             _ => {
                 return Err(ApiError::invalid(
@@ -440,6 +833,9 @@ pub async fn completions(
     };
     let count = inputs.len();
     let (model, version) = split_model(&req.model);
+    if let Err(e) = require_task(&state, &model, version.as_deref(), Task::TextGeneration) {
+        return e.into_response();
+    }
     let serve = ServeRequest {
         model,
         version,
@@ -469,17 +865,24 @@ pub async fn completions(
     let (label, outcome) = state.core.infer(caller, serve).await;
     let r = match outcome {
         Ok(answer) => {
-            let choices: Vec<Value> = generations(&answer)
+            let choices = generations(&answer)
                 .into_iter()
                 .enumerate()
-                .map(|(i, (text, reason, _))| {
-                    json!({"index": i, "text": text, "logprobs": null, "finish_reason": reason})
+                .map(|(index, (text, finish_reason, _))| TextChoice {
+                    index,
+                    text,
+                    logprobs: None,
+                    finish_reason,
                 })
                 .collect();
-            Json(json!({
-                "id": id, "object": "text_completion", "created": created,
-                "model": req.model, "choices": choices, "usage": usage(&answer, 1),
-            }))
+            Json(TextCompletion {
+                id,
+                object: TextCompletionObject::TextCompletion,
+                created,
+                model: req.model,
+                choices,
+                usage: usage(&answer, 1),
+            })
             .into_response()
         }
         Err(e) => e.into_response(),
@@ -488,7 +891,7 @@ pub async fn completions(
 }
 
 /// Text, finish reason and log-probabilities of each generated output.
-fn generations(answer: &Answer) -> Vec<(String, &'static str, Vec<TokenLogprob>)> {
+fn generations(answer: &Answer) -> Vec<(String, FinishReasonV1, Vec<TokenLogprob>)> {
     answer
         .items
         .iter()
@@ -504,11 +907,14 @@ fn generations(answer: &Answer) -> Vec<(String, &'static str, Vec<TokenLogprob>)
 }
 
 /// Usage: the prompt counted once when `n` choices share it.
-fn usage(answer: &Answer, shared: usize) -> Value {
+fn usage(answer: &Answer, shared: usize) -> Usage {
     let prompt = answer.prompt_tokens / shared.max(1);
     let completion = answer.completion_tokens;
-    json!({"prompt_tokens": prompt, "completion_tokens": completion,
-           "total_tokens": prompt + completion})
+    Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+    }
 }
 
 fn token_text(state: &AppState, answer: &Answer, id: u32) -> String {
@@ -520,16 +926,27 @@ fn token_text(state: &AppState, answer: &Answer, id: u32) -> String {
         .unwrap_or_default()
 }
 
-fn chat_logprobs(state: &AppState, answer: &Answer, lps: &[TokenLogprob]) -> Vec<Value> {
+fn chat_logprobs(state: &AppState, answer: &Answer, lps: &[TokenLogprob]) -> Vec<TokenLogprobV1> {
     lps.iter()
         .map(|lp| {
-            let entry = |id: u32, logprob: f32| {
-                let token = token_text(state, answer, id);
-                json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
-            };
-            let mut v = entry(lp.token, lp.logprob);
-            v["top_logprobs"] = Value::Array(lp.top.iter().map(|&(t, l)| entry(t, l)).collect());
-            v
+            let token = token_text(state, answer, lp.token);
+            TokenLogprobV1 {
+                bytes: token.as_bytes().to_vec(),
+                token,
+                logprob: lp.logprob,
+                top_logprobs: lp
+                    .top
+                    .iter()
+                    .map(|&(id, logprob)| {
+                        let token = token_text(state, answer, id);
+                        TopLogprob {
+                            bytes: token.as_bytes().to_vec(),
+                            token,
+                            logprob,
+                        }
+                    })
+                    .collect(),
+            }
         })
         .collect()
 }
@@ -553,29 +970,49 @@ fn stream_chunks(
     n: usize,
     include_usage: bool,
 ) -> Response {
-    let object = if kind == Kind::Chat {
-        "chat.completion.chunk"
-    } else {
-        "text_completion"
-    };
-    let chunk = move |choices: Value, usage: Option<Value>| {
-        let mut c = json!({"id": id, "object": object, "created": created, "model": model,
-                           "choices": choices});
-        if include_usage {
-            c["usage"] = usage.unwrap_or(Value::Null);
-        }
-        SseEvent::default().data(c.to_string())
-    };
-    let choice = move |index: usize, text: String, role: bool, reason: Option<&str>| {
-        if kind == Kind::Chat {
-            let mut delta = json!({"content": text});
-            if role {
-                delta["role"] = json!("assistant");
-            }
-            json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": reason})
+    // One chunk of (index, text, first of its choice, finish reason) choices.
+    type Part = (usize, String, bool, Option<FinishReasonV1>);
+    let chunk = move |parts: Vec<Part>, usage: Option<Usage>| {
+        let usage = include_usage.then_some(usage);
+        let json = if kind == Kind::Chat {
+            serde_json::to_string(&ChatCompletionChunk {
+                id: id.clone(),
+                object: ChatChunkObject::ChatCompletionChunk,
+                created,
+                model: model.clone(),
+                choices: parts
+                    .into_iter()
+                    .map(|(index, content, first, finish_reason)| ChatChunkChoice {
+                        index,
+                        delta: ChatDelta {
+                            role: first.then_some(AssistantRole::Assistant),
+                            content,
+                        },
+                        logprobs: None,
+                        finish_reason,
+                    })
+                    .collect(),
+                usage,
+            })
         } else {
-            json!({"index": index, "text": text, "logprobs": null, "finish_reason": reason})
-        }
+            serde_json::to_string(&TextCompletionChunk {
+                id: id.clone(),
+                object: TextCompletionObject::TextCompletion,
+                created,
+                model: model.clone(),
+                choices: parts
+                    .into_iter()
+                    .map(|(index, text, _, finish_reason)| TextChunkChoice {
+                        index,
+                        text,
+                        logprobs: None,
+                        finish_reason,
+                    })
+                    .collect(),
+                usage,
+            })
+        };
+        SseEvent::default().data(json.unwrap_or_else(|_| String::from("{}")))
     };
     struct St {
         s: Option<AnswerStream>,
@@ -604,34 +1041,39 @@ fn stream_chunks(
                     if let Some(f) = st.started.get_mut(index) {
                         *f = true;
                     }
-                    chunk(json!([choice(index, text, first, None)]), None)
+                    chunk(vec![(index, text, first, None)], None)
                 }
                 StreamItem::Done(answer) => {
                     let shared = if kind == Kind::Chat { n } else { 1 };
                     let mut tail = vec![SseEvent::default().data("[DONE]")];
                     if include_usage {
-                        tail.push(chunk(json!([]), Some(usage(&answer, shared))));
+                        tail.push(chunk(Vec::new(), Some(usage(&answer, shared))));
                     }
                     st.tail = tail;
                     st.s = None;
-                    let finals: Vec<Value> = generations(&answer)
+                    let finals = generations(&answer)
                         .into_iter()
                         .enumerate()
                         .map(|(i, (_, reason, _))| {
                             let first = !st.started.get(i).copied().unwrap_or(true);
-                            choice(i, String::new(), first, Some(reason))
+                            (i, String::new(), first, Some(reason))
                         })
                         .collect();
-                    chunk(Value::Array(finals), None)
+                    chunk(finals, None)
                 }
                 StreamItem::Error(e) => {
                     st.s = None;
                     st.tail = vec![SseEvent::default().data("[DONE]")];
-                    SseEvent::default().data(
-                        json!({"error": {"message": e.message, "type": "server_error",
-                                         "param": null, "code": e.kind.code()}})
-                        .to_string(),
-                    )
+                    let body = OpenAiErrorEnvelope {
+                        error: OpenAiError {
+                            message: e.message,
+                            kind: OpenAiErrorType::ServerError,
+                            param: None,
+                            code: e.kind.code().to_string(),
+                        },
+                    };
+                    SseEvent::default()
+                        .data(serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}")))
                 }
             };
             Some((Ok(event), st))
@@ -642,17 +1084,104 @@ fn stream_chunks(
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+/// An embeddings request.
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
+    /// A model id, or `id@version`.
     model: String,
+    #[schema(value_type = EmbeddingInputDoc)]
     input: Value,
+    /// `float` (the default) or `base64` (little-endian f32s).
+    #[schema(value_type = Option<EncodingFormat>)]
     encoding_format: Option<String>,
+    /// Keep the first `dimensions` components (then L2-normalised again); at most the
+    /// model's size.
+    #[schema(minimum = 1)]
     dimensions: Option<usize>,
     #[allow(dead_code)]
     user: Option<String>,
 }
 
-/// `POST /v1/embeddings`.
+/// `input`: one string, a list of strings, one list of token ids, or a list of such lists.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum EmbeddingInputDoc {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+/// `"object": "embedding"`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EmbeddingObjectKind {
+    Embedding,
+}
+
+/// One vector: floats, or with `encoding_format: base64` the little-endian f32 bytes in
+/// base64.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum EmbeddingVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Embedding {
+    pub object: EmbeddingObjectKind,
+    pub index: usize,
+    pub embedding: EmbeddingVector,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// The answer of `POST /v1/embeddings`: one vector per input, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmbeddingList {
+    pub object: ListObject,
+    pub data: Vec<Embedding>,
+    /// The model as the request named it.
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+/// Token ids as the engine takes them: an id over `u32` is refused, never wrapped around.
+fn token_ids(items: &[Value]) -> Option<Vec<u32>> {
+    items
+        .iter()
+        .map(|v| v.as_u64().and_then(|t| u32::try_from(t).ok()))
+        .collect()
+}
+
+/// Embeddings of one or more inputs.
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    request_body = EmbeddingRequest,
+    responses(
+        (status = 200, description = "One vector per input", body = EmbeddingList),
+        (status = 400, description = "Malformed JSON, wrong types, an input too long, `dimensions` over the model's size, or not an embedding model", body = OpenAiErrorEnvelope),
+        (status = 404, description = "Unknown model or version", body = OpenAiErrorEnvelope),
+        (status = 413, description = "More inputs than the model takes", body = OpenAiErrorEnvelope),
+        (status = 500, description = "Inference failed", body = OpenAiErrorEnvelope),
+    ),
+    tag = "openai"
+)]
 pub async fn embeddings(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -666,25 +1195,16 @@ pub async fn embeddings(
             .filter_map(|v| v.as_str().map(|s| Input::Text(s.to_string())))
             .collect()),
         Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_u64) => {
-            Ok(vec![Input::Tokens(
-                items
-                    .iter()
-                    .filter_map(|v| v.as_u64().map(|t| t as u32))
-                    .collect(),
-            )])
+            token_ids(items)
+                .map(|ids| vec![Input::Tokens(ids)])
+                .ok_or_else(|| ApiError::invalid("input", "token ids must fit in 32 bits"))
         }
         Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_array) => items
             .iter()
             .map(|l| {
                 l.as_array()
-                    .filter(|l| l.iter().all(Value::is_u64))
-                    .map(|l| {
-                        Input::Tokens(
-                            l.iter()
-                                .filter_map(|t| t.as_u64().map(|t| t as u32))
-                                .collect(),
-                        )
-                    })
+                    .and_then(|l| token_ids(l.as_slice()))
+                    .map(Input::Tokens)
                     .ok_or_else(|| ApiError::invalid("input", "token lists must hold token ids"))
             })
             .collect(),
@@ -705,6 +1225,9 @@ pub async fn embeddings(
         Err(e) => return e.into_response(),
     };
     let (model, version) = split_model(&req.model);
+    if let Err(e) = require_task(&state, &model, version.as_deref(), Task::Embedding) {
+        return e.into_response();
+    }
     let serve = ServeRequest {
         model,
         version,
@@ -733,7 +1256,7 @@ fn render_embeddings(
     answer: &Answer,
     req: &EmbeddingRequest,
     base64: bool,
-) -> Result<Value, ApiError> {
+) -> Result<EmbeddingList, ApiError> {
     let mut data = Vec::with_capacity(answer.items.len());
     for (i, item) in answer.items.iter().enumerate() {
         let Item::Output(CachedOutput::Vector(v)) = item else {
@@ -755,15 +1278,26 @@ fn render_embeddings(
         }
         let embedding = if base64 {
             let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            Value::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+            EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
         } else {
-            Value::from(v)
+            EmbeddingVector::Float(v)
         };
-        data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
+        data.push(Embedding {
+            object: EmbeddingObjectKind::Embedding,
+            index: i,
+            embedding,
+        });
     }
     let tokens = answer.prompt_tokens;
-    Ok(json!({"object": "list", "data": data, "model": req.model,
-              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}))
+    Ok(EmbeddingList {
+        object: ListObject::List,
+        data,
+        model: req.model.clone(),
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    })
 }
 
 #[cfg(test)]

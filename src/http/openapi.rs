@@ -1,15 +1,27 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 document, generated from the handlers' annotations so it
-//! cannot drift from the routes.
+//! cannot drift from the routes. The answers every route can get from the layers in front of
+//! the handlers (`server::observe_request`, `server::guard`, the body extractor, `conn`) are
+//! added to every operation by `SharedResponses`, from `ErrorKind`, in the route's error shape.
 
+use axum::extract::State;
 use axum::Json;
-use utoipa::OpenApi;
+use serde_json::{json, Value};
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{OneOfBuilder, Schema};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
-use super::{cache, health, models, predict, usage};
-use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
+use super::{cache, health, models, openai, predict, usage};
+use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
+use super::app::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "anya", description = "Model serving: native predict API, model registry, health."),
+    info(
+        title = "anya",
+        description = "Model serving: native predict API, OpenAI-compatible API under /v1, model registry, health.\n\nA method a path does not list is answered 405 `method_not_allowed` with an `Allow` header; an unknown path 404 `not_found`."
+    ),
     paths(
         predict::predict,
         predict::predict_version,
@@ -23,20 +35,289 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope};
         usage::usage,
         cache::clear,
         openapi_json,
+        openai::list_models,
+        openai::chat_completions,
+        openai::completions,
+        openai::embeddings,
     ),
-    components(schemas(ErrorEnvelope, ErrorBody, ErrorDetails)),
+    components(schemas(
+        ErrorEnvelope,
+        ErrorBody,
+        ErrorDetails,
+        openai::OpenAiErrorEnvelope,
+        openai::ChatCompletionChunk,
+        openai::TextCompletionChunk,
+        usage::PeriodParam,
+        usage::GroupByParam,
+    )),
+    modifiers(&SharedResponses),
     tags(
         (name = "inference", description = "Run models"),
         (name = "models", description = "The model registry"),
         (name = "health", description = "Probes"),
         (name = "usage", description = "Usage and cost"),
         (name = "cache", description = "The response cache"),
+        (name = "openai", description = "OpenAI-compatible API: OpenAI's request and response shapes, errors as {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"),
     )
 )]
 pub struct ApiDoc;
 
-/// This document.
+/// This document, with this server's model ids and versions as examples of the `id` and
+/// `version` path parameters and of the `/v1` requests' `model`.
 #[utoipa::path(get, path = "/openapi.json", responses((status = 200, description = "OpenAPI 3.1 document", content_type = "application/json")), tag = "health")]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi_json(State(state): State<AppState>) -> Json<Value> {
+    let mut ids = Vec::new();
+    let mut versions = Vec::new();
+    for rec in state.registry.list() {
+        ids.push(Value::from(rec.id.clone()));
+        for v in rec.versions.keys() {
+            let v = Value::from(v.to_string());
+            if !versions.contains(&v) {
+                versions.push(v);
+            }
+        }
+    }
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    with_examples(&mut doc, &ids, &versions);
+    Json(doc)
+}
+
+/// Model ids (and versions) as examples where the document takes them.
+fn with_examples(doc: &mut Value, ids: &[Value], versions: &[Value]) {
+    if ids.is_empty() {
+        return;
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for op in paths
+            .values_mut()
+            .filter_map(Value::as_object_mut)
+            .flat_map(|item| item.values_mut())
+        {
+            let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) else {
+                continue;
+            };
+            for p in params {
+                let examples = match (p["in"].as_str(), p["name"].as_str()) {
+                    (Some("path"), Some("id")) => ids,
+                    (Some("path"), Some("version")) if !versions.is_empty() => versions,
+                    _ => continue,
+                };
+                if let Some(schema) = p.get_mut("schema").and_then(Value::as_object_mut) {
+                    schema.insert("examples".into(), Value::from(examples.to_vec()));
+                }
+            }
+        }
+    }
+    let schemas = &mut doc["components"]["schemas"];
+    for name in ["ChatRequest", "CompletionRequest", "EmbeddingRequest"] {
+        model_examples(&mut schemas[name], ids);
+    }
+}
+
+fn model_examples(schema: &mut Value, ids: &[Value]) {
+    match schema {
+        Value::Object(o) => {
+            if let Some(model) = o
+                .get_mut("properties")
+                .and_then(|p| p.get_mut("model"))
+                .and_then(Value::as_object_mut)
+            {
+                model.insert("examples".into(), Value::from(ids.to_vec()));
+            }
+            o.values_mut().for_each(|v| model_examples(v, ids));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| model_examples(v, ids)),
+        _ => {}
+    }
+}
+
+/// Where an error from the layers can come from, for one operation.
+struct Route {
+    /// `/health`, `/ready`, `/metrics`: no token, no rate limit, no concurrency limit.
+    probe: bool,
+    /// `/health` and `/ready` need no token even with auth on.
+    open: bool,
+    /// The operation reads a JSON body (`extract::ApiJson`).
+    body: bool,
+}
+
+/// The errors the layers answer, with when they do.
+fn shared_errors(route: &Route) -> Vec<(ErrorKind, &'static str)> {
+    let mut out = vec![
+        (
+            ErrorKind::InvalidRequest,
+            "Unparseable request (answered by the HTTP layer), bad query or path",
+        ),
+        (
+            ErrorKind::PayloadTooLarge,
+            "Content-Length (or the body) over server.max_body_bytes",
+        ),
+        (ErrorKind::UriTooLong, "Request target too long"),
+        (
+            ErrorKind::UnsupportedMediaType,
+            "A Content-Encoding other than identity",
+        ),
+        (
+            ErrorKind::HeadersTooLarge,
+            "Request headers over server.max_header_bytes",
+        ),
+    ];
+    if route.body {
+        out.push((
+            ErrorKind::BodyTimeout,
+            "The body did not arrive within server.body_timeout_ms",
+        ));
+    }
+    if !route.open {
+        out.push((
+            ErrorKind::Unauthorized,
+            "With security.auth_required: no valid bearer token",
+        ));
+        out.push((
+            ErrorKind::Forbidden,
+            "With security.auth_required: the token lacks the route's scope or the model",
+        ));
+    }
+    if !route.open {
+        out.push((
+            ErrorKind::RateLimited,
+            "With rate_limits.enabled: over the principal's limit (see Retry-After)",
+        ));
+    }
+    if !route.probe {
+        out.push((
+            ErrorKind::Unavailable,
+            "server.max_concurrent_requests in flight, the server is draining, or (inference) the queue is full or the model not ready; see Retry-After",
+        ));
+        out.push((
+            ErrorKind::Timeout,
+            "No answer within server.request_timeout_ms",
+        ));
+    }
+    out
+}
+
+/// Adds the layers' errors to every operation (leaving the handler's own description of a
+/// status where it has one), in the native envelope or, under `/v1`, OpenAI's.
+struct SharedResponses;
+
+impl Modify for SharedResponses {
+    fn modify(&self, doc: &mut Document) {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let openai = path.starts_with("/v1/");
+            let probe = matches!(path.as_str(), "/health" | "/ready" | "/metrics");
+            let open = matches!(path.as_str(), "/health" | "/ready");
+            for op in [&mut item.get, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                let route = Route {
+                    probe,
+                    open,
+                    body: op.request_body.is_some(),
+                };
+                add_errors(op, openai, &route);
+                if openai {
+                    either_shape(op);
+                }
+            }
+        }
+    }
+}
+
+/// The HTTP layer answers a request it cannot parse (400, 414, 431) before the path is known,
+/// so in the native envelope, under `/v1` too (`conn::rewrite_bare_error`).
+fn either_shape(op: &mut Operation) {
+    for status in ["400", "414", "431"] {
+        let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) else {
+            continue;
+        };
+        let schema = OneOfBuilder::new()
+            .item(Ref::from_schema_name("OpenAiErrorEnvelope"))
+            .item(Ref::from_schema_name("ErrorEnvelope"))
+            .build();
+        response.content.insert(
+            "application/json".into(),
+            RefOr::T(
+                ContentBuilder::new()
+                    .schema(Some(Schema::OneOf(schema)))
+                    .build(),
+            ),
+        );
+        response.description.push_str(
+            " (a request the HTTP layer cannot parse gets the native ErrorEnvelope: its path is not known yet)",
+        );
+    }
+}
+
+fn add_errors(op: &mut Operation, openai: bool, route: &Route) {
+    let schema = if openai {
+        "OpenAiErrorEnvelope"
+    } else {
+        "ErrorEnvelope"
+    };
+    for (kind, when) in shared_errors(route) {
+        let status = kind.status().as_u16().to_string();
+        if op.responses.responses.contains_key(&status) {
+            continue;
+        }
+        let mut response = ResponseBuilder::new().description(when).content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name(schema)))
+                .build(),
+        );
+        match kind {
+            ErrorKind::RateLimited | ErrorKind::Unavailable => {
+                response = response.header(
+                    "Retry-After",
+                    HeaderBuilder::new()
+                        .description(Some("Seconds to wait before retrying"))
+                        .build(),
+                );
+            }
+            ErrorKind::Unauthorized => {
+                response = response.header(
+                    "WWW-Authenticate",
+                    HeaderBuilder::new().description(Some("Bearer")).build(),
+                );
+            }
+            _ => {}
+        }
+        op.responses
+            .responses
+            .insert(status, RefOr::T(response.build()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_operation_documents_the_layers_errors_in_its_shape() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let post = &doc["paths"]["/v1/chat/completions"]["post"]["responses"];
+        for code in ["400", "414", "431"] {
+            let either = &post[code]["content"]["application/json"]["schema"]["oneOf"];
+            assert_eq!(either.as_array().map(Vec::len), Some(2), "{code}: {either}");
+        }
+        for code in ["404", "408", "413", "415", "429", "503", "504"] {
+            let schema = post[code]["content"]["application/json"]["schema"]["$ref"].as_str();
+            assert_eq!(
+                schema,
+                Some("#/components/schemas/OpenAiErrorEnvelope"),
+                "{code}: {}",
+                post[code]
+            );
+        }
+        assert!(post["200"]["content"]["text/event-stream"].is_object());
+        let health = &doc["paths"]["/health"]["get"]["responses"];
+        assert!(health.get("401").is_none() && health.get("504").is_none());
+        let models = &doc["paths"]["/models"]["get"]["responses"]["503"];
+        assert_eq!(
+            models["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ErrorEnvelope"
+        );
+    }
 }

@@ -62,7 +62,7 @@ pub enum InputDoc {
 pub struct PredictResponse {
     /// One output per input: a vector (embedding), a string (text generation), or the input
     /// itself (echo).
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<Value>)]
     pub outputs: Vec<Value>,
     pub model: String,
     pub model_version: String,
@@ -100,7 +100,10 @@ pub struct PredictMetadata {
     params(("id" = String, Path, description = "Model id")),
     request_body = PredictRequest,
     responses(
-        (status = 200, description = "Outputs, one per input", body = PredictResponse),
+        (status = 200, description = "Outputs, one per input; with `\"stream\": true` (or `Accept: text/event-stream`), server-sent events: `delta` ({\"index\", \"text\"}) per piece of text, then `done` (a `PredictResponse`) or `error` (an `ErrorEnvelope`)", content(
+            (PredictResponse = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, description = "Malformed JSON, wrong types, empty inputs, parameter out of range, input too long", body = ErrorEnvelope),
         (status = 404, description = "Unknown model", body = ErrorEnvelope),
         (status = 413, description = "Body or number of inputs over the limit", body = ErrorEnvelope),
@@ -130,7 +133,10 @@ pub async fn predict(
     ),
     request_body = PredictRequest,
     responses(
-        (status = 200, description = "Outputs, one per input", body = PredictResponse),
+        (status = 200, description = "Outputs, one per input; with `\"stream\": true` (or `Accept: text/event-stream`), server-sent events: `delta` ({\"index\", \"text\"}) per piece of text, then `done` (a `PredictResponse`) or `error` (an `ErrorEnvelope`)", content(
+            (PredictResponse = "application/json"),
+            (String = "text/event-stream"),
+        )),
         (status = 400, description = "Invalid request", body = ErrorEnvelope),
         (status = 404, description = "Unknown model or version", body = ErrorEnvelope),
         (status = 413, description = "Body or number of inputs over the limit", body = ErrorEnvelope),

@@ -17,6 +17,24 @@ use super::app::AppState;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::usage::{now_unix, GroupBy, ModelWindow, Period, UsageRow};
 
+/// The values of `period` (see `usage::Period::parse`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodParam {
+    Hourly,
+    Daily,
+}
+
+/// The values of `group_by`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupByParam {
+    Model,
+    Principal,
+}
+
 fn period(q: &HashMap<String, String>) -> Result<Period, ApiError> {
     match q.get("period") {
         None => Ok(Period::Hourly),
@@ -33,7 +51,7 @@ fn period(q: &HashMap<String, String>) -> Result<Period, ApiError> {
     path = "/models/{id}/metrics",
     params(
         ("id" = String, Path, description = "Model id"),
-        ("period" = Option<String>, Query, description = "hourly (last 60 minutes, default) or daily (last 24 hours)"),
+        ("period" = Option<PeriodParam>, Query, description = "hourly (last 60 minutes, default) or daily (last 24 hours)"),
     ),
     responses(
         (status = 200, body = ModelWindow),
@@ -70,8 +88,8 @@ pub struct UsageReport {
     get,
     path = "/usage",
     params(
-        ("period" = Option<String>, Query, description = "hourly (default) or daily buckets"),
-        ("group_by" = Option<String>, Query, description = "model (default) or principal"),
+        ("period" = Option<PeriodParam>, Query, description = "hourly (default) or daily buckets"),
+        ("group_by" = Option<GroupByParam>, Query, description = "model (default) or principal"),
     ),
     responses(
         (status = 200, body = UsageReport),

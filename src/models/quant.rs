@@ -102,8 +102,8 @@ impl Kernel {
                 && is_x86_feature_detected!("f16c")
             {
                 // Opt-in for now: its sums run in the reference's order, not llama.cpp's AVX2
-                // order, and greedy SmolLM2 output then leaves llama.cpp's at one reference
-                // case (tests/real_models.rs, `chat`, step 7).
+                // order, and greedy SmolLM2 output then leaves llama.cpp's at three low-margin
+                // reference steps (tests/real_models.rs; docs/benchmarks.md).
                 if std::env::var_os("ANYA_AVX512").is_some() && avx512::available() {
                     return Kernel::Avx512;
                 }

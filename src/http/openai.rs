@@ -25,8 +25,8 @@ use crate::error::{ApiError, ErrorKind, RenderedError};
 use crate::metrics::ModelLabel;
 use crate::models::generate::TokenLogprob;
 use crate::models::{ChatMessage, FinishReason};
-use crate::spec::manifest::Task;
 use crate::serving::{Answer, AnswerStream, Caller, Input, Item, ServeRequest, StreamItem};
+use crate::spec::manifest::Task;
 
 fn now() -> u64 {
     SystemTime::now()

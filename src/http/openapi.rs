@@ -12,9 +12,9 @@ use utoipa::openapi::schema::{OneOfBuilder, Schema};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
+use super::app::AppState;
 use super::{cache, health, models, openai, predict, usage};
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
-use super::app::AppState;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -72,7 +72,8 @@ impl FastBertConfig {
                 .and_then(|x| x.as_str())
                 .map(str::to_owned),
         };
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return Err(ModelError::Load(format!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size, cfg.num_attention_heads

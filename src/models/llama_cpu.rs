@@ -198,7 +198,7 @@ impl CpuLlama {
                 .map(|v| v as usize)
                 .unwrap_or(2048),
         };
-        if cfg.head_dim % 2 != 0 {
+        if !cfg.head_dim.is_multiple_of(2) {
             return Err(load_err(path, "odd head size"));
         }
         let embed = read_matrix(path, content, file, "token_embd.weight")?;

@@ -709,7 +709,7 @@ impl QMatrix {
         cols: usize,
         bytes: &[u8],
     ) -> Result<QMatrix, QuantError> {
-        if cols % QK != 0 {
+        if !cols.is_multiple_of(QK) {
             return Err(QuantError(format!(
                 "{cols} columns is not a multiple of {QK}"
             )));

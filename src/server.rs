@@ -19,12 +19,13 @@ use tokio::task::JoinHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::admission::{admit, bearer, Admitted, Need, Refused};
 use crate::auth::{Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT};
 use crate::cache::{CacheError, ResponseCache};
 use crate::config::Settings;
 use crate::error::ErrorCode;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::{cache, health, models, openai, openapi, predict, usage};
+use crate::http::{cache, health, kserve, models, openai, openapi, predict, usage};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::{Metrics, ModelLabel};
 use crate::net::{client_ip, IpNet};
@@ -138,6 +139,27 @@ pub fn app(state: AppState) -> Router {
                 .route("/v1/completions", post(openai::completions))
                 .route("/v1/embeddings", post(openai::embeddings)),
         )
+        .merge(
+            Router::new()
+                .route("/v2", get(kserve::server_metadata))
+                .route("/v2/health/live", get(kserve::live))
+                .route("/v2/health/ready", get(kserve::ready))
+                .route("/v2/models/{name}", get(kserve::model_metadata))
+                .route(
+                    "/v2/models/{name}/versions/{version}",
+                    get(kserve::model_version_metadata),
+                )
+                .route("/v2/models/{name}/ready", get(kserve::model_ready))
+                .route(
+                    "/v2/models/{name}/versions/{version}/ready",
+                    get(kserve::model_version_ready),
+                )
+                .route("/v2/models/{name}/infer", post(kserve::infer))
+                .route(
+                    "/v2/models/{name}/versions/{version}/infer",
+                    post(kserve::infer_version),
+                ),
+        )
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -148,6 +170,8 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), observe_request))
         // Outside every layer that can refuse a request: /v1 errors in OpenAI's shape.
         .layer(middleware::from_fn(openai::errors))
+        // And /v2 errors in KServe's `{"error": "..."}`.
+        .layer(middleware::from_fn(kserve::errors))
         .layer(cors(&state.settings.security.allowed_origins))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -182,7 +206,10 @@ async fn observe_request(
         return refused;
     }
     let path = req.uri().path();
-    let probe = matches!(path, "/health" | "/ready" | "/metrics");
+    let probe = matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/v2/health/live" | "/v2/health/ready"
+    );
     if probe {
         return next.run(req).await;
     }
@@ -240,43 +267,73 @@ async fn observe_request(
         .remove::<ModelLabel>()
         .unwrap_or_default();
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
-    if state.settings.monitoring.enabled {
-        state
-            .metrics
-            .observe_http(&label, endpoint, status, code, elapsed);
-    }
     let account = response
         .extensions()
         .get::<Principal>()
         .map_or(ANONYMOUS, Principal::account);
+    record_call(
+        &state,
+        &Call {
+            method: method.as_str(),
+            endpoint,
+            status,
+            code,
+            account,
+            elapsed,
+        },
+        &label,
+    );
+    response
+}
+
+/// One finished call, whatever its protocol.
+pub(crate) struct Call<'a> {
+    /// `GET`, `POST`, or `gRPC`.
+    pub method: &'a str,
+    /// The route template, or the gRPC method (`grpc/ModelInfer`).
+    pub endpoint: &'a str,
+    /// The HTTP status (for gRPC: the status its error kind has over HTTP).
+    pub status: u16,
+    pub code: Option<&'static str>,
+    pub account: &'a str,
+    pub elapsed: Duration,
+}
+
+/// The books of a finished call: HTTP metrics, usage (unless the answer records it itself when
+/// its stream ends) and one access log line.
+pub(crate) fn record_call(state: &AppState, call: &Call<'_>, label: &ModelLabel) {
+    if state.settings.monitoring.enabled {
+        state
+            .metrics
+            .observe_http(label, call.endpoint, call.status, call.code, call.elapsed);
+    }
     if !label.model.is_empty() && !label.deferred {
         state.usage.record(
             &UsageEvent {
                 model: &label.model,
                 version: &label.version,
-                principal: account,
+                principal: call.account,
                 tokens_input: label.tokens_input,
                 tokens_output: label.tokens_output,
                 cost: label.cost,
-                latency_ms: elapsed.as_secs_f64() * 1e3,
-                error: status >= 400,
+                latency_ms: call.elapsed.as_secs_f64() * 1e3,
+                error: call.status >= 400,
             },
             now_unix(),
         );
     }
     tracing::info!(
         target: "anya::access",
-        method = %method,
-        route = %endpoint,
+        method = %call.method,
+        route = %call.endpoint,
         model = %label.model,
         version = %label.version,
-        status,
-        latency_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        status = call.status,
+        latency_ms = (call.elapsed.as_secs_f64() * 1e6).round() / 1e3,
         batch_size = label.batch_size.unwrap_or(0),
-        principal = %account,
+        principal = %call.account,
         "request"
     );
-    response
 }
 
 /// The limits every request meets before routing: header size (431), a declared body over
@@ -352,34 +409,38 @@ async fn probe_limits(State(state): State<AppState>, req: Request<Body>, next: N
     }
 }
 
-/// What a route asks of the caller.
-enum Need {
-    /// Probes: no token, no rate limit.
-    Open,
-    /// Any valid token.
-    Authenticated,
-    /// A token with this scope (`admin` implies every scope).
-    Scope(&'static str),
-}
-
 fn need(state: &AppState, method: &Method, route: &str) -> Need {
     match route {
-        "/health" | "/ready" => Need::Open,
+        "/health" | "/ready" | "/v2/health/live" | "/v2/health/ready" => Need::Open,
         "/metrics" if state.settings.security.metrics_public => Need::Open,
         "/metrics" | "/models/{id}/metrics" => Need::Scope(SCOPE_METRICS),
         "/models/{id}/predict"
         | "/models/{id}/versions/{version}/predict"
         | "/v1/chat/completions"
         | "/v1/completions"
-        | "/v1/embeddings" => Need::Scope(SCOPE_PREDICT),
+        | "/v1/embeddings"
+        | "/v2/models/{name}/infer"
+        | "/v2/models/{name}/versions/{version}/infer" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
         _ => Need::Authenticated,
     }
 }
 
-/// Authentication, authorisation and rate limits, for every route but the probes. The principal
-/// goes into the request's extensions (handlers read it) and the response's (the access log and
-/// usage accounting read it).
+/// The model a route is about (its id from the path), for the token's model list.
+fn route_model<'a>(route: &str, path: &'a str) -> Option<&'a str> {
+    let segment = if route.starts_with("/models/{id}/") {
+        2
+    } else if route.starts_with("/v2/models/{name}") {
+        3
+    } else {
+        return None;
+    };
+    path.split('/').nth(segment)
+}
+
+/// Authentication, authorisation and rate limits (`admission::admit`), for every route but the
+/// probes. The principal goes into the request's extensions (handlers read it) and the
+/// response's (the access log and usage accounting read it).
 async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next) -> Response {
     let route = req
         .extensions()
@@ -400,72 +461,33 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
     let client = client_ip(peer, forwarded, &state.trusted_proxies);
-    let principal = match &state.auth {
-        None => Principal::anonymous(&client.to_string()),
-        Some(auth) => {
-            let token = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim);
-            let verified = match token {
-                None | Some("") => Err(crate::auth::AuthError::Missing),
-                Some(t) => auth.verify(t),
-            };
-            match verified {
-                Ok(p) => p,
-                Err(e) => {
-                    return ApiError::new(ErrorKind::Unauthorized, e.to_string()).into_response()
-                }
-            }
-        }
-    };
-    if let Need::Scope(scope) = need {
-        if !principal.has_scope(scope) {
-            return with_principal(
-                ApiError::new(
-                    ErrorKind::Forbidden,
-                    format!("this route needs the `{scope}` scope"),
-                )
-                .into_response(),
-                principal,
-            );
-        }
-    }
-    if route.starts_with("/models/{id}/") {
-        let id = req.uri().path().split('/').nth(2).unwrap_or_default();
-        if !principal.may_use(id) {
-            return with_principal(
-                ApiError::new(
-                    ErrorKind::Forbidden,
-                    format!("this token may not use model `{id}`"),
-                )
-                .into_response(),
-                principal,
-            );
-        }
-    }
-    let decision = state
-        .limits
-        .as_ref()
-        .and_then(|l| l.check_request(&principal.sub, principal.tier.as_deref()));
-    let mut response = match decision {
-        Some(d) if !d.allowed => {
-            let mut e = ApiError::new(
-                ErrorKind::RateLimited,
-                format!("more than {} requests per minute", d.limit),
-            );
-            e.retry_after_s = Some(d.reset_s);
-            e.into_response()
-        }
-        _ => {
+    let token = bearer(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let model = route_model(&route, req.uri().path());
+    let admitted = admit(
+        state.auth.as_deref(),
+        state.limits.as_deref(),
+        need,
+        token,
+        client,
+        model,
+    );
+    let (mut response, principal, decision) = match admitted {
+        Ok(Admitted {
+            principal,
+            decision,
+        }) => {
             req.extensions_mut().insert(principal.clone());
-            next.run(req).await
+            (next.run(req).await, Some(principal), decision)
         }
+        Err(Refused {
+            error,
+            principal,
+            decision,
+        }) => (error.into_response(), principal, decision),
     };
     if let Some(d) = decision {
         let h = response.headers_mut();
@@ -473,7 +495,10 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
         h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
         h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_s));
     }
-    with_principal(response, principal)
+    match principal {
+        Some(p) => with_principal(response, p),
+        None => response,
+    }
 }
 
 fn with_principal(mut r: Response, p: Principal) -> Response {
@@ -583,11 +608,14 @@ pub fn select_sources(
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where the KServe v2 gRPC service listens (`server.grpc_port`), when it is on.
+    pub grpc_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     pub lifecycle: Arc<Lifecycle>,
     drain_timeout: Duration,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     serving: JoinHandle<std::io::Result<()>>,
+    grpc: Option<JoinHandle<()>>,
     loading: JoinHandle<()>,
 }
 
@@ -642,6 +670,17 @@ impl Server {
             .metrics_port
             .filter(|_| settings.monitoring.enabled);
         let metrics_host = settings.server.host.clone();
+        let grpc_listener = match settings.server.grpc_port {
+            Some(port) => {
+                let addr = format!("{}:{port}", settings.server.host);
+                Some(
+                    crate::grpc::bind(&settings.server.host, port)
+                        .await
+                        .map_err(|source| StartupError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
         let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
         let conn_limits = crate::conn::ConnLimits {
             max_connections: settings.server.max_connections,
@@ -697,6 +736,19 @@ impl Server {
             });
         }
         spawn_housekeeping(&state);
+        let (grpc, grpc_addr) = match grpc_listener {
+            Some((listener, addr)) => {
+                let (state, stop) = (state.clone(), shutdown_rx.clone());
+                let task = tokio::spawn(async move {
+                    if let Err(e) = crate::grpc::serve(listener, state, stop).await {
+                        tracing::error!(error = %e, "the gRPC server stopped");
+                    }
+                });
+                tracing::info!(addr = %addr, "gRPC listening");
+                (Some(task), Some(addr))
+            }
+            None => (None, None),
+        };
         let router = app(state);
         let serving = tokio::spawn(crate::conn::serve(
             listener,
@@ -707,6 +759,8 @@ impl Server {
         tracing::info!(addr = %local, "listening");
         Ok(Server {
             addr: local,
+            grpc_addr,
+            grpc,
             registry,
             lifecycle,
             drain_timeout,
@@ -749,6 +803,9 @@ impl Server {
             let _ = tx.send(true);
         }
         self.loading.abort();
+        if let Some(grpc) = self.grpc.take() {
+            let _ = grpc.await;
+        }
         match self.serving.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod extract;
 pub mod health;
+pub mod kserve;
 pub mod models;
 pub mod openai;
 pub mod openapi;

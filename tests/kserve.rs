@@ -23,10 +23,15 @@ fn clients_python() -> Option<PathBuf> {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python")
         });
-    let ok = Command::new(&p)
-        .args(["-c", "import tritonclient.http, tritonclient.grpc, kserve"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    // (Two processes: the two packages' protobuf modules cannot be imported into one.)
+    let ok = ["import tritonclient.http, tritonclient.grpc", "import kserve"]
+        .iter()
+        .all(|code| {
+            Command::new(&p)
+                .args(["-c", code])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
     if ok {
         return Some(p);
     }

@@ -24,14 +24,17 @@ fn clients_python() -> Option<PathBuf> {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python")
         });
     // (Two processes: the two packages' protobuf modules cannot be imported into one.)
-    let ok = ["import tritonclient.http, tritonclient.grpc", "import kserve"]
-        .iter()
-        .all(|code| {
-            Command::new(&p)
-                .args(["-c", code])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
+    let ok = [
+        "import tritonclient.http, tritonclient.grpc",
+        "import kserve",
+    ]
+    .iter()
+    .all(|code| {
+        Command::new(&p)
+            .args(["-c", *code])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
     if ok {
         return Some(p);
     }
@@ -258,7 +261,7 @@ async fn v2_over_rest_and_grpc_with_the_real_clients() {
                 "kserve-chat-only",
                 &["predict"],
                 None,
-                Some(&["smollm2-135m-instruct"]),
+                Some(&["smollm2-135m-instruct"][..]),
             ),
             token("kserve-tiny", &["predict"], Some("tiny"), None),
             token("kserve-no-scope", &[], None, None),

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::cache::CachedOutput;
 use crate::error::ApiError;
 use crate::registry::manifest::Task;
-use crate::registry::{Registry, VersionState};
+use crate::registry::{ModelRecord, Registry, VersionRecord, VersionState};
 use crate::serving::{Answer, Input, Item, ServeRequest};
 
 /// What `GET /v2` and `ServerMetadata` list.
@@ -51,18 +51,7 @@ pub fn model_meta(
     name: &str,
     version: Option<&str>,
 ) -> Result<ModelMeta, ApiError> {
-    let record = registry
-        .get(name)
-        .ok_or_else(|| ApiError::not_found(format!("model `{name}` not found")))?;
-    let wanted = match version {
-        None => record.default_version.clone(),
-        Some(v) => semver::Version::parse(v)
-            .map_err(|_| ApiError::not_found(format!("model `{name}` has no version {v}")))?,
-    };
-    let rec = record
-        .versions
-        .get(&wanted)
-        .ok_or_else(|| ApiError::not_found(format!("model `{name}` has no version {wanted}")))?;
+    let (record, rec) = version_record(registry, name, version)?;
     let task = rec.manifest.task;
     let (input, output) = io_names(task);
     let dim = match &rec.state {
@@ -101,7 +90,7 @@ pub fn model_ready(
     name: &str,
     version: Option<&str>,
 ) -> Result<bool, ApiError> {
-    model_meta(registry, name, version)?;
+    version_record(registry, name, version)?;
     Ok(registry
         .resolve(name, version)
         .is_ok_and(|r| r.handle.is_alive()))
@@ -110,19 +99,31 @@ pub fn model_ready(
 /// The task of the version a request goes to (404 when unknown; its state is the core's
 /// business).
 pub fn task_of(registry: &Registry, name: &str, version: Option<&str>) -> Result<Task, ApiError> {
+    Ok(version_record(registry, name, version)?.1.manifest.task)
+}
+
+/// A model and the version named (or its default); 404 for an unknown model or version.
+fn version_record(
+    registry: &Registry,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(ModelRecord, VersionRecord), ApiError> {
     let record = registry
         .get(name)
         .ok_or_else(|| ApiError::not_found(format!("model `{name}` not found")))?;
-    let v = match version {
-        None => record.default_version.clone(),
-        Some(v) => semver::Version::parse(v)
-            .map_err(|_| ApiError::not_found(format!("model `{name}` has no version {v}")))?,
+    let missing = |v: &dyn std::fmt::Display| {
+        ApiError::not_found(format!("model `{name}` has no version {v}"))
     };
-    record
+    let wanted = match version {
+        None => record.default_version.clone(),
+        Some(v) => semver::Version::parse(v).map_err(|_| missing(&v))?,
+    };
+    let rec = record
         .versions
-        .get(&v)
-        .map(|r| r.manifest.task)
-        .ok_or_else(|| ApiError::not_found(format!("model `{name}` has no version {v}")))
+        .get(&wanted)
+        .cloned()
+        .ok_or_else(|| missing(&wanted))?;
+    Ok((record, rec))
 }
 
 /// A tensor's element count from its shape: every dimension at least 0, the product at most

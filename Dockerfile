@@ -105,8 +105,9 @@ COPY scripts/fetch-models.sh /usr/local/share/anya/fetch-models.sh
 # The model repository: models/<id>/<version>/anya.yaml + artifacts, mounted read-only.
 VOLUME ["/models"]
 
-# 8000: HTTP API (also /metrics); 9090: /metrics only (monitoring.metrics_port).
-EXPOSE 8000 9090
+# 8000: HTTP API (also /metrics, KServe v2 REST under /v2); 8001: KServe v2 gRPC
+# (server.grpc_port); 9090: /metrics only (monitoring.metrics_port).
+EXPOSE 8000 8001 9090
 
 USER ${ANYA_UID}:${ANYA_GID}
 WORKDIR /

@@ -65,6 +65,9 @@ pub struct ServerSection {
     pub keep_alive_timeout_ms: u64,
     /// Open connections at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Serve the KServe v2 gRPC service (`inference.GRPCInferenceService`) on this port, on
+    /// `host`; off when unset. 0 picks a free port (tests).
+    pub grpc_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +207,7 @@ impl Default for ServerSection {
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 75_000,
             max_connections: 4096,
+            grpc_port: None,
         }
     }
 }

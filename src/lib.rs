@@ -2,6 +2,8 @@
 //!
 //! Module map (dependencies point inward: `http` knows `engine`, `engine` knows `models`,
 //! `models` knows nothing of HTTP or tokio):
+//! - [`admission`]: the checks every protocol runs before serving a call (token, scope, model
+//!   list, request rate).
 //! - [`auth`]: JWT bearer tokens → `Principal` (scopes, tier, models); key reload.
 //! - [`ratelimit`]: per-principal request and token limits by tier.
 //! - [`cache`]: the response cache (memory, Redis behind it, fail-open).
@@ -13,6 +15,7 @@
 //! - [`models`]: the model code (candle BERT embeddings, quantized llama generation, echo),
 //!   tokenizers and chat templates.
 //! - [`net`]: client addresses and trusted proxies.
+//! - [`grpc`]: the KServe v2 gRPC service (tonic), a thin adapter over `serving`.
 //! - [`http`]: the routes (predict, models, health, OpenAPI) and the JSON extractor.
 //! - [`lifecycle`]: serving vs draining after SIGTERM, requests in flight.
 //! - [`metrics`]: every `anya_ai_*` metric, recorded in one place per event.
@@ -24,12 +27,14 @@
 //! - [`telemetry`]: tracing setup.
 //! - [`usage`]: usage and cost accounting in time buckets.
 
+pub mod admission;
 pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod conn;
 pub mod engine;
 pub mod error;
+pub mod grpc;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;

@@ -78,11 +78,14 @@ pub fn select_sources(
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where the KServe v2 gRPC service listens (`server.grpc_port`), when it is on.
+    pub grpc_addr: Option<SocketAddr>,
     pub registry: Arc<Registry>,
     pub lifecycle: Arc<Lifecycle>,
     drain_timeout: Duration,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     serving: JoinHandle<std::io::Result<()>>,
+    grpc: Option<JoinHandle<()>>,
     loading: JoinHandle<()>,
 }
 
@@ -137,6 +140,17 @@ impl Server {
             .metrics_port
             .filter(|_| settings.monitoring.enabled);
         let metrics_host = settings.server.host.clone();
+        let grpc_listener = match settings.server.grpc_port {
+            Some(port) => {
+                let addr = format!("{}:{port}", settings.server.host);
+                Some(
+                    crate::grpc::bind(&settings.server.host, port)
+                        .await
+                        .map_err(|source| StartupError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
         let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
         let conn_limits = crate::conn::ConnLimits {
             max_connections: settings.server.max_connections,
@@ -186,6 +200,19 @@ impl Server {
             });
         }
         spawn_housekeeping(&state);
+        let (grpc, grpc_addr) = match grpc_listener {
+            Some((listener, addr)) => {
+                let (state, stop) = (state.clone(), shutdown_rx.clone());
+                let task = tokio::spawn(async move {
+                    if let Err(e) = crate::grpc::serve(listener, state, stop).await {
+                        tracing::error!(error = %e, "the gRPC server stopped");
+                    }
+                });
+                tracing::info!(addr = %addr, "gRPC listening");
+                (Some(task), Some(addr))
+            }
+            None => (None, None),
+        };
         let router = app(state);
         let serving = tokio::spawn(crate::conn::serve(
             listener,
@@ -196,6 +223,8 @@ impl Server {
         tracing::info!(addr = %local, "listening");
         Ok(Server {
             addr: local,
+            grpc_addr,
+            grpc,
             registry,
             lifecycle,
             drain_timeout,
@@ -238,6 +267,9 @@ impl Server {
             let _ = tx.send(true);
         }
         self.loading.abort();
+        if let Some(grpc) = self.grpc.take() {
+            let _ = grpc.await;
+        }
         match self.serving.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),

@@ -17,7 +17,8 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use super::{cache, health, models, openai, openapi, predict, usage, ws};
+use super::{cache, health, kserve, models, openai, openapi, predict, usage, ws};
+use crate::admission::{admit, bearer, Admitted, Need, Refused};
 pub use crate::auth::ANONYMOUS;
 use crate::auth::{Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT};
 use crate::cache::{CacheError, ResponseCache};
@@ -144,6 +145,27 @@ pub fn app(state: AppState) -> Router {
                 .route("/v1/embeddings", post(openai::embeddings))
                 .route("/v1/ws", get(ws::ws)),
         )
+        .merge(
+            Router::new()
+                .route("/v2", get(kserve::server_metadata))
+                .route("/v2/health/live", get(kserve::live))
+                .route("/v2/health/ready", get(kserve::ready))
+                .route("/v2/models/{name}", get(kserve::model_metadata))
+                .route(
+                    "/v2/models/{name}/versions/{version}",
+                    get(kserve::model_version_metadata),
+                )
+                .route("/v2/models/{name}/ready", get(kserve::model_ready))
+                .route(
+                    "/v2/models/{name}/versions/{version}/ready",
+                    get(kserve::model_version_ready),
+                )
+                .route("/v2/models/{name}/infer", post(kserve::infer))
+                .route(
+                    "/v2/models/{name}/versions/{version}/infer",
+                    post(kserve::infer_version),
+                ),
+        )
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -154,6 +176,8 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), observe_request))
         // Outside every layer that can refuse a request: /v1 errors in OpenAI's shape.
         .layer(middleware::from_fn(openai::errors))
+        // And /v2 errors in KServe's `{"error": "..."}`.
+        .layer(middleware::from_fn(kserve::errors))
         .layer(cors(&state.settings.security.allowed_origins))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -199,7 +223,10 @@ async fn observe_request(
         return refused;
     }
     let path = req.uri().path();
-    let probe = matches!(path, "/health" | "/ready" | "/metrics");
+    let probe = matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/v2/health/live" | "/v2/health/ready"
+    );
     if probe {
         return next.run(req).await;
     }
@@ -407,19 +434,9 @@ async fn probe_limits(State(state): State<AppState>, req: Request<Body>, next: N
     }
 }
 
-/// What a route asks of the caller.
-enum Need {
-    /// Probes: no token, no rate limit.
-    Open,
-    /// Any valid token.
-    Authenticated,
-    /// A token with this scope (`admin` implies every scope).
-    Scope(&'static str),
-}
-
 fn need(state: &AppState, method: &Method, route: &str) -> Need {
     match route {
-        "/health" | "/ready" => Need::Open,
+        "/health" | "/ready" | "/v2/health/live" | "/v2/health/ready" => Need::Open,
         "/metrics" if state.settings.security.metrics_public => Need::Open,
         "/metrics" | "/models/{id}/metrics" => Need::Scope(SCOPE_METRICS),
         "/models/{id}/predict"
@@ -427,15 +444,29 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
         | "/v1/chat/completions"
         | "/v1/completions"
         | "/v1/embeddings"
-        | "/v1/ws" => Need::Scope(SCOPE_PREDICT),
+        | "/v1/ws"
+        | "/v2/models/{name}/infer"
+        | "/v2/models/{name}/versions/{version}/infer" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
         _ => Need::Authenticated,
     }
 }
 
-/// Authentication, authorisation and rate limits, for every route but the probes. The principal
-/// goes into the request's extensions (handlers read it) and the response's (the access log and
-/// usage accounting read it).
+/// The model a route is about (its id from the path), for the token's model list.
+fn route_model<'a>(route: &str, path: &'a str) -> Option<&'a str> {
+    let segment = if route.starts_with("/models/{id}/") {
+        2
+    } else if route.starts_with("/v2/models/{name}") {
+        3
+    } else {
+        return None;
+    };
+    path.split('/').nth(segment)
+}
+
+/// Authentication, authorisation and rate limits (`admission::admit`), for every route but the
+/// probes. The principal goes into the request's extensions (handlers read it) and the
+/// response's (the access log and usage accounting read it).
 async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next) -> Response {
     let route = req
         .extensions()
@@ -456,72 +487,33 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok());
     let client = client_ip(peer, forwarded, &state.trusted_proxies);
-    let principal = match &state.auth {
-        None => Principal::anonymous(&client.to_string()),
-        Some(auth) => {
-            let token = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim);
-            let verified = match token {
-                None | Some("") => Err(crate::auth::AuthError::Missing),
-                Some(t) => auth.verify(t),
-            };
-            match verified {
-                Ok(p) => p,
-                Err(e) => {
-                    return ApiError::new(ErrorKind::Unauthorized, e.to_string()).into_response()
-                }
-            }
-        }
-    };
-    if let Need::Scope(scope) = need {
-        if !principal.has_scope(scope) {
-            return with_principal(
-                ApiError::new(
-                    ErrorKind::Forbidden,
-                    format!("this route needs the `{scope}` scope"),
-                )
-                .into_response(),
-                principal,
-            );
-        }
-    }
-    if route.starts_with("/models/{id}/") {
-        let id = req.uri().path().split('/').nth(2).unwrap_or_default();
-        if !principal.may_use(id) {
-            return with_principal(
-                ApiError::new(
-                    ErrorKind::Forbidden,
-                    format!("this token may not use model `{id}`"),
-                )
-                .into_response(),
-                principal,
-            );
-        }
-    }
-    let decision = state
-        .limits
-        .as_ref()
-        .and_then(|l| l.check_request(&principal.sub, principal.tier.as_deref()));
-    let mut response = match decision {
-        Some(d) if !d.allowed => {
-            let mut e = ApiError::new(
-                ErrorKind::RateLimited,
-                format!("more than {} requests per minute", d.limit),
-            );
-            e.retry_after_s = Some(d.reset_s);
-            e.into_response()
-        }
-        _ => {
+    let token = bearer(
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let model = route_model(&route, req.uri().path());
+    let admitted = admit(
+        state.auth.as_deref(),
+        state.limits.as_deref(),
+        need,
+        token,
+        client,
+        model,
+    );
+    let (mut response, principal, decision) = match admitted {
+        Ok(Admitted {
+            principal,
+            decision,
+        }) => {
             req.extensions_mut().insert(principal.clone());
-            next.run(req).await
+            (next.run(req).await, Some(principal), decision)
         }
+        Err(Refused {
+            error,
+            principal,
+            decision,
+        }) => (error.into_response(), principal, decision),
     };
     if let Some(d) = decision {
         let h = response.headers_mut();
@@ -529,7 +521,10 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
         h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
         h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_s));
     }
-    with_principal(response, principal)
+    match principal {
+        Some(p) => with_principal(response, p),
+        None => response,
+    }
 }
 
 fn with_principal(mut r: Response, p: Principal) -> Response {

@@ -46,41 +46,7 @@ where
                 issue: Some("must be application/json".into()),
             }));
         }
-        let app = AppState::from_ref(state);
-        let body_timeout = std::time::Duration::from_millis(app.settings.server.body_timeout_ms);
-        let read = tokio::time::timeout(body_timeout, Bytes::from_request(req, state))
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorKind::BodyTimeout,
-                    format!(
-                        "the request body did not arrive within {} ms",
-                        body_timeout.as_millis()
-                    ),
-                )
-                .with_details(ErrorDetails {
-                    field: Some("body".into()),
-                    issue: Some(format!(
-                        "server.body_timeout_ms is {}",
-                        body_timeout.as_millis()
-                    )),
-                })
-            })?;
-        let bytes = read.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(ErrorKind::PayloadTooLarge, "request body is too large").with_details(
-                    ErrorDetails {
-                        field: Some("body".into()),
-                        issue: Some("larger than server.max_body_bytes".into()),
-                    },
-                )
-            } else {
-                ApiError::new(
-                    ErrorKind::InvalidRequest,
-                    format!("cannot read body: {rejection}"),
-                )
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         if bytes.len() <= INLINE_PARSE_BYTES {
             return parse_json(&bytes).map(ApiJson);
         }
@@ -92,9 +58,69 @@ where
     }
 }
 
+/// Read a request body within `server.body_timeout_ms` (408) and `server.max_body_bytes` (413),
+/// every failure in our envelope.
+pub async fn read_body<S>(req: Request, state: &S) -> Result<Bytes, ApiError>
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    let app = AppState::from_ref(state);
+    let body_timeout = std::time::Duration::from_millis(app.settings.server.body_timeout_ms);
+    let read = tokio::time::timeout(body_timeout, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorKind::BodyTimeout,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    body_timeout.as_millis()
+                ),
+            )
+            .with_details(ErrorDetails {
+                field: Some("body".into()),
+                issue: Some(format!(
+                    "server.body_timeout_ms is {}",
+                    body_timeout.as_millis()
+                )),
+            })
+        })?;
+    let bytes = read.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(ErrorKind::PayloadTooLarge, "request body is too large").with_details(
+                ErrorDetails {
+                    field: Some("body".into()),
+                    issue: Some("larger than server.max_body_bytes".into()),
+                },
+            )
+        } else {
+            ApiError::new(
+                ErrorKind::InvalidRequest,
+                format!("cannot read body: {rejection}"),
+            )
+        }
+    })?;
+    Ok(bytes)
+}
+
+/// A raw body (binary protocols), read like `ApiJson` reads its bytes.
+pub struct ApiBytes(pub Bytes);
+
+impl<S> FromRequest<S> for ApiBytes
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        read_body(req, state).await.map(ApiBytes)
+    }
+}
+
 /// Bodies up to this size are parsed on the async runtime (microseconds); larger ones on the
 /// blocking pool.
-const INLINE_PARSE_BYTES: usize = 64 * 1024;
+pub const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 /// Parse a request body strictly: one JSON object and nothing after it (no top-level array
 /// read as a struct's fields, no trailing bytes, no second document). Failures are 400s

@@ -39,6 +39,7 @@ pub async fn health() -> Json<Status> {
     tag = "health"
 )]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, ApiError> {
+    // (`is_ready` is the same test, for the protocols that answer a bare yes or no.)
     if state.lifecycle.is_draining() {
         return Err(
             ApiError::unavailable("draining", 1).with_details(ErrorDetails {
@@ -79,6 +80,13 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, A
             issue: Some(parts.join("; ")),
         }),
     )
+}
+
+/// Whether `/ready` would say 200: not draining, and every configured model loaded and alive.
+pub fn is_ready(state: &AppState) -> bool {
+    !state.lifecycle.is_draining()
+        && state.registry.readiness().ready
+        && !state.registry.list().is_empty()
 }
 
 /// Prometheus metrics in the text exposition format.

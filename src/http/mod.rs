@@ -6,6 +6,7 @@ pub mod app;
 pub mod cache;
 pub mod extract;
 pub mod health;
+pub mod kserve;
 pub mod models;
 pub mod openai;
 pub mod openapi;

@@ -158,7 +158,7 @@ pub async fn predict_version(
 }
 
 /// `Cache-Control: no-cache` (or `no-store`) asks for a fresh computation.
-fn no_cache(headers: &HeaderMap) -> bool {
+pub(crate) fn no_cache(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()

@@ -135,6 +135,7 @@ ANYA__SECTION__KEY environment variables (extraEnv).
   "request_timeout_ms" (int64 .Values.server.requestTimeoutMs)
   "max_body_bytes" (int64 .Values.server.maxBodyBytes)
   "drain_timeout_s" (int .Values.server.drainTimeoutSeconds) }}
+{{- with .Values.server.grpcPort }}{{- $_ := set $server "grpc_port" (int .) }}{{- end }}
 {{- $monitoring := dict "enabled" .Values.metrics.enabled }}
 {{- if .Values.metrics.enabled }}{{- $_ := set $monitoring "metrics_port" (int .Values.metrics.port) }}{{- end }}
 {{- $cache := dict
@@ -176,6 +177,9 @@ Value combinations the schema cannot express. Included once, from the Deployment
 {{- end }}
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.server.port)) }}
 {{- fail "metrics.port must differ from server.port" }}
+{{- end }}
+{{- if and .Values.server.grpcPort (or (eq (int .Values.server.grpcPort) (int .Values.server.port)) (and .Values.metrics.enabled (eq (int .Values.server.grpcPort) (int .Values.metrics.port)))) }}
+{{- fail "server.grpcPort must differ from server.port and metrics.port" }}
 {{- end }}
 {{- $_ := include "anya.terminationGracePeriodSeconds" . }}
 {{- end }}

@@ -1,0 +1,453 @@
+//! The KServe v2 gRPC service (`inference.GRPCInferenceService`, `proto/grpc_service.proto`),
+//! a tonic adapter over the same serving core as HTTP: it maps protobuf messages to the core's
+//! requests and answers (`convert`) and nothing more. Every call passes the same admission as
+//! HTTP (`admission::admit`: the `authorization` metadata's bearer JWT, scopes, the token's
+//! model list, per-principal rate limits), the same concurrency cap and drain, the same request
+//! timeout, and is recorded like an HTTP request (metrics with `endpoint="grpc/<Rpc>"`, usage,
+//! one access log line). Error kinds become gRPC status codes (`status`).
+
+mod codec;
+mod convert;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use crate::admission::{admit, bearer, Need};
+use crate::auth::{Principal, SCOPE_PREDICT};
+use crate::error::{ApiError, ErrorKind};
+use crate::http::app::{record_request, AppState, Outcome};
+use crate::http::kserve::tensor;
+use crate::lifecycle::InFlightOwned;
+use crate::metrics::ModelLabel;
+use crate::net::client_ip;
+use crate::serving::{Caller, StreamItem};
+
+/// Code generated from `proto/grpc_service.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+/// Serve the gRPC service on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
+    let limit = state.settings.server.max_body_bytes;
+    let service = GrpcInferenceServiceServer::new(Service { state })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX);
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+/// The gRPC status of an error: its kind's code, its message.
+pub fn status(e: &ApiError) -> Status {
+    let code = match e.kind {
+        ErrorKind::InvalidRequest
+        | ErrorKind::PayloadTooLarge
+        | ErrorKind::HeadersTooLarge
+        | ErrorKind::UriTooLong
+        | ErrorKind::UnsupportedMediaType => Code::InvalidArgument,
+        ErrorKind::Unauthorized => Code::Unauthenticated,
+        ErrorKind::Forbidden => Code::PermissionDenied,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::MethodNotAllowed => Code::Unimplemented,
+        ErrorKind::RateLimited => Code::ResourceExhausted,
+        ErrorKind::Internal => Code::Internal,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Timeout | ErrorKind::BodyTimeout => Code::DeadlineExceeded,
+    };
+    Status::new(code, e.message.clone())
+}
+
+struct Service {
+    state: AppState,
+}
+
+/// An admitted call: who makes it, and what it holds while it runs (a concurrency permit and
+/// the in-flight count the drain waits for).
+struct Ticket {
+    rpc: &'static str,
+    started: Instant,
+    principal: Option<Principal>,
+    _permit: OwnedSemaphorePermit,
+    _in_flight: InFlightOwned,
+}
+
+impl Service {
+    /// Admit a call: not draining, the admission checks (unless `Open`), a concurrency permit.
+    /// A refusal is recorded here.
+    fn enter<T>(
+        &self,
+        rpc: &'static str,
+        req: &Request<T>,
+        need: Need,
+        model: Option<&str>,
+    ) -> Result<Ticket, Status> {
+        let started = Instant::now();
+        let state = &self.state;
+        let refuse = |e: ApiError, principal: Option<&Principal>| {
+            self.record(rpc, started, principal, None, Err(&e));
+            status(&e)
+        };
+        if state.lifecycle.is_draining() {
+            return Err(refuse(
+                ApiError::unavailable("the server is shutting down", 1),
+                None,
+            ));
+        }
+        let principal = if need == Need::Open {
+            None
+        } else {
+            let meta = req.metadata();
+            let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
+            let peer = req
+                .remote_addr()
+                .map(|a| a.ip())
+                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+            let client = client_ip(peer, text("x-forwarded-for"), &state.trusted_proxies);
+            match admit(
+                state.auth.as_deref(),
+                state.limits.as_deref(),
+                need,
+                bearer(text("authorization")),
+                client,
+                model,
+            ) {
+                Ok(a) => Some(a.principal),
+                Err(r) => return Err(refuse(r.error, r.principal.as_ref())),
+            }
+        };
+        let Ok(permit) = state.concurrency.clone().try_acquire_owned() else {
+            let e = ApiError::unavailable(
+                "too many requests in flight (server.max_concurrent_requests); retry later",
+                1,
+            );
+            return Err(refuse(e, principal.as_ref()));
+        };
+        Ok(Ticket {
+            rpc,
+            started,
+            principal,
+            _permit: permit,
+            _in_flight: state.lifecycle.enter_owned(),
+        })
+    }
+
+    /// Metrics, usage and the access log line of one call (or one message of a stream).
+    fn record(
+        &self,
+        rpc: &'static str,
+        started: Instant,
+        principal: Option<&Principal>,
+        label: Option<&ModelLabel>,
+        outcome: Result<(), &ApiError>,
+    ) {
+        let (status, code) = match outcome {
+            Ok(()) => (200, None),
+            Err(e) => (e.status().as_u16(), Some(e.kind.code())),
+        };
+        let endpoint = format!("grpc/{rpc}");
+        let default = ModelLabel::default();
+        record_request(
+            &self.state,
+            label.unwrap_or(&default),
+            principal,
+            &Outcome {
+                endpoint: &endpoint,
+                method: "gRPC",
+                status,
+                code,
+                elapsed: started.elapsed(),
+            },
+        );
+    }
+
+    /// Run an admitted unary call under the request timeout and record it.
+    async fn finish<T>(
+        &self,
+        ticket: Ticket,
+        work: impl std::future::Future<Output = (Option<ModelLabel>, Result<T, ApiError>)>,
+    ) -> Result<Response<T>, Status> {
+        let timeout = self.state.request_timeout;
+        let (label, outcome) = tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                let e = ApiError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the request was not answered within {} ms",
+                        timeout.as_millis()
+                    ),
+                );
+                (None, Err(e))
+            });
+        self.record(
+            ticket.rpc,
+            ticket.started,
+            ticket.principal.as_ref(),
+            label.as_ref(),
+            outcome.as_ref().map(|_| ()),
+        );
+        outcome.map(Response::new).map_err(|e| status(&e))
+    }
+}
+
+/// A model name and version from a request (`""`: the default version).
+fn version(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
+}
+
+type StreamOut =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Service {
+    async fn server_live(
+        &self,
+        _req: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _req: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        let ready = crate::http::health::is_ready(&self.state);
+        Ok(Response::new(pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let ticket = self.enter(
+            "ModelReady",
+            &req,
+            Need::Authenticated,
+            Some(&req.get_ref().name),
+        )?;
+        let r = req.get_ref();
+        let ready = tensor::model_ready(&self.state.registry, &r.name, version(&r.version));
+        self.finish(ticket, async move {
+            (None, ready.map(|ready| pb::ModelReadyResponse { ready }))
+        })
+        .await
+    }
+
+    async fn server_metadata(
+        &self,
+        req: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        let ticket = self.enter("ServerMetadata", &req, Need::Authenticated, None)?;
+        let meta = pb::ServerMetadataResponse {
+            name: "anya".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: tensor::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        };
+        self.finish(ticket, async move { (None, Ok(meta)) }).await
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let ticket = self.enter(
+            "ModelMetadata",
+            &req,
+            Need::Authenticated,
+            Some(&req.get_ref().name),
+        )?;
+        let r = req.get_ref();
+        let meta = tensor::model_meta(&self.state.registry, &r.name, version(&r.version))
+            .map(convert::model_metadata);
+        self.finish(ticket, async move { (None, meta) }).await
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let ticket = self.enter(
+            "ModelInfer",
+            &req,
+            Need::Scope(SCOPE_PREDICT),
+            Some(&req.get_ref().model_name),
+        )?;
+        let principal = ticket.principal.clone();
+        let state = self.state.clone();
+        let limit = state.settings.server.max_body_bytes;
+        let work = async move {
+            let read = convert::read_request(&state.registry, req.into_inner(), limit);
+            let (serve, reply) = match read {
+                Ok(r) => r,
+                Err(e) => return (None, Err(e)),
+            };
+            let caller = Caller {
+                principal: principal.as_ref(),
+            };
+            let (label, outcome) = state.core.infer(caller, serve).await;
+            (label, outcome.and_then(|a| reply.answer(&a)))
+        };
+        self.finish(ticket, work).await
+    }
+
+    type ModelStreamInferStream = StreamOut;
+
+    async fn model_stream_infer(
+        &self,
+        req: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let ticket = self.enter("ModelStreamInfer", &req, Need::Scope(SCOPE_PREDICT), None)?;
+        let (tx, rx) = mpsc::channel(32);
+        let service = Service {
+            state: self.state.clone(),
+        };
+        let inbound = req.into_inner();
+        tokio::spawn(async move { service.stream(ticket, inbound, tx).await });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+type Sender = mpsc::Sender<Result<pb::ModelStreamInferResponse, Status>>;
+
+impl Service {
+    /// Serve the requests of one `ModelStreamInfer` call in order. Generation streams one
+    /// response per text delta, then an empty one flagged `triton_final_response`; other tasks
+    /// answer once (flagged final). A failed request answers `error_message` and the stream
+    /// goes on. The call holds its permit and in-flight count until it ends.
+    async fn stream(
+        &self,
+        ticket: Ticket,
+        mut inbound: Streaming<pb::ModelInferRequest>,
+        tx: Sender,
+    ) {
+        let principal = ticket.principal.clone();
+        let mut first = true;
+        loop {
+            let msg = match inbound.message().await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(s) => {
+                    let _ = tx.send(Err(s)).await;
+                    break;
+                }
+            };
+            let started = Instant::now();
+            // The call's admission counted its first request; each further one counts too.
+            let limited = match (&self.state.limits, &principal, first) {
+                (Some(l), Some(p), false) => l
+                    .check_request(&p.sub, p.tier.as_deref())
+                    .filter(|d| !d.allowed)
+                    .map(|d| {
+                        let mut e = ApiError::new(
+                            ErrorKind::RateLimited,
+                            format!("more than {} requests per minute", d.limit),
+                        );
+                        e.retry_after_s = Some(d.reset_s);
+                        e
+                    }),
+                _ => None,
+            };
+            first = false;
+            let id = msg.id.clone();
+            let (label, outcome) = match limited {
+                Some(e) => (None, Err(e)),
+                None => self.stream_one(principal.as_ref(), msg, &tx).await,
+            };
+            self.record(
+                "ModelStreamInfer",
+                started,
+                principal.as_ref(),
+                label.as_ref(),
+                outcome.as_ref().map(|_| ()),
+            );
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => break, // the client went away
+                Err(e) => {
+                    let r = pb::ModelStreamInferResponse {
+                        error_message: e.message,
+                        infer_response: Some(pb::ModelInferResponse {
+                            id,
+                            ..Default::default()
+                        }),
+                    };
+                    if tx.send(Ok(r)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        drop(ticket);
+    }
+
+    /// One request of a stream; `Ok(false)` when the client has gone.
+    async fn stream_one(
+        &self,
+        principal: Option<&Principal>,
+        msg: pb::ModelInferRequest,
+        tx: &Sender,
+    ) -> (Option<ModelLabel>, Result<bool, ApiError>) {
+        let limit = self.state.settings.server.max_body_bytes;
+        let (serve, reply) = match convert::read_request(&self.state.registry, msg, limit) {
+            Ok(r) => r,
+            Err(e) => return (None, Err(e)),
+        };
+        let caller = Caller { principal };
+        let send = |r: pb::ModelInferResponse| async move {
+            tx.send(Ok(pb::ModelStreamInferResponse {
+                error_message: String::new(),
+                infer_response: Some(r),
+            }))
+            .await
+            .is_ok()
+        };
+        if !reply.generates() {
+            let (label, outcome) = self.state.core.infer(caller, serve).await;
+            let r = match outcome.and_then(|a| reply.answer(&a)) {
+                Ok(r) => r,
+                Err(e) => return (label, Err(e)),
+            };
+            return (label, Ok(send(convert::finalize(r)).await));
+        }
+        let (label, outcome) = self.state.core.infer_stream(caller, serve).await;
+        let mut answer = match outcome {
+            Ok(s) => s,
+            Err(e) => return (label, Err(e)),
+        };
+        while let Some(item) = answer.next().await {
+            match item {
+                StreamItem::Delta { index, text, .. } => {
+                    if !send(reply.delta(index, text)).await {
+                        return (label, Ok(false));
+                    }
+                }
+                StreamItem::Done(_) => return (label, Ok(send(reply.last()).await)),
+                StreamItem::Error(e) => return (label, Err(e)),
+            }
+        }
+        (label, Ok(true))
+    }
+}
+
+/// Where the gRPC service listens, once bound.
+pub async fn bind(host: &str, port: u16) -> std::io::Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(format!("{host}:{port}")).await?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}

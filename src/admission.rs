@@ -54,11 +54,13 @@ pub fn admit(
     token: Option<&str>,
     client: IpAddr,
     model: Option<&str>,
-) -> Result<Admitted, Refused> {
-    let refuse = |error: ApiError, principal: Option<Principal>| Refused {
-        error,
-        principal,
-        decision: None,
+) -> Result<Admitted, Box<Refused>> {
+    let refuse = |error: ApiError, principal: Option<Principal>| {
+        Box::new(Refused {
+            error,
+            principal,
+            decision: None,
+        })
     };
     let principal = match auth {
         None => Principal::anonymous(&client.to_string()),
@@ -97,11 +99,11 @@ pub fn admit(
                 format!("more than {} requests per minute", d.limit),
             );
             e.retry_after_s = Some(d.reset_s);
-            Err(Refused {
+            Err(Box::new(Refused {
                 error: e,
                 principal: Some(principal),
                 decision: Some(d),
-            })
+            }))
         }
         _ => Ok(Admitted {
             principal,

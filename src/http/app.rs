@@ -509,11 +509,14 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
             req.extensions_mut().insert(principal.clone());
             (next.run(req).await, Some(principal), decision)
         }
-        Err(Refused {
-            error,
-            principal,
-            decision,
-        }) => (error.into_response(), principal, decision),
+        Err(refused) => {
+            let Refused {
+                error,
+                principal,
+                decision,
+            } = *refused;
+            (error.into_response(), principal, decision)
+        }
     };
     if let Some(d) = decision {
         let h = response.headers_mut();

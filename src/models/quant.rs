@@ -3,9 +3,9 @@
 //! outputs match it).
 //!
 //! Each format has a scalar reference dot product and, on x86-64 with AVX2 + FMA + F16C
-//! (detected at run time), a SIMD one; tests check that both agree. Where the CPU also has
-//! AVX-512 F/BW/VNNI, `ANYA_AVX512=1` switches to kernels that take sixteen rows at once and
-//! equal the scalar reference bit for bit (opt-in: see [`Kernel::detect`]). [`QMatrix::matmul`] splits
+//! (detected at run time), a SIMD one that sums in llama.cpp's AVX2 order; tests check that
+//! both agree. Where the CPU also has AVX-512 F/BW/VNNI, kernels that take two rows per register
+//! and equal the AVX2 ones bit for bit run instead (see [`Kernel::detect`]). [`QMatrix::matmul`] splits
 //! the weight rows into many small chunks on a rayon pool, so a core taken by something else
 //! slows the step down instead of stalling it.
 
@@ -84,27 +84,37 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
     Scalar,
+    /// AVX2, FMA and F16C: a row at a time, summed as llama.cpp's AVX2 kernels sum it.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// AVX2 plus AVX-512 F/BW/VNNI: rows sixteen at a time, one 32-bit lane per row (see
-    /// [`avx512`]).
+    /// AVX2 plus AVX-512 F/BW/VNNI: rows two to a register, summed in the AVX2 kernel's (and so
+    /// llama.cpp's) order, so the results equal [`Kernel::Avx2`]'s bit for bit (see [`avx512`]).
     #[cfg(target_arch = "x86_64")]
     Avx512,
 }
 
 impl Kernel {
-    /// The fastest this CPU supports.
+    /// The fastest this CPU supports: [`Kernel::Avx512`] where it has AVX-512 F/BW/VNNI (and
+    /// AVX2, FMA, F16C), else [`Kernel::Avx2`], else [`Kernel::Scalar`]. `ANYA_KERNEL=avx2` or
+    /// `ANYA_KERNEL=scalar` picks a slower one (a name this CPU cannot run is ignored). The two
+    /// SIMD kernels give the same results bit for bit, so the choice only changes the speed.
     pub fn detect() -> Kernel {
+        let wanted = std::env::var("ANYA_KERNEL").ok();
+        Kernel::pick(wanted.as_deref())
+    }
+
+    /// [`Kernel::detect`] with `wanted` in place of `ANYA_KERNEL`'s value.
+    pub fn pick(wanted: Option<&str>) -> Kernel {
+        if wanted == Some("scalar") {
+            return Kernel::Scalar;
+        }
         #[cfg(target_arch = "x86_64")]
         {
             if is_x86_feature_detected!("avx2")
                 && is_x86_feature_detected!("fma")
                 && is_x86_feature_detected!("f16c")
             {
-                // Opt-in for now: its sums run in the reference's order, not llama.cpp's AVX2
-                // order, and greedy SmolLM2 output then leaves llama.cpp's at three low-margin
-                // reference steps (tests/real_models.rs; docs/benchmarks.md).
-                if std::env::var_os("ANYA_AVX512").is_some() && avx512::available() {
+                if wanted != Some("avx2") && avx512::available() {
                     return Kernel::Avx512;
                 }
                 return Kernel::Avx2;
@@ -228,7 +238,7 @@ impl WeightBlock for BlockQ4_1 {
     #[cfg(target_arch = "x86_64")]
     unsafe fn gemm_avx512(w: &[Self], nb: usize, acts: &[BlockQ8], n: usize, out: &mut [f32]) {
         // SAFETY: the caller's promise.
-        unsafe { avx512::gemm_q4_1(w, nb, acts, n, out) }
+        unsafe { avx512::gemm(w, nb, acts, n, out) }
     }
 }
 
@@ -251,7 +261,7 @@ impl WeightBlock for BlockQ8_0 {
     #[cfg(target_arch = "x86_64")]
     unsafe fn gemm_avx512(w: &[Self], nb: usize, acts: &[BlockQ8], n: usize, out: &mut [f32]) {
         // SAFETY: the caller's promise.
-        unsafe { avx512::gemm_q8_0(w, nb, acts, n, out) }
+        unsafe { avx512::gemm(w, nb, acts, n, out) }
     }
 }
 
@@ -414,19 +424,25 @@ mod avx2 {
     }
 }
 
-/// Q4_1 × Q8_1 with AVX-512 VNNI. Sixteen weight rows go side by side, one 32-bit lane each:
-/// per block, four gathers fetch bytes `4k..4k + 4` of every row's codes (their low nibbles are
-/// elements `4k..4k + 4`, the high ones `16 + 4k..`), and `vpdpbusd` multiplies them with the
-/// activation's matching four bytes broadcast to every lane. Each lane thus holds one row's
-/// exact integer block sum, and the block is added to the row's total in the same order and with
-/// the same f32 operations as [`dot_q4_1_scalar`]: the results equal the reference bit for bit,
-/// whatever the number of activations. Up to eight activations share each gathered block.
+/// Q4_1 × Q8_1 and Q8_0 × Q8_0 with AVX-512 VNNI, summing every row exactly as [`avx2`] does
+/// (which is llama.cpp's AVX2 order), so the results equal the AVX2 kernels' bit for bit.
+///
+/// A zmm register holds two rows side by side: row `r`'s block `b` unpacked to the 32 bytes
+/// AVX2 multiplies (for Q4_1 the sixteen low nibbles, then the sixteen high ones) in its low
+/// half, row `r + 1`'s in its high half. The activation block's 32 bytes go to both halves, and
+/// one `vpdpbusd` gives each half the eight 4-byte-group sums that AVX2's
+/// `maddubs` + `madd` give (exact integers either way). Those are converted to f32 and
+/// `fmadd`ed with the scale `[x_r.d · y.d ×8 | x_{r+1}.d · y.d ×8]` into the pair's accumulator,
+/// whose halves are then, lane for lane, the two rows' AVX2 accumulators; each half is reduced
+/// with the same horizontal sum. Q4_1's `x.m · y.s` terms are summed per row in the same
+/// sequential order (multiply, then add: not fused), eight activations to a half. Each unpacked
+/// pair serves up to eight activations; a last odd row goes through [`avx2`] itself.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{BlockQ4_1, BlockQ8, BlockQ8_0, WeightBlock};
     use std::arch::x86_64::*;
 
-    /// Rows handled together.
+    /// Rows per matmul work item (eight pairs: what one activation runs against at once).
     pub const ROWS: usize = 16;
 
     pub fn available() -> bool {
@@ -435,242 +451,308 @@ mod avx512 {
             && is_x86_feature_detected!("avx512vnni")
     }
 
+    /// A weight format as the pair kernels see it.
+    pub trait PairBlock: WeightBlock {
+        /// Whether the format has Q4_1's `m · y.s` term.
+        const OFFSETS: bool;
+        fn d(&self) -> f32;
+        fn m(&self) -> f32;
+        /// Blocks `x0` and `x1` unpacked side by side, and the value the integer sums start at.
+        ///
+        /// # Safety
+        /// The CPU must support AVX-512 F, BW and VNNI.
+        unsafe fn unpack(x0: &Self, x1: &Self) -> (__m512i, __m512i);
+        /// `start` plus the eight 4-byte-group products of each half of `w` with `y`.
+        ///
+        /// # Safety
+        /// As [`PairBlock::unpack`].
+        unsafe fn dot(start: __m512i, w: __m512i, y: __m512i) -> __m512i;
+    }
+
+    impl PairBlock for BlockQ4_1 {
+        const OFFSETS: bool = true;
+        #[inline(always)]
+        fn d(&self) -> f32 {
+            self.d
+        }
+        #[inline(always)]
+        fn m(&self) -> f32 {
+            self.m
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn unpack(x0: &Self, x1: &Self) -> (__m512i, __m512i) {
+            // SAFETY: 16 bytes each; unaligned loads.
+            let (p0, p1) = unsafe {
+                (
+                    _mm_loadu_si128(x0.qs.as_ptr().cast()),
+                    _mm_loadu_si128(x1.qs.as_ptr().cast()),
+                )
+            };
+            // [p0, p0, p1, p1] by 128-bit lanes; the second copy of each shifted to its high
+            // nibbles.
+            let both =
+                _mm512_shuffle_i64x2::<0>(_mm512_castsi128_si512(p0), _mm512_castsi128_si512(p1));
+            let shifts = _mm512_set_epi64(
+                0x0004_0004_0004_0004,
+                0x0004_0004_0004_0004,
+                0,
+                0,
+                0x0004_0004_0004_0004,
+                0x0004_0004_0004_0004,
+                0,
+                0,
+            );
+            let q = _mm512_and_si512(_mm512_srlv_epi16(both, shifts), _mm512_set1_epi8(0x0F));
+            (q, _mm512_setzero_si512())
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn dot(start: __m512i, w: __m512i, y: __m512i) -> __m512i {
+            _mm512_dpbusd_epi32(start, w, y)
+        }
+    }
+
+    /// `vpdpbusd` wants unsigned bytes on one side: the activation's, offset by 128 (`y ^ 0x80`
+    /// as unsigned is `y + 128`), with `128 · Σw` over each group taken off up front. Every sum
+    /// is an exact integer, as AVX2's.
+    impl PairBlock for BlockQ8_0 {
+        const OFFSETS: bool = false;
+        #[inline(always)]
+        fn d(&self) -> f32 {
+            self.d
+        }
+        #[inline(always)]
+        fn m(&self) -> f32 {
+            0.0
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn unpack(x0: &Self, x1: &Self) -> (__m512i, __m512i) {
+            // SAFETY: 32 bytes each; unaligned loads.
+            let q = unsafe {
+                _mm512_inserti64x4::<1>(
+                    _mm512_castsi256_si512(_mm256_loadu_si256(x0.qs.as_ptr().cast())),
+                    _mm256_loadu_si256(x1.qs.as_ptr().cast()),
+                )
+            };
+            let bias = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), q);
+            (q, _mm512_sub_epi32(_mm512_setzero_si512(), bias))
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn dot(start: __m512i, w: __m512i, y: __m512i) -> __m512i {
+            _mm512_dpbusd_epi32(start, _mm512_xor_si512(y, _mm512_set1_epi8(-128)), w)
+        }
+    }
+
+    /// [`super::avx2`]'s horizontal sum, on eight stored lanes.
+    #[inline(always)]
+    fn hsum8(v: &[f32]) -> f32 {
+        ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
+    }
+
     /// `out[r][t]` for every row `r` of `w` (`nb` blocks each) and activation `t` of `acts`.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F, BW and VNNI.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn gemm_q4_1(
-        w: &[BlockQ4_1],
-        nb: usize,
-        acts: &[BlockQ8],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        // SAFETY: the caller's promise.
-        unsafe {
-            drive(w, nb, acts, n, out, |wg, t, og| {
-                let left = n - t;
-                if left >= 8 {
-                    tile::<8>(wg, nb, acts, t, n, og);
-                    8
-                } else if left >= 4 {
-                    tile::<4>(wg, nb, acts, t, n, og);
-                    4
-                } else if left >= 2 {
-                    tile::<2>(wg, nb, acts, t, n, og);
-                    2
-                } else {
-                    tile::<1>(wg, nb, acts, t, n, og);
-                    1
-                }
-            })
-        }
-    }
-
-    /// The same for Q8_0 rows.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F, BW and VNNI.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn gemm_q8_0(
-        w: &[BlockQ8_0],
-        nb: usize,
-        acts: &[BlockQ8],
-        n: usize,
-        out: &mut [f32],
-    ) {
-        // SAFETY: the caller's promise.
-        unsafe {
-            drive(w, nb, acts, n, out, |wg, t, og| {
-                let left = n - t;
-                if left >= 8 {
-                    tile_q8_0::<8>(wg, nb, acts, t, n, og);
-                    8
-                } else if left >= 4 {
-                    tile_q8_0::<4>(wg, nb, acts, t, n, og);
-                    4
-                } else if left >= 2 {
-                    tile_q8_0::<2>(wg, nb, acts, t, n, og);
-                    2
-                } else {
-                    tile_q8_0::<1>(wg, nb, acts, t, n, og);
-                    1
-                }
-            })
-        }
-    }
-
-    /// Groups of sixteen rows through `tile(rows, first activation, out rows) -> activations
-    /// done`; rows past the last whole group through the scalar reference (the same bits).
-    ///
-    /// # Safety
-    /// `tile` must be safe to call on this CPU.
-    #[inline(always)]
-    unsafe fn drive<B: WeightBlock>(
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn gemm<B: PairBlock>(
         w: &[B],
         nb: usize,
         acts: &[BlockQ8],
         n: usize,
         out: &mut [f32],
-        mut tile: impl FnMut(&[B], usize, &mut [f32]) -> usize,
     ) {
         let rows = w.len() / nb;
-        let groups = rows / ROWS;
-        for g in 0..groups {
-            let wg = &w[g * ROWS * nb..(g + 1) * ROWS * nb];
-            let og = &mut out[g * ROWS * n..(g + 1) * ROWS * n];
+        assert!(acts.len() >= n * nb && out.len() >= rows * n);
+        // Q4_1's activation sums `y.s` by block, then activation (eight spare lanes at the end,
+        // so a tile may read eight from any of its activations).
+        let stride = n + 8;
+        let mut ys = Vec::new();
+        if B::OFFSETS {
+            ys.resize(nb * stride, 0.0f32);
+            for t in 0..n {
+                for b in 0..nb {
+                    ys[b * stride + t] = acts[t * nb + b].s;
+                }
+            }
+        }
+        let ctx = Ctx {
+            w,
+            nb,
+            acts,
+            ys: &ys,
+            stride,
+            n,
+        };
+        let pairs = rows / 2;
+        let mut p = 0;
+        while p < pairs {
+            let group = (pairs - p).min(ROWS / 2);
             let mut t = 0;
             while t < n {
-                t += tile(wg, t, og);
-            }
-        }
-        for r in groups * ROWS..rows {
-            for t in 0..n {
-                out[r * n + t] =
-                    B::dot_scalar(&w[r * nb..(r + 1) * nb], &acts[t * nb..(t + 1) * nb]);
-            }
-        }
-    }
-
-    /// Sixteen rows (`wg`) against activations `t0..t0 + T`, into `og[row][t]` (`n` per row).
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F, BW and VNNI; `wg` holds 16 rows of `nb` blocks and
-    /// `acts` at least `t0 + T` activations.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile<const T: usize>(
-        wg: &[BlockQ4_1],
-        nb: usize,
-        acts: &[BlockQ8],
-        t0: usize,
-        n: usize,
-        og: &mut [f32],
-    ) {
-        assert!(wg.len() >= ROWS * nb && acts.len() >= (t0 + T) * nb && og.len() >= ROWS * n);
-        let stride = (nb * std::mem::size_of::<BlockQ4_1>()) as i32;
-        let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-        let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(stride));
-        let low = _mm512_set1_epi8(0x0F);
-        let mut acc = [_mm512_setzero_ps(); T];
-        for b in 0..nb {
-            let blk = &wg[b];
-            let base = (blk as *const BlockQ4_1).cast::<u8>();
-            let d_ptr = std::ptr::addr_of!(blk.d).cast::<u8>();
-            let m_ptr = std::ptr::addr_of!(blk.m).cast::<u8>();
-            let q_ptr = blk.qs.as_ptr();
-            debug_assert_eq!(d_ptr, base);
-            // SAFETY: lane i reads row i's block b (byte offset i * stride from row 0's), which
-            // lies inside `wg` by the assertion above.
-            let (wd, wm, q) = unsafe {
-                (
-                    _mm512_i32gather_ps::<1>(offsets, d_ptr.cast()),
-                    _mm512_i32gather_ps::<1>(offsets, m_ptr.cast()),
-                    [
-                        _mm512_i32gather_epi32::<1>(offsets, q_ptr.cast()),
-                        _mm512_i32gather_epi32::<1>(offsets, q_ptr.add(4).cast()),
-                        _mm512_i32gather_epi32::<1>(offsets, q_ptr.add(8).cast()),
-                        _mm512_i32gather_epi32::<1>(offsets, q_ptr.add(12).cast()),
-                    ],
-                )
-            };
-            let mut lo = [_mm512_setzero_si512(); 4];
-            let mut hi = [_mm512_setzero_si512(); 4];
-            for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(q.iter()) {
-                *l = _mm512_and_si512(v, low);
-                *h = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-            }
-            for (j, a) in acc.iter_mut().enumerate() {
-                let y = &acts[(t0 + j) * nb + b];
-                let yq = y.qs.as_ptr().cast::<i32>();
-                let mut sum = _mm512_setzero_si512();
-                for k in 0..4 {
-                    // SAFETY: bytes 4k..4k + 4 and 16 + 4k..20 + 4k of the 32; unaligned reads.
-                    let (pl, ph) =
-                        unsafe { (yq.add(k).read_unaligned(), yq.add(k + 4).read_unaligned()) };
-                    sum = _mm512_dpbusd_epi32(sum, lo[k], _mm512_set1_epi32(pl));
-                    sum = _mm512_dpbusd_epi32(sum, hi[k], _mm512_set1_epi32(ph));
+                let left = n - t;
+                // SAFETY: the CPU features, and rows / activations in range (`tile` asserts).
+                unsafe {
+                    if left >= 8 {
+                        for q in p..p + group {
+                            tile::<B, 1, 8>(&ctx, 2 * q, t, out);
+                        }
+                        t += 8;
+                    } else if left >= 4 {
+                        tiles::<B, 4>(&ctx, p, group, t, out);
+                        t += 4;
+                    } else if left >= 2 {
+                        tiles::<B, 2>(&ctx, p, group, t, out);
+                        t += 2;
+                    } else {
+                        if group == ROWS / 2 {
+                            tile::<B, 8, 1>(&ctx, 2 * p, t, out);
+                        } else {
+                            tiles::<B, 1>(&ctx, p, group, t, out);
+                        }
+                        t += 1;
+                    }
                 }
-                // sum += d * y.d * sumi + m * y.s, as the reference (no fused multiply-add).
-                let scaled = _mm512_mul_ps(
-                    _mm512_mul_ps(wd, _mm512_set1_ps(y.d)),
-                    _mm512_cvtepi32_ps(sum),
-                );
-                let offset = _mm512_mul_ps(wm, _mm512_set1_ps(y.s));
-                *a = _mm512_add_ps(*a, _mm512_add_ps(scaled, offset));
             }
+            p += group;
         }
-        for (j, a) in acc.iter().enumerate() {
-            let mut v = [0.0f32; ROWS];
-            // SAFETY: 16 floats into a 16-float array.
-            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
-            for (i, x) in v.iter().enumerate() {
-                og[i * n + t0 + j] = *x;
+        if rows % 2 == 1 {
+            let r = rows - 1;
+            let wr = &w[r * nb..(r + 1) * nb];
+            for t in 0..n {
+                // SAFETY: the CPU features.
+                out[r * n + t] = unsafe { B::dot_avx2(wr, &acts[t * nb..(t + 1) * nb]) };
             }
         }
     }
 
-    /// Sixteen Q8_0 rows against activations `t0..t0 + T`. `vpdpbusd` wants unsigned bytes on
-    /// one side: the weights' magnitudes, with their signs moved onto the activation bytes
-    /// (which never hold -128, so negating them is exact).
+    /// What every tile reads.
+    struct Ctx<'a, B> {
+        w: &'a [B],
+        nb: usize,
+        acts: &'a [BlockQ8],
+        ys: &'a [f32],
+        stride: usize,
+        n: usize,
+    }
+
+    /// Pairs `p..p + group` against activations `t0..t0 + T`, two pairs at a time.
     ///
     /// # Safety
     /// As [`tile`].
     #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile_q8_0<const T: usize>(
-        wg: &[BlockQ8_0],
-        nb: usize,
-        acts: &[BlockQ8],
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn tiles<B: PairBlock, const T: usize>(
+        ctx: &Ctx<'_, B>,
+        p: usize,
+        group: usize,
         t0: usize,
-        n: usize,
-        og: &mut [f32],
+        out: &mut [f32],
     ) {
-        assert!(wg.len() >= ROWS * nb && acts.len() >= (t0 + T) * nb && og.len() >= ROWS * n);
-        let stride = (nb * std::mem::size_of::<BlockQ8_0>()) as i32;
-        let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-        let offsets = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(stride));
-        let zero = _mm512_setzero_si512();
-        let mut acc = [_mm512_setzero_ps(); T];
-        for b in 0..nb {
-            let blk = &wg[b];
-            let d_ptr = std::ptr::addr_of!(blk.d).cast::<u8>();
-            let q_ptr = blk.qs.as_ptr().cast::<u8>();
-            // SAFETY: lane i reads row i's block b, inside `wg` by the assertion above.
-            let wd = unsafe { _mm512_i32gather_ps::<1>(offsets, d_ptr.cast()) };
-            let mut mag = [zero; 8];
-            let mut neg = [0u64; 8];
-            for k in 0..8 {
-                // SAFETY: bytes 4k..4k + 4 of the 32 codes of each row's block b.
-                let q = unsafe { _mm512_i32gather_epi32::<1>(offsets, q_ptr.add(4 * k).cast()) };
-                mag[k] = _mm512_abs_epi8(q);
-                neg[k] = _mm512_movepi8_mask(q);
+        let mut q = p;
+        // SAFETY: the caller's promise.
+        unsafe {
+            while q + 2 <= p + group {
+                tile::<B, 2, T>(ctx, 2 * q, t0, out);
+                q += 2;
             }
-            for (j, a) in acc.iter_mut().enumerate() {
-                let y = &acts[(t0 + j) * nb + b];
-                let yq = y.qs.as_ptr().cast::<i32>();
-                let mut sum = _mm512_setzero_si512();
-                for k in 0..8 {
-                    // SAFETY: bytes 4k..4k + 4 of the 32; unaligned read.
-                    let p = _mm512_set1_epi32(unsafe { yq.add(k).read_unaligned() });
-                    let signed = _mm512_mask_sub_epi8(p, neg[k], zero, p);
-                    sum = _mm512_dpbusd_epi32(sum, mag[k], signed);
-                }
-                // sum += d * y.d * sumi, as the reference.
-                let scaled = _mm512_mul_ps(
-                    _mm512_mul_ps(wd, _mm512_set1_ps(y.d)),
-                    _mm512_cvtepi32_ps(sum),
-                );
-                *a = _mm512_add_ps(*a, scaled);
+            if q < p + group {
+                tile::<B, 1, T>(ctx, 2 * q, t0, out);
             }
         }
-        for (j, a) in acc.iter().enumerate() {
-            let mut v = [0.0f32; ROWS];
+    }
+
+    /// Rows `r0..r0 + 2P` (as `P` pairs) against activations `t0..t0 + T`, into
+    /// `out[row * n + t]`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA, F16C and AVX-512 F, BW and VNNI.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni")]
+    unsafe fn tile<B: PairBlock, const P: usize, const T: usize>(
+        ctx: &Ctx<'_, B>,
+        r0: usize,
+        t0: usize,
+        out: &mut [f32],
+    ) {
+        let &Ctx {
+            w,
+            nb,
+            acts,
+            ys,
+            stride,
+            n,
+        } = ctx;
+        assert!(
+            (r0 + 2 * P) * nb <= w.len()
+                && (t0 + T) * nb <= acts.len()
+                && (r0 + 2 * P) * n <= out.len()
+                && (!B::OFFSETS || ys.len() >= nb * stride && t0 + 8 <= stride)
+        );
+        let mut acc = [[_mm512_setzero_ps(); T]; P];
+        let mut offsets = [_mm512_setzero_ps(); P];
+        for b in 0..nb {
+            // SAFETY: in range by the assertion above.
+            let sv = if B::OFFSETS {
+                let s = unsafe { ys.as_ptr().add(b * stride + t0) };
+                // [y.s of activations t0..t0 + 8] in both halves.
+                _mm512_castpd_ps(_mm512_broadcast_f64x4(unsafe { _mm256_loadu_pd(s.cast()) }))
+            } else {
+                _mm512_setzero_ps()
+            };
+            for (p, (acc, offsets)) in acc.iter_mut().zip(offsets.iter_mut()).enumerate() {
+                let r = r0 + 2 * p;
+                // SAFETY: in range by the assertion above.
+                let (x0, x1) = unsafe {
+                    (
+                        w.get_unchecked(r * nb + b),
+                        w.get_unchecked((r + 1) * nb + b),
+                    )
+                };
+                // SAFETY: the CPU features.
+                let (q, start) = unsafe { B::unpack(x0, x1) };
+                let halves = |a: f32, b: f32| {
+                    _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(a), _mm512_set1_ps(b))
+                };
+                let d = halves(x0.d(), x1.d());
+                for (t, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: in range by the assertion above; 32 bytes, unaligned.
+                    let y = unsafe { acts.get_unchecked((t0 + t) * nb + b) };
+                    let qy =
+                        _mm512_broadcast_i64x4(unsafe { _mm256_loadu_si256(y.qs.as_ptr().cast()) });
+                    // SAFETY: the CPU features.
+                    let sum = unsafe { B::dot(start, q, qy) };
+                    // x.d * y.d as one f32 product per lane, as AVX2's broadcast of it.
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(y.d));
+                    *a = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sum), *a);
+                }
+                if B::OFFSETS {
+                    // offsets += x.m * y.s, not fused, as AVX2.
+                    let m = halves(x0.m(), x1.m());
+                    *offsets = _mm512_add_ps(*offsets, _mm512_mul_ps(m, sv));
+                }
+            }
+        }
+        for (p, (acc, offsets)) in acc.iter().zip(&offsets).enumerate() {
+            let r = r0 + 2 * p;
+            let mut o = [0.0f32; 16];
             // SAFETY: 16 floats into a 16-float array.
-            unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
-            for (i, x) in v.iter().enumerate() {
-                og[i * n + t0 + j] = *x;
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), *offsets) };
+            for (t, a) in acc.iter().enumerate() {
+                let mut v = [0.0f32; 16];
+                // SAFETY: as above.
+                unsafe { _mm512_storeu_ps(v.as_mut_ptr(), *a) };
+                let (lo, hi) = (hsum8(&v[..8]), hsum8(&v[8..]));
+                // Q8_0 adds nothing (not even 0.0, which would turn -0.0 into 0.0).
+                let (lo, hi) = if B::OFFSETS {
+                    (lo + o[t], hi + o[8 + t])
+                } else {
+                    (lo, hi)
+                };
+                out[r * n + t0 + t] = lo;
+                out[(r + 1) * n + t0 + t] = hi;
             }
         }
     }
@@ -995,59 +1077,89 @@ mod tests {
         }
     }
 
-    /// The AVX-512 kernels equal the scalar reference bit for bit, for every number of
-    /// activations (tiles of 8, 4, 2, 1) and for rows past the last group of sixteen.
+    /// The AVX-512 kernels equal the AVX2 ones (llama.cpp's order) bit for bit, for every
+    /// number of activations (tiles of 8, 4, 2, 1 over groups of up to four row pairs), odd and
+    /// even row counts (a last odd row goes through AVX2) and several row lengths, through
+    /// `gemm` and through `matmul`.
     #[test]
-    fn avx512_gemm_equals_the_reference_exactly() {
+    fn avx512_gemm_equals_avx2_exactly() {
         #[cfg(target_arch = "x86_64")]
-        let k = if avx512::available() {
-            Kernel::Avx512
-        } else {
-            eprintln!("skipped: this CPU lacks AVX-512 F/BW/VNNI");
-            return;
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let k = Kernel::Scalar;
-        let (rows, cols) = (37, 96);
-        let nb = cols / QK;
-        let w = noise(11, rows * cols);
-        for (ty, bytes) in [(3, q4_1_bytes(&w)), (8, q8_0_bytes(&w))] {
-            let m = QMatrix::from_bytes(ty, rows, cols, &bytes).unwrap();
-            for n in 1..=13 {
-                let x: Vec<f32> = noise(20 + n as u64, n * cols)
+        {
+            if !avx512::available() || Kernel::pick(Some("avx2")) != Kernel::Avx2 {
+                eprintln!("skipped: this CPU lacks AVX-512 F/BW/VNNI (or AVX2)");
+                return;
+            }
+            for nb in [1, 3, 18] {
+                let cols = nb * QK;
+                let rows = 33;
+                // Rows of different scales, one all-zero block (for signed zeros).
+                let mut w: Vec<f32> = noise(11 + nb as u64, rows * cols)
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| v * (1 + i % 7) as f32)
+                    .map(|(i, v)| v * (1 + (i / cols) % 5) as f32)
                     .collect();
-                let mut a = vec![BlockQ8::default(); n * nb];
-                for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(nb)) {
-                    quantize_row(xr, ar);
-                }
-                let mut out = vec![0.0; rows * n];
-                let reference = |r: usize, t: usize| {
-                    let at = &a[t * nb..(t + 1) * nb];
-                    match &m.data {
-                        QData::Q4_1(b) => dot_q4_1_scalar(&b[r * nb..(r + 1) * nb], at),
-                        QData::Q8_0(b) => dot_q8_0_scalar(&b[r * nb..(r + 1) * nb], at),
+                w[2 * cols..2 * cols + QK].fill(0.0);
+                for (ty, bytes) in [(3, q4_1_bytes(&w)), (8, q8_0_bytes(&w))] {
+                    let m = QMatrix::from_bytes(ty, rows, cols, &bytes).unwrap();
+                    for n in 1..=17 {
+                        let x: Vec<f32> = noise(20 + n as u64, n * cols)
+                            .iter()
+                            .enumerate()
+                            .map(|(i, v)| v * (1 + i % 7) as f32)
+                            .collect();
+                        let mut a = vec![BlockQ8::default(); n * nb];
+                        for (xr, ar) in x.chunks_exact(cols).zip(a.chunks_exact_mut(nb)) {
+                            quantize_row(xr, ar);
+                        }
+                        for r in [1, 2, 3, 16, 17, 33] {
+                            let run = |k: Kernel| {
+                                let mut out = vec![0.0f32; r * n];
+                                match &m.data {
+                                    QData::Q4_1(b) => k.gemm(&b[..r * nb], nb, &a, n, &mut out),
+                                    QData::Q8_0(b) => k.gemm(&b[..r * nb], nb, &a, n, &mut out),
+                                }
+                                out
+                            };
+                            let (want, got) = (run(Kernel::Avx2), run(Kernel::Avx512));
+                            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    w.to_bits(),
+                                    "type {ty} nb {nb} rows {r} n {n}: row {} act {}: {g} vs {w}",
+                                    i / n,
+                                    i % n
+                                );
+                            }
+                        }
+                        let mut mm = [vec![0.0f32; n * rows], vec![0.0f32; n * rows]];
+                        m.matmul(Kernel::Avx2, &a, n, &mut mm[0], &mut Vec::new());
+                        m.matmul(Kernel::Avx512, &a, n, &mut mm[1], &mut Vec::new());
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&mm[0]), bits(&mm[1]), "matmul {ty} nb {nb} n {n}");
                     }
-                };
-                match &m.data {
-                    QData::Q4_1(b) => k.gemm(b, nb, &a, n, &mut out),
-                    QData::Q8_0(b) => k.gemm(b, nb, &a, n, &mut out),
-                }
-                let mut mm = vec![0.0; n * rows];
-                m.matmul(k, &a, n, &mut mm, &mut Vec::new());
-                for (i, &got) in out.iter().enumerate() {
-                    let (r, t) = (i / n, i % n);
-                    let want = reference(r, t);
-                    assert_eq!(got.to_bits(), want.to_bits(), "type {ty} n {n} r {r} t {t}");
-                    assert_eq!(
-                        mm[t * rows + r].to_bits(),
-                        want.to_bits(),
-                        "matmul {ty} n {n}"
-                    );
                 }
             }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        eprintln!("skipped: not x86-64");
+    }
+
+    #[test]
+    fn kernel_choice_follows_the_cpu_and_anya_kernel() {
+        assert_eq!(Kernel::pick(Some("scalar")), Kernel::Scalar);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            assert_eq!(Kernel::pick(Some("avx2")), Kernel::Avx2);
+            let best = if avx512::available() {
+                Kernel::Avx512
+            } else {
+                Kernel::Avx2
+            };
+            assert_eq!(Kernel::pick(None), best);
+            assert_eq!(Kernel::pick(Some("avx512")), best);
         }
     }
 

@@ -36,6 +36,9 @@ pub struct ModelSection {
     /// Compute threads per model (0: one per core). Sets `RAYON_NUM_THREADS`, which sizes both
     /// candle's pools and the pool of our CPU llama.
     pub threads: usize,
+    /// Rescan the repository this often (seconds; 0: never): new version folders load once
+    /// complete, removed ones unload after draining, changed ones reload.
+    pub poll_interval_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +189,7 @@ impl Default for ModelSection {
             models_dir: PathBuf::from("models"),
             warmup: true,
             threads: 0,
+            poll_interval_s: 0.0,
         }
     }
 }
@@ -371,6 +375,13 @@ impl Settings {
         }
         if self.server.workers > 1024 {
             return bad("server.workers", "must be at most 1024");
+        }
+        let poll = self.model.poll_interval_s;
+        if !(poll == 0.0 || (0.1..=86_400.0).contains(&poll)) {
+            return bad(
+                "model.poll_interval_s",
+                "must be 0 (off) or between 0.1 and 86400",
+            );
         }
         if self.model.threads > 1024 {
             return bad("model.threads", "must be at most 1024");

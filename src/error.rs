@@ -23,6 +23,10 @@ pub enum ErrorKind {
     /// The body did not arrive in time (`server.body_timeout_ms`).
     BodyTimeout,
     RateLimited,
+    /// The request clashes with the state of a resource (unloading the only routed version).
+    Conflict,
+    /// A model version could not be loaded (bad files, signature, unsupported format).
+    LoadFailed,
     Internal,
     Unavailable,
     Timeout,
@@ -42,6 +46,8 @@ impl ErrorKind {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Conflict => StatusCode::CONFLICT,
+            Self::LoadFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -62,6 +68,8 @@ impl ErrorKind {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BodyTimeout => "request_timeout",
             Self::RateLimited => "rate_limit_exceeded",
+            Self::Conflict => "conflict",
+            Self::LoadFailed => "model_load_failed",
             Self::Internal => "internal_error",
             Self::Unavailable => "service_unavailable",
             Self::Timeout => "timeout",

@@ -46,4 +46,5 @@ pub mod server;
 pub mod serving;
 pub mod spec;
 pub mod telemetry;
+pub mod traffic;
 pub mod usage;

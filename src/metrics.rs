@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::engine::{BatchObserver, BatchReport, RunStats};
@@ -61,6 +61,11 @@ pub struct Metrics {
     cache_errors: IntCounterVec,
     cache_lookup: HistogramVec,
     cache_entries: IntGauge,
+    traffic_weight: GaugeVec,
+    canary_checks: IntCounterVec,
+    canary_weight: GaugeVec,
+    shadow: IntCounterVec,
+    shadow_latency: HistogramVec,
     /// Every `anya_ai_*` family name, registered or not yet observed.
     names: Vec<String>,
 }
@@ -92,6 +97,38 @@ impl Metrics {
         let mv = &["model", "version"];
         let mut m = Metrics {
             names: Vec::new(),
+            traffic_weight: GaugeVec::new(
+                Opts::new(
+                    "anya_ai_traffic_weight",
+                    "Share (out of 100) of a model's unpinned requests routed to each target model and version by its traffic policy.",
+                ),
+                &["model", "target", "version"],
+            )
+            .expect("static metric definition"),
+            canary_checks: counter(
+                "anya_ai_canary_checks_total",
+                "Canary analysis checks by verdict (stepped, held, failed, rolled_back, promoted).",
+                &["model", "version", "verdict"],
+            ),
+            canary_weight: GaugeVec::new(
+                Opts::new(
+                    "anya_ai_canary_weight",
+                    "A canary's share of traffic (out of 100) after its last check.",
+                ),
+                mv,
+            )
+            .expect("static metric definition"),
+            shadow: counter(
+                "anya_ai_shadow_total",
+                "Shadowed requests by result: agree, disagree (the shadow's answer differed from the primary's), error, dropped (the shadow's queue was busy).",
+                &["model", "version", "result"],
+            ),
+            shadow_latency: hist(
+                "anya_ai_shadow_latency_seconds",
+                "Latency of shadowed requests, for the primary and for the shadow version (labelled by the shadow version).",
+                &["model", "version", "role"],
+                LATENCY_BUCKETS,
+            ),
             cache_requests: counter(
                 "anya_ai_cache_requests_total",
                 "Cache lookups per tier and result (hit, miss, error).",
@@ -233,6 +270,11 @@ impl Metrics {
             Box::new(m.cache_errors.clone()),
             Box::new(m.cache_lookup.clone()),
             Box::new(m.cache_entries.clone()),
+            Box::new(m.traffic_weight.clone()),
+            Box::new(m.canary_checks.clone()),
+            Box::new(m.canary_weight.clone()),
+            Box::new(m.shadow.clone()),
+            Box::new(m.shadow_latency.clone()),
             Box::new(build),
         ];
         let mut names = Vec::new();
@@ -357,18 +399,64 @@ impl Metrics {
         })
     }
 
+    /// One canary check (the serving core's traffic task).
+    pub fn observe_canary(&self, model: &str, version: &str, verdict: &str, weight: f64) {
+        self.canary_checks
+            .with_label_values(&[model, version, verdict])
+            .inc();
+        self.canary_weight
+            .with_label_values(&[model, version])
+            .set(weight);
+    }
+
+    /// One shadowed request: its result and, when both ran, both latencies.
+    pub fn observe_shadow(
+        &self,
+        model: &str,
+        version: &str,
+        result: &str,
+        latencies: Option<(Duration, Duration)>,
+    ) {
+        self.shadow
+            .with_label_values(&[model, version, result])
+            .inc();
+        if let Some((primary, shadow)) = latencies {
+            self.shadow_latency
+                .with_label_values(&[model, version, "primary"])
+                .observe(primary.as_secs_f64());
+            self.shadow_latency
+                .with_label_values(&[model, version, "shadow"])
+                .observe(shadow.as_secs_f64());
+        }
+    }
+
     /// The text exposition, with the gauges that are read at scrape time brought up to date.
-    pub fn render(&self, models: &ModelRegistry, in_flight: usize, cache_entries: u64) -> String {
+    pub fn render(
+        &self,
+        models: &ModelRegistry,
+        traffic: &crate::traffic::Traffic,
+        in_flight: usize,
+        cache_entries: u64,
+    ) -> String {
         self.in_flight.set(in_flight as i64);
         self.cache_entries.set(cache_entries as i64);
         let (mut loading, mut ready, mut failed) = (0, 0, 0);
         self.model_info.reset();
+        self.queue_size.reset();
+        self.active_sequences.reset();
+        self.traffic_weight.reset();
+        for (model, target, version, weight) in traffic.all_weights() {
+            self.traffic_weight
+                .with_label_values(&[model.as_str(), target.as_str(), version.as_str()])
+                .set(weight);
+        }
         for rec in models.list() {
             for (v, ver) in &rec.versions {
                 let version = v.to_string();
                 match &ver.state {
                     VersionState::Loading => loading += 1,
                     VersionState::Failed(_) => failed += 1,
+                    VersionState::Draining(_) => {}
                     VersionState::Ready(h) => {
                         ready += 1;
                         self.model_info

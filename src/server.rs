@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -121,19 +121,6 @@ impl Server {
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
 
-        let device = settings.model.device;
-        let warmup = settings.model.warmup;
-        let trusted_keys: Option<Arc<Vec<ed25519_dalek::VerifyingKey>>> =
-            settings.security.require_signed_models.then(|| {
-                Arc::new(
-                    settings
-                        .security
-                        .trusted_keys
-                        .iter()
-                        .filter_map(|k| crate::spec::signing::parse_public_key(k))
-                        .collect(),
-                )
-            });
         announce_exposure(&settings);
         let metrics_port = settings
             .monitoring
@@ -165,19 +152,13 @@ impl Server {
         let (tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let state = AppState::new(settings, registry.clone())?;
         let lifecycle = state.lifecycle.clone();
-        let metrics = state.metrics.clone();
+        let core = state.core.clone();
+        core.restore_traffic();
         let loader = registry.clone();
+        let lifecycle_core = core.clone();
+        tokio::spawn(lifecycle_core.run_lifecycle(shutdown_rx.clone()));
         let loading = tokio::spawn(async move {
-            let loads = sources.iter().map(|s| {
-                let (id, v) = (s.manifest.id.clone(), s.manifest.version.to_string());
-                let observer = metrics.batch_observer(&id, &v);
-                let (loader, metrics, keys) = (&loader, &metrics, trusted_keys.clone());
-                async move {
-                    let started = Instant::now();
-                    let ok = loader.load(s, device, warmup, Some(observer), keys).await;
-                    metrics.observe_load(&id, &v, ok, started.elapsed());
-                }
-            });
+            let loads = sources.iter().map(|s| core.load_source(s));
             futures::future::join_all(loads).await;
             let r = loader.readiness();
             if r.ready {

@@ -42,6 +42,9 @@ pub enum Work {
     Echo {
         inputs: Vec<serde_json::Value>,
         delay: Duration,
+        /// Fail this request on purpose (the echo parameter `fail_rate`, for tests of canary
+        /// analysis and fallbacks).
+        fail: bool,
     },
 }
 
@@ -65,9 +68,14 @@ impl Work {
                 prompts: pick(prompts),
                 params: params.clone(),
             },
-            Work::Echo { inputs, delay } => Work::Echo {
+            Work::Echo {
+                inputs,
+                delay,
+                fail,
+            } => Work::Echo {
                 inputs: idx.iter().filter_map(|&i| inputs.get(i).cloned()).collect(),
                 delay: *delay,
+                fail: *fail,
             },
         }
     }
@@ -349,6 +357,12 @@ impl ModelHandle {
     /// Requests dropped before compute because their client had gone.
     pub fn cancelled_count(&self) -> usize {
         self.inner.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Copies of this handle alive now: the registry's, plus one per request routed to it
+    /// that has not finished (an unload waits for this to come down to its own copies).
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     pub fn is_alive(&self) -> bool {

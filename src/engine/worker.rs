@@ -120,6 +120,19 @@ fn run_batch(
     observer: Option<&BatchObserver>,
 ) {
     let Batch { jobs, done } = batch;
+    // Echo requests told to fail do so here, like a model error, without touching the others.
+    let (jobs, failing): (Vec<Job>, Vec<Job>) = jobs
+        .into_iter()
+        .partition(|j| !matches!(j.work, Work::Echo { fail: true, .. }));
+    for job in failing {
+        job.reply.done(Err(EngineError::Model(
+            "failed on purpose (the echo parameter fail_rate)".into(),
+        )));
+    }
+    if jobs.is_empty() {
+        let _ = done.send(());
+        return;
+    }
     let dispatched = Instant::now();
     let batch_size: usize = jobs.iter().map(|j| j.work.items()).sum();
     let started = Instant::now();
@@ -202,7 +215,7 @@ fn compute(
         Backend::Echo => Ok(jobs
             .iter()
             .map(|j| match &j.work {
-                Work::Echo { inputs, delay } => {
+                Work::Echo { inputs, delay, .. } => {
                     if !delay.is_zero() {
                         std::thread::sleep(*delay);
                     }

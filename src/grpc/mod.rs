@@ -66,6 +66,8 @@ pub fn status(e: &ApiError) -> Status {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::MethodNotAllowed => Code::Unimplemented,
         ErrorKind::RateLimited => Code::ResourceExhausted,
+        ErrorKind::Conflict => Code::FailedPrecondition,
+        ErrorKind::LoadFailed => Code::Internal,
         ErrorKind::Internal => Code::Internal,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Timeout | ErrorKind::BodyTimeout => Code::DeadlineExceeded,

@@ -17,7 +17,7 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use super::{cache, health, kserve, models, openai, openapi, predict, usage, ws};
+use super::{cache, health, kserve, models, openai, openapi, predict, traffic, usage, ws};
 use crate::admission::{admit, bearer, Admitted, Need, Refused};
 pub use crate::auth::ANONYMOUS;
 use crate::auth::{Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT};
@@ -101,6 +101,26 @@ impl AppState {
             usage: usage.clone(),
             monitoring: settings.monitoring.enabled,
             request_timeout,
+            traffic: Arc::new(crate::traffic::Traffic::new(Some(
+                settings.model.models_dir.clone(),
+            ))),
+            loading: crate::serving::admin::Loading::new(crate::serving::admin::LoadSettings {
+                models_dir: settings.model.models_dir.clone(),
+                device: settings.model.device,
+                warmup: settings.model.warmup,
+                trusted_keys: settings.security.require_signed_models.then(|| {
+                    Arc::new(
+                        settings
+                            .security
+                            .trusted_keys
+                            .iter()
+                            .filter_map(|k| crate::spec::signing::parse_public_key(k))
+                            .collect(),
+                    )
+                }),
+                drain_timeout: Duration::from_secs(settings.server.drain_timeout_s.max(1)),
+                poll_interval_s: settings.model.poll_interval_s,
+            }),
         });
         Ok(Self {
             auth,
@@ -129,6 +149,21 @@ pub fn app(state: AppState) -> Router {
         .route("/models", get(models::list_models))
         .route("/models/{id}", get(models::get_model))
         .route("/models/{id}/versions", get(models::list_versions))
+        .route(
+            "/models/{id}/versions/{version}",
+            delete(traffic::unload),
+        )
+        .route(
+            "/models/{id}/versions/{version}/load",
+            post(traffic::load),
+        )
+        .route(
+            "/models/{id}/traffic",
+            get(traffic::get_traffic).put(traffic::put_traffic),
+        )
+        .route("/models/{id}/traffic/promote", post(traffic::promote))
+        .route("/models/{id}/traffic/rollback", post(traffic::rollback))
+        .route("/repository/rescan", post(traffic::rescan))
         .route("/models/{id}/metrics", get(usage::model_metrics))
         .route("/usage", get(usage::usage))
         .route("/cache", delete(cache::clear))
@@ -283,6 +318,11 @@ async fn observe_request(
         .extensions_mut()
         .remove::<ModelLabel>()
         .unwrap_or_default();
+    if !label.version.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&label.version) {
+            response.headers_mut().insert("x-model-version", v);
+        }
+    }
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     let principal = response.extensions().get::<Principal>();
     record_request(
@@ -330,6 +370,15 @@ pub(crate) fn record_request(
         state
             .metrics
             .observe_http(label, endpoint, status, code, elapsed);
+    }
+    if !label.model.is_empty() {
+        // A running canary of this version judges it by these.
+        state.core.traffic.observe(
+            &label.model,
+            &label.version,
+            elapsed.as_secs_f64() * 1e3,
+            status >= 500,
+        );
     }
     let account = principal.map_or(ANONYMOUS, Principal::account);
     if !label.model.is_empty() && !label.deferred {
@@ -448,6 +497,12 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
         | "/v2/models/{name}/infer"
         | "/v2/models/{name}/versions/{version}/infer" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
+        "/models/{id}/versions/{version}"
+        | "/models/{id}/versions/{version}/load"
+        | "/models/{id}/traffic/promote"
+        | "/models/{id}/traffic/rollback"
+        | "/repository/rescan" => Need::Scope(SCOPE_ADMIN),
+        "/models/{id}/traffic" if method == Method::PUT => Need::Scope(SCOPE_ADMIN),
         _ => Need::Authenticated,
     }
 }

@@ -99,6 +99,7 @@ pub fn is_ready(state: &AppState) -> bool {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let body = state.metrics.render(
         &state.registry,
+        &state.core.traffic,
         state.lifecycle.in_flight(),
         state.cache.as_ref().map_or(0, |c| c.entry_count()),
     );

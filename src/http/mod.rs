@@ -11,6 +11,7 @@ pub mod models;
 pub mod openai;
 pub mod openapi;
 pub mod predict;
+pub mod traffic;
 pub mod usage;
 pub mod ws;
 
@@ -31,6 +32,7 @@ impl From<RegistryError> for ApiError {
                 ApiError::not_found(e.to_string())
             }
             RegistryError::Loading { .. } => ApiError::unavailable(e.to_string(), 5),
+            RegistryError::Draining { .. } => ApiError::unavailable(e.to_string(), 1),
             RegistryError::Failed { id, version, .. } => ApiError::unavailable(
                 format!("model `{id}` version {version} failed to load; see GET /models/{id}"),
                 30,

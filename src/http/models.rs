@@ -38,7 +38,7 @@ pub struct ModelSummary {
 pub struct VersionInfo {
     pub version: String,
     pub default: bool,
-    /// loading, ready or failed.
+    /// loading, ready, draining (being unloaded) or failed.
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -48,6 +48,9 @@ pub struct VersionInfo {
     pub load_ms: Option<u64>,
     /// Requests waiting for a batch now.
     pub queue_size: usize,
+    /// Share (out of 100) of the model's unpinned requests this version gets: from the traffic
+    /// policy, else 100 for the default version.
+    pub weight: f64,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -130,14 +133,25 @@ fn ts(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-fn version_info(rec: &ModelRecord, v: &VersionRecord) -> VersionInfo {
+pub(crate) fn version_info(state: &AppState, rec: &ModelRecord, v: &VersionRecord) -> VersionInfo {
     let (error, device, queue_size) = match &v.state {
         VersionState::Failed(e) => (Some(e.clone()), None, 0),
-        VersionState::Ready(h) => (None, Some(h.frontend().device.clone()), h.queue_len()),
+        VersionState::Ready(h) | VersionState::Draining(h) => {
+            (None, Some(h.frontend().device.clone()), h.queue_len())
+        }
         VersionState::Loading => (None, None, 0),
     };
+    let version = v.manifest.version.to_string();
+    let weight = state.core.traffic.weight_of(&rec.id, &version).unwrap_or(
+        if v.manifest.version == rec.default_version {
+            100.0
+        } else {
+            0.0
+        },
+    );
     VersionInfo {
-        version: v.manifest.version.to_string(),
+        weight,
+        version,
         default: v.manifest.version == rec.default_version,
         state: v.state.as_str().to_string(),
         error,
@@ -200,7 +214,7 @@ pub async fn get_model(
     let versions: Vec<VersionInfo> = rec
         .versions
         .values()
-        .map(|v| version_info(&rec, v))
+        .map(|v| version_info(&state, &rec, v))
         .collect();
     let created = rec
         .versions
@@ -274,7 +288,7 @@ pub async fn list_versions(
         versions: rec
             .versions
             .values()
-            .map(|v| version_info(&rec, v))
+            .map(|v| version_info(&state, &rec, v))
             .collect(),
     }))
 }

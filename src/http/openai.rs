@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderValue, Request};
+use axum::http::{HeaderMap, HeaderValue, Request};
 use axum::middleware::Next;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -676,6 +676,7 @@ fn finish_reason(r: FinishReason) -> FinishReasonV1 {
 pub async fn chat_completions(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Response {
     let principal = principal.map(|e| e.0);
@@ -713,6 +714,8 @@ pub async fn chat_completions(
         params,
         cache: true,
         logprobs: top,
+        headers: headers.clone(),
+        user: req.sampling.user.clone(),
     };
     let caller = Caller {
         principal: principal.as_ref(),
@@ -785,6 +788,7 @@ pub async fn chat_completions(
 pub async fn completions(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Response {
     let principal = principal.map(|e| e.0);
@@ -843,6 +847,8 @@ pub async fn completions(
         params,
         cache: true,
         logprobs: None,
+        headers: headers.clone(),
+        user: req.sampling.user.clone(),
     };
     let caller = Caller {
         principal: principal.as_ref(),
@@ -1185,6 +1191,7 @@ fn token_ids(items: &[Value]) -> Option<Vec<u32>> {
 pub async fn embeddings(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> Response {
     let principal = principal.map(|e| e.0);
@@ -1235,6 +1242,8 @@ pub async fn embeddings(
         params: Map::new(),
         cache: true,
         logprobs: None,
+        headers: headers.clone(),
+        user: req.user.clone(),
     };
     let (label, outcome) = state
         .core

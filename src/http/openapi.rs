@@ -13,7 +13,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseB
 use utoipa::{Modify, OpenApi};
 
 use super::app::AppState;
-use super::{cache, health, models, openai, predict, usage};
+use super::{cache, health, models, openai, predict, traffic, usage};
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
 
 #[derive(OpenApi)]
@@ -39,6 +39,13 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         openai::chat_completions,
         openai::completions,
         openai::embeddings,
+        traffic::load,
+        traffic::unload,
+        traffic::rescan,
+        traffic::get_traffic,
+        traffic::put_traffic,
+        traffic::promote,
+        traffic::rollback,
     ),
     components(schemas(
         ErrorEnvelope,
@@ -57,6 +64,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         (name = "health", description = "Probes"),
         (name = "usage", description = "Usage and cost"),
         (name = "cache", description = "The response cache"),
+        (name = "lifecycle", description = "Load, unload and swap model versions; traffic policies (split, sticky A/B, shadow, canary), promote and rollback (scope admin)"),
         (name = "openai", description = "OpenAI-compatible API: OpenAI's request and response shapes, errors as {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"),
     )
 )]

@@ -210,6 +210,8 @@ pub(crate) fn serve_request(
             params: req.parameters,
             cache: cache && !no_cache_header,
             logprobs: None,
+            headers: HeaderMap::new(),
+            user: None,
         },
         stream,
     ))
@@ -224,10 +226,11 @@ pub async fn run(
     headers: &HeaderMap,
     req: PredictRequest,
 ) -> Response {
-    let (req, stream) = match serve_request(id, version, no_cache(headers), req) {
+    let (mut req, stream) = match serve_request(id, version, no_cache(headers), req) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    req.headers = headers.clone();
     let caller = Caller { principal };
     if stream || wants_event_stream(headers) {
         let (label, outcome) = state.core.infer_stream(caller, req).await;

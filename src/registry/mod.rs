@@ -24,6 +24,8 @@ use repository::ModelSource;
 pub enum VersionState {
     Loading,
     Ready(ModelHandle),
+    /// Unloading: no new request is routed to it; the ones it holds finish.
+    Draining(ModelHandle),
     Failed(String),
 }
 
@@ -32,6 +34,7 @@ impl VersionState {
         match self {
             VersionState::Loading => "loading",
             VersionState::Ready(_) => "ready",
+            VersionState::Draining(_) => "draining",
             VersionState::Failed(_) => "failed",
         }
     }
@@ -77,6 +80,8 @@ pub enum RegistryError {
     },
     #[error("model `{0}` version {1} is registered twice")]
     Duplicate(String, Version),
+    #[error("model `{id}` version {version} is being unloaded")]
+    Draining { id: String, version: Version },
 }
 
 /// Whether every registered model is ready, and which are not.
@@ -135,7 +140,15 @@ impl Registry {
                 load_ms: None,
             },
         );
-        record.default_version = pick_default(&record.versions);
+        // A model already serving keeps its default: a version added at run time takes
+        // traffic when a traffic policy or a promotion sends it some.
+        let serving = record
+            .versions
+            .get(&record.default_version)
+            .is_some_and(|v| matches!(v.state, VersionState::Ready(_)));
+        if !serving {
+            record.default_version = pick_default(&record.versions);
+        }
         Ok(())
     }
 
@@ -188,6 +201,10 @@ impl Registry {
                 id: id.into(),
                 version: v,
             }),
+            VersionState::Draining(_) => Err(RegistryError::Draining {
+                id: id.into(),
+                version: v,
+            }),
             VersionState::Failed(reason) => Err(RegistryError::Failed {
                 id: id.into(),
                 version: v,
@@ -219,12 +236,86 @@ impl Registry {
                     VersionState::Loading => r.loading.push(name),
                     VersionState::Failed(_) => r.failed.push(name),
                     VersionState::Ready(h) if !h.is_alive() => r.dead.push(name),
-                    VersionState::Ready(_) => {}
+                    VersionState::Ready(_) | VersionState::Draining(_) => {}
                 }
             }
         }
         r.ready = r.loading.is_empty() && r.failed.is_empty() && r.dead.is_empty();
         r
+    }
+
+    /// Take `version` of `id` out of routing: its state becomes `Draining` and its handle is
+    /// returned, so the caller can wait for the requests holding it. `None` when it was not
+    /// ready (a loading or failed version is simply removed).
+    pub fn begin_unload(&self, id: &str, version: &Version) -> Option<ModelHandle> {
+        let mut models = self.write();
+        let record = models.get_mut(id)?;
+        let entry = record.versions.get_mut(version)?;
+        match std::mem::replace(&mut entry.state, VersionState::Loading) {
+            VersionState::Ready(h) | VersionState::Draining(h) => {
+                entry.state = VersionState::Draining(h.clone());
+                entry.updated_at = OffsetDateTime::now_utc();
+                Some(h)
+            }
+            _ => {
+                record.versions.remove(version);
+                Self::after_removal(&mut models, id);
+                None
+            }
+        }
+    }
+
+    /// Forget `version` of `id` (after draining); the model goes when its last version does.
+    pub fn remove(&self, id: &str, version: &Version) {
+        let mut models = self.write();
+        if let Some(record) = models.get_mut(id) {
+            record.versions.remove(version);
+        }
+        Self::after_removal(&mut models, id);
+    }
+
+    fn after_removal(models: &mut BTreeMap<String, ModelRecord>, id: &str) {
+        let Some(record) = models.get_mut(id) else {
+            return;
+        };
+        if record.versions.is_empty() {
+            models.remove(id);
+        } else if !record.versions.contains_key(&record.default_version) {
+            record.default_version = pick_default(&record.versions);
+        }
+    }
+
+    /// Register `source` if it is new, or put a changed copy of a registered version back in
+    /// the `loading` state's place: the running handle keeps serving until the new one is ready.
+    pub fn register_or_update(&self, source: &ModelSource) -> Result<bool, RegistryError> {
+        let m = &source.manifest;
+        {
+            let mut models = self.write();
+            if let Some(v) = models
+                .get_mut(&m.id)
+                .and_then(|r| r.versions.get_mut(&m.version))
+            {
+                v.manifest = Arc::new(m.clone());
+                v.dir = source.dir.clone();
+                return Ok(false);
+            }
+        }
+        self.register(source).map(|()| true)
+    }
+
+    fn is_ready(&self, id: &str, version: &Version) -> bool {
+        self.read()
+            .get(id)
+            .and_then(|r| r.versions.get(version))
+            .is_some_and(|v| matches!(v.state, VersionState::Ready(_)))
+    }
+
+    /// The directory a registered version was loaded from.
+    pub fn dir_of(&self, id: &str, version: &Version) -> Option<PathBuf> {
+        self.read()
+            .get(id)
+            .and_then(|r| r.versions.get(version))
+            .map(|v| v.dir.clone())
     }
 
     /// Load one registered version and record the outcome; logs one line either way. Returns
@@ -264,6 +355,10 @@ impl Registry {
             }
             Err(e) => {
                 tracing::error!(model = %m.id, version = %m.version, error = %e, "model failed to load");
+                if self.is_ready(&m.id, &m.version) {
+                    // A reload that failed: the running copy keeps serving.
+                    return false;
+                }
                 self.set_state(
                     &m.id,
                     &m.version,

@@ -7,7 +7,9 @@
 //! deltas), store what was computed, and account for it (tokens, cost, usage, inference
 //! metrics) when the answer — or the stream — ends.
 
+pub mod admin;
 pub mod params;
+mod shadow;
 pub mod stream;
 pub mod validate;
 
@@ -93,6 +95,24 @@ pub struct ServeRequest {
     pub cache: bool,
     /// Record log-probabilities of generated tokens, with this many alternatives.
     pub logprobs: Option<usize>,
+    /// The request's headers (a sticky traffic policy reads its key from one); empty when the
+    /// protocol has none.
+    pub headers: http::HeaderMap,
+    /// The client's end-user id (OpenAI's `user`), the sticky key when the header is absent.
+    pub user: Option<String>,
+}
+
+impl ServeRequest {
+    /// The key a sticky policy hashes: the named header, else `user`, else the principal.
+    fn sticky_key(&self, header: &str, principal: Option<&Principal>) -> Option<String> {
+        self.headers
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .or_else(|| self.user.clone().filter(|u| !u.is_empty()))
+            .or_else(|| principal.map(|p| p.sub.clone()))
+    }
 }
 
 /// Who is asking.
@@ -146,6 +166,10 @@ pub struct Core {
     pub usage: Arc<UsageStore>,
     pub monitoring: bool,
     pub request_timeout: Duration,
+    /// Traffic policies: the routing step of requests that pin no version.
+    pub traffic: Arc<crate::traffic::Traffic>,
+    /// What loading a version needs (admin loads, repository polling).
+    pub loading: admin::Loading,
 }
 
 /// Requests with at most this many bytes of text are validated on the async runtime (a few
@@ -162,6 +186,8 @@ struct Prepared {
     cache_used: bool,
     arrived: Instant,
     prompt_tokens: usize,
+    /// A shadow copy of the request, when the policy picked one.
+    shadow: Option<shadow::ShadowJob>,
 }
 
 impl Core {
@@ -181,10 +207,28 @@ impl Core {
         req: ServeRequest,
     ) -> Result<Prepared, (Option<ModelLabel>, ApiError)> {
         let arrived = Instant::now();
+        // The routing step: a pinned version bypasses the model's traffic policy.
+        let (model, version, shadow_version) = match req.version.as_deref() {
+            Some(_) => (req.model.clone(), req.version.clone(), None),
+            None => match self.traffic.plan(
+                &req.model,
+                |header| req.sticky_key(header, caller.principal),
+                rand::random::<f64>,
+            ) {
+                Some(plan) => (plan.model, plan.version, plan.shadow),
+                None => (req.model.clone(), None, None),
+            },
+        };
         let resolved = self
             .registry
-            .resolve(&req.model, req.version.as_deref())
+            .resolve(&model, version.as_deref())
             .map_err(|e| (None, e.into()))?;
+        let shadow = shadow_version.map(|version| shadow::ShadowJob {
+            model: req.model.clone(),
+            version,
+            inputs: req.inputs.clone(),
+            params: req.params.clone(),
+        });
         let label = Self::label(&resolved);
         let fail = |e: ApiError| (Some(label.clone()), e);
         if let Some(p) = caller.principal {
@@ -258,13 +302,14 @@ impl Core {
             cache_used: cache.is_some(),
             arrived,
             prompt_tokens,
+            shadow,
         })
     }
 
     /// Run a request to its end. Returns the version's label (once known) beside the outcome;
     /// the label carries tokens and cost for the access log and usage.
     pub async fn infer(
-        &self,
+        self: &Arc<Self>,
         caller: Caller<'_>,
         req: ServeRequest,
     ) -> (Option<ModelLabel>, Result<Answer, ApiError>) {
@@ -296,6 +341,9 @@ impl Core {
             }
         }
         let answer = self.answer(&p, stats, &mut label);
+        if let Some(job) = p.shadow.take() {
+            self.start_shadow(job, &answer);
+        }
         (Some(label), Ok(answer))
     }
 

@@ -131,6 +131,9 @@ pub fn validate(
         Task::Echo => Work::Echo {
             inputs: inputs.into_iter().map(Input::into_json).collect(),
             delay: Duration::from_millis(params.u64("delay_ms").unwrap_or(0)),
+            fail: params
+                .f64("fail_rate")
+                .is_some_and(|rate| rand::random::<f64>() < rate),
         },
     };
     Ok(Valid {

@@ -308,6 +308,8 @@ pub fn serve_request(
         params,
         cache: cache && !no_cache,
         logprobs: None,
+        headers: Default::default(),
+        user: None,
     })
 }
 

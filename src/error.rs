@@ -216,6 +216,8 @@ enum ErrorCodeDoc {
     UnsupportedMediaType,
     HeadersTooLarge,
     RateLimitExceeded,
+    Conflict,
+    ModelLoadFailed,
     InternalError,
     ServiceUnavailable,
     Timeout,
@@ -225,7 +227,8 @@ enum ErrorCodeDoc {
 pub struct ErrorBody {
     /// Stable machine-readable code: invalid_request, unauthorized, forbidden, not_found,
     /// method_not_allowed, request_timeout, payload_too_large, uri_too_long,
-    /// unsupported_media_type, headers_too_large, rate_limit_exceeded, internal_error,
+    /// unsupported_media_type, headers_too_large, rate_limit_exceeded, conflict,
+    /// model_load_failed, internal_error,
     /// service_unavailable, timeout.
     #[schema(value_type = ErrorCodeDoc)]
     pub code: &'static str,
@@ -254,6 +257,8 @@ mod tests {
             ),
             (ErrorKind::HeadersTooLarge, 431, "headers_too_large"),
             (ErrorKind::RateLimited, 429, "rate_limit_exceeded"),
+            (ErrorKind::Conflict, 409, "conflict"),
+            (ErrorKind::LoadFailed, 422, "model_load_failed"),
             (ErrorKind::Internal, 500, "internal_error"),
             (ErrorKind::Unavailable, 503, "service_unavailable"),
             (ErrorKind::Timeout, 504, "timeout"),
@@ -286,6 +291,8 @@ mod tests {
             ErrorKind::UnsupportedMediaType,
             ErrorKind::BodyTimeout,
             ErrorKind::RateLimited,
+            ErrorKind::Conflict,
+            ErrorKind::LoadFailed,
             ErrorKind::Internal,
             ErrorKind::Unavailable,
             ErrorKind::Timeout,

@@ -399,9 +399,21 @@ async fn canary_analysis_rolls_back_a_failing_version_and_promotes_a_healthy_one
         .status_body();
     assert_eq!(s, 200);
     assert_eq!(predict(&srv, "m", None).await, (200, "1.2.0".into()));
-    // The policy is stored beside the versions.
+    // The policy is stored beside the versions, and a restarted server keeps it.
     let stored = std::fs::read_to_string(repo.path().join("m/traffic.yaml")).unwrap();
     assert!(stored.contains("1.2.0"), "{stored}");
+    let again = start(settings(repo.path()), &[]).await;
+    again.wait_ready(30).await;
+    let (_, v) = again.get("/models/m/traffic").await;
+    assert_eq!(
+        v["effective"],
+        json!([{"version": "1.2.0", "weight": 100.0}]),
+        "{v}"
+    );
+    assert_eq!(v["stored"], true);
+    for _ in 0..5 {
+        assert_eq!(predict(&again, "m", None).await, (200, "1.2.0".into()));
+    }
 }
 
 trait FirstAndLast {

@@ -125,6 +125,7 @@ pub async fn get_traffic(
             policy: p,
             canary: None,
             can_roll_back: false,
+            stored: false,
         }
     })))
 }

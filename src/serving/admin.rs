@@ -148,12 +148,14 @@ impl Core {
                         format!("model `{id}` version {v} is loading already"),
                     ))
                 }
-                Some(VersionState::Draining(_)) => return Err(ApiError::new(
-                    ErrorKind::Conflict,
-                    format!(
+                Some(VersionState::Draining(_)) => {
+                    return Err(ApiError::new(
+                        ErrorKind::Conflict,
+                        format!(
                         "model `{id}` version {v} is being unloaded; load it again once it is gone"
                     ),
-                )),
+                    ))
+                }
                 _ => {}
             }
         }

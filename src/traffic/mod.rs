@@ -58,6 +58,9 @@ pub struct TrafficView {
     pub canary: Option<CanaryRun>,
     /// Whether `POST .../traffic/rollback` has a policy to go back to.
     pub can_roll_back: bool,
+    /// Whether the last change was written to `<models_dir>/<id>/traffic.yaml` (false: the
+    /// repository is read-only or the model came from a path; the policy holds until restart).
+    pub stored: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -262,10 +265,20 @@ impl Traffic {
     }
 
     /// Set `model`'s policy (already checked). The one it replaces is kept for `rollback`.
+    /// A policy that cannot be written still applies (a read-only repository); the view says
+    /// whether it was stored.
     pub fn set(&self, model: &str, policy: TrafficPolicy) -> Result<TrafficView, TrafficError> {
         self.install(model, policy, true);
-        self.persist(model)?;
-        Ok(self.view(model).unwrap_or_else(|| self.empty_view(model)))
+        let stored = match self.persist(model) {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::warn!(model, error = %e, "traffic policy applied but not stored");
+                false
+            }
+        };
+        let mut view = self.view(model).unwrap_or_else(|| self.empty_view(model));
+        view.stored = stored;
+        Ok(view)
     }
 
     /// Install a policy without writing it (startup reads it from the file).
@@ -363,7 +376,10 @@ impl Traffic {
                 }
             }
         }
-        self.persist(model)
+        if let Err(e) = self.persist(model) {
+            tracing::warn!(model, error = %e, "traffic policy changed but not stored");
+        }
+        Ok(())
     }
 
     /// Whether `model`'s policy sends any traffic to `version` (`None` without a policy).
@@ -416,6 +432,7 @@ impl Traffic {
             effective: t.effective(),
             canary: t.canary.clone(),
             can_roll_back: t.previous.is_some(),
+            stored: self.stored(model),
         })
     }
 
@@ -431,18 +448,25 @@ impl Traffic {
             effective: Vec::new(),
             canary: None,
             can_roll_back: false,
+            stored: false,
         }
     }
 
+    fn stored(&self, model: &str) -> bool {
+        self.dir
+            .as_ref()
+            .is_some_and(|d| d.join(model).join(POLICY_FILE).is_file())
+    }
+
     /// Write `model`'s policy to `<dir>/<model>/traffic.yaml` (or remove the file when the
-    /// model has none), atomically.
-    pub fn persist(&self, model: &str) -> Result<(), TrafficError> {
+    /// model has none), atomically. `Ok(false)`: there is no repository folder to write to.
+    pub fn persist(&self, model: &str) -> Result<bool, TrafficError> {
         let Some(dir) = &self.dir else {
-            return Ok(());
+            return Ok(false);
         };
         let folder = dir.join(model);
         if !folder.is_dir() {
-            return Ok(());
+            return Ok(false);
         }
         let path = folder.join(POLICY_FILE);
         let err = |e: &dyn std::fmt::Display| TrafficError::Persist {
@@ -453,13 +477,14 @@ impl Traffic {
         match current {
             None => match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(&e)),
-                _ => Ok(()),
+                _ => Ok(true),
             },
             Some(p) => {
                 let text = serde_yaml::to_string(&p).map_err(|e| err(&e))?;
                 let tmp = folder.join(format!(".{POLICY_FILE}.tmp"));
                 std::fs::write(&tmp, text).map_err(|e| err(&e))?;
-                std::fs::rename(&tmp, &path).map_err(|e| err(&e))
+                std::fs::rename(&tmp, &path).map_err(|e| err(&e))?;
+                Ok(true)
             }
         }
     }

@@ -34,6 +34,7 @@ pub mod config;
 pub mod conn;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod grpc;
 pub mod http;
 pub mod lifecycle;

@@ -156,7 +156,8 @@ impl Server {
         core.restore_traffic();
         let loader = registry.clone();
         let lifecycle_core = core.clone();
-        tokio::spawn(lifecycle_core.run_lifecycle(shutdown_rx.clone()));
+        tokio::spawn(lifecycle_core.clone().run_lifecycle(shutdown_rx.clone()));
+        tokio::spawn(lifecycle_core.run_fleet(shutdown_rx.clone()));
         let loading = tokio::spawn(async move {
             let loads = sources.iter().map(|s| core.load_source(s));
             futures::future::join_all(loads).await;

@@ -68,7 +68,8 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .sum::<f64>()
+        + 0.0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -698,4 +699,116 @@ fn link_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &dest).unwrap();
         }
     }
+}
+
+/// Three replicas sharing one `redis-server`: a traffic change made on one is served by all
+/// three within a second; a load and an unload made on one happen on all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_follow_a_change_made_on_one() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is missing: .ci/run installs it with apt-get"
+        );
+        eprintln!("\n*** SKIPPING: redis-server not found ***\n");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("r.sock");
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--unixsocket",
+        ])
+        .arg(&socket)
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let repo = EchoRepo::new();
+    echo_with(&repo, "m", "1.0.0", 0, 0.0);
+    echo_with(&repo, "m", "1.1.0", 0, 0.0);
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        let mut s = settings(repo.path());
+        s.cache.redis_url = Some(format!("unix://{}", socket.display()));
+        let srv = start(s, &[]).await;
+        srv.wait_ready(30).await;
+        replicas.push(srv);
+    }
+    // The subscribers are up once a message reaches them: give them a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for srv in &replicas {
+        assert_eq!(predict(srv, "m", None).await.0, 200);
+    }
+    let set = |a: u32, b: u32| json!({"routes": [{"version": "1.0.0", "weight": a}, {"version": "1.1.0", "weight": b}]});
+    assert_eq!(
+        put(&replicas[0], "/models/m/traffic", set(100, 0)).await.0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (s, _) = put(&replicas[1], "/models/m/traffic", set(0, 100)).await;
+    assert_eq!(s, 200);
+    let changed = Instant::now();
+    let mut delays = Vec::new();
+    for srv in &replicas {
+        loop {
+            if predict(srv, "m", None).await == (200, "1.1.0".into()) {
+                delays.push(changed.elapsed());
+                break;
+            }
+            assert!(
+                changed.elapsed() < Duration::from_secs(1),
+                "a replica still serves 1.0.0 a second after the change"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    println!("100/0 → 0/100 on one replica: served by all three after {delays:?}");
+    // A replica started later reads the stored policy.
+    let mut s = settings(repo.path());
+    s.cache.redis_url = Some(format!("unix://{}", socket.display()));
+    let late = start(s, &[]).await;
+    late.wait_ready(30).await;
+    let started = Instant::now();
+    while predict(&late, "m", None).await != (200, "1.1.0".into()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the late replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Unload on one: gone on all.
+    let (s, v) = delete(&replicas[2], "/models/m/versions/1.0.0").await;
+    assert_eq!(s, 200, "{v}");
+    let started = Instant::now();
+    for srv in replicas.iter().chain([&late]) {
+        while state_of(srv, "1.0.0").await.is_some() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "1.0.0 still loaded somewhere"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let _ = redis.kill();
+    let _ = redis.wait();
 }

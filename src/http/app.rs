@@ -41,6 +41,8 @@ pub enum StateError {
     Cache(#[from] CacheError),
     #[error("{0}")]
     Keys(#[from] crate::auth::KeyError),
+    #[error("{0}")]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 use axum::extract::MatchedPath;
@@ -93,6 +95,14 @@ impl AppState {
         let concurrency = Arc::new(Semaphore::new(settings.server.max_concurrent_requests));
         let request_timeout = Duration::from_millis(settings.server.request_timeout_ms);
         let usage = Arc::new(UsageStore::new());
+        // The fleet shares the Redis the replicas already share.
+        let fleet = match &settings.cache.redis_url {
+            Some(url) => Some(Arc::new(crate::fleet::Fleet::new(
+                url,
+                Duration::from_millis(settings.cache.redis_timeout_ms.max(200)),
+            )?)),
+            None => None,
+        };
         let core = Arc::new(crate::serving::Core {
             registry: registry.clone(),
             cache: cache.clone(),
@@ -121,6 +131,7 @@ impl AppState {
                 drain_timeout: Duration::from_secs(settings.server.drain_timeout_s.max(1)),
                 poll_interval_s: settings.model.poll_interval_s,
             }),
+            fleet,
         });
         Ok(Self {
             auth,

@@ -11,9 +11,10 @@ use super::app::AppState;
 use super::extract::{ApiJson, ApiPath};
 use super::models::{version_info, VersionInfo};
 use crate::error::{ApiError, ErrorEnvelope, ErrorKind};
+use crate::fleet::FleetEvent;
 use crate::registry::RegistryError;
 use crate::serving::admin::{known, RescanReport};
-use crate::traffic::{Route, TrafficError, TrafficPolicy, TrafficView};
+use crate::traffic::{TrafficError, TrafficPolicy, TrafficView};
 
 fn version_of(state: &AppState, id: &str, version: &str) -> Result<VersionInfo, ApiError> {
     let rec = state.registry.record(id)?;
@@ -55,6 +56,13 @@ pub async fn load(
     ApiPath((id, version)): ApiPath<(String, String)>,
 ) -> Result<Json<VersionInfo>, ApiError> {
     state.core.load_version(&id, &version).await?;
+    state
+        .core
+        .announce(FleetEvent::Load {
+            model: id.clone(),
+            version: version.clone(),
+        })
+        .await;
     Ok(Json(version_of(&state, &id, &version)?))
 }
 
@@ -84,6 +92,14 @@ pub async fn unload(
     ApiPath((id, version)): ApiPath<(String, String)>,
 ) -> Result<Json<Unloaded>, ApiError> {
     state.core.unload_version(&id, &version).await?;
+    state
+        .core
+        .announce(FleetEvent::Unload {
+            model: id.clone(),
+            version: version.clone(),
+        })
+        .await;
+    state.core.announce_traffic(&id).await;
     Ok(Json(Unloaded {
         model: id,
         version,
@@ -171,7 +187,8 @@ pub async fn put_traffic(
         }
     }
     let view = state.core.traffic.set(&id, policy).map_err(traffic_error)?;
-    set_default_from(&state, &id, &view.effective);
+    state.core.follow_default(&id);
+    state.core.announce_traffic(&id).await;
     Ok(Json(view))
 }
 
@@ -216,7 +233,8 @@ pub async fn promote(
         .traffic
         .promote(&id, &body.version)
         .map_err(traffic_error)?;
-    set_default_from(&state, &id, &view.effective);
+    state.core.follow_default(&id);
+    state.core.announce_traffic(&id).await;
     Ok(Json(view))
 }
 
@@ -235,20 +253,7 @@ pub async fn rollback(
 ) -> Result<Json<TrafficView>, ApiError> {
     state.registry.record(&id)?;
     let view = state.core.traffic.rollback(&id).map_err(traffic_error)?;
-    set_default_from(&state, &id, &view.effective);
+    state.core.follow_default(&id);
+    state.core.announce_traffic(&id).await;
     Ok(Json(view))
-}
-
-/// The default version (what pinned-less requests of other protocols' metadata show) follows
-/// the heaviest route of this model.
-fn set_default_from(state: &AppState, id: &str, routes: &[Route]) {
-    let heaviest = routes
-        .iter()
-        .filter(|r| r.model.is_none() && r.weight > 0.0)
-        .max_by(|a, b| a.weight.total_cmp(&b.weight))
-        .and_then(|r| r.version.as_deref())
-        .and_then(|v| semver::Version::parse(v).ok());
-    if let Some(v) = heaviest {
-        let _ = state.registry.set_default(id, &v);
-    }
 }

@@ -8,6 +8,7 @@
 //! metrics) when the answer — or the stream — ends.
 
 pub mod admin;
+mod fleet;
 pub mod params;
 mod shadow;
 pub mod stream;
@@ -170,6 +171,8 @@ pub struct Core {
     pub traffic: Arc<crate::traffic::Traffic>,
     /// What loading a version needs (admin loads, repository polling).
     pub loading: admin::Loading,
+    /// The other replicas, through Redis (none configured: this replica acts alone).
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// Requests with at most this many bytes of text are validated on the async runtime (a few

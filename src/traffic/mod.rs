@@ -315,6 +315,16 @@ impl Traffic {
         );
     }
 
+    /// Forget `model`'s policy (its default version takes everything again).
+    pub fn clear(&self, model: &str) {
+        self.write().remove(model);
+    }
+
+    /// The policy of `model` as it stands (a running canary's weight in its routes).
+    pub fn current(&self, model: &str) -> Option<TrafficPolicy> {
+        self.read().get(model).map(ModelTraffic::current)
+    }
+
     /// Blue-green: all traffic to `version`, the current policy kept for `rollback`.
     pub fn promote(&self, model: &str, version: &str) -> Result<TrafficView, TrafficError> {
         let sticky = self.read().get(model).and_then(|t| t.policy.sticky.clone());

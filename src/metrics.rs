@@ -61,6 +61,7 @@ pub struct Metrics {
     cache_errors: IntCounterVec,
     cache_lookup: HistogramVec,
     cache_entries: IntGauge,
+    ratelimit_fallbacks: IntCounterVec,
     /// Every `anya_ai_*` family name, registered or not yet observed.
     names: Vec<String>,
 }
@@ -113,6 +114,11 @@ impl Metrics {
                 "Entries (one per cached input) in the in-process cache.",
             )
             .expect("static metric definition"),
+            ratelimit_fallbacks: counter(
+                "anya_ai_ratelimit_fallbacks_total",
+                "Rate-limit checks the shared Redis did not answer, by what was done instead (rate_limits.redis_failure: local, open, closed).",
+                &["mode"],
+            ),
             registry: Registry::new(),
             requests: counter(
                 "anya_ai_requests_total",
@@ -233,6 +239,7 @@ impl Metrics {
             Box::new(m.cache_errors.clone()),
             Box::new(m.cache_lookup.clone()),
             Box::new(m.cache_entries.clone()),
+            Box::new(m.ratelimit_fallbacks.clone()),
             Box::new(build),
         ];
         let mut names = Vec::new();
@@ -404,5 +411,11 @@ impl crate::cache::CacheObserver for Metrics {
 
     fn write_error(&self) {
         self.observe_cache_write_error();
+    }
+}
+
+impl crate::ratelimit::RateLimitObserver for Metrics {
+    fn fallback(&self, mode: &'static str) {
+        self.ratelimit_fallbacks.with_label_values(&[mode]).inc();
     }
 }

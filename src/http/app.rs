@@ -41,6 +41,8 @@ pub enum StateError {
     Cache(#[from] CacheError),
     #[error("{0}")]
     Keys(#[from] crate::auth::KeyError),
+    #[error("{0}")]
+    RateLimits(#[from] crate::ratelimit::RateLimitError),
 }
 
 use axum::extract::MatchedPath;
@@ -81,7 +83,15 @@ impl AppState {
         let limits = settings
             .rate_limits
             .enabled
-            .then(|| Arc::new(RateLimits::new(&settings.rate_limits)));
+            .then(|| {
+                let url = settings
+                    .rate_limits
+                    .redis_url
+                    .as_deref()
+                    .or(settings.cache.redis_url.as_deref());
+                RateLimits::with_redis(&settings.rate_limits, url, metrics.clone()).map(Arc::new)
+            })
+            .transpose()?;
         let trusted_proxies = Arc::new(
             settings
                 .security
@@ -500,7 +510,8 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
         token,
         client,
         model,
-    );
+    )
+    .await;
     let (mut response, principal, decision) = match admitted {
         Ok(Admitted {
             principal,

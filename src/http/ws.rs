@@ -433,6 +433,7 @@ impl Started {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn messages_parse_strictly_and_name_the_bad_field() {

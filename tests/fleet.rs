@@ -523,16 +523,25 @@ async fn models_are_served_from_s3_verified_and_cached() {
     )
     .unwrap();
     push(&moto, &tampered, &url);
-    let evil = reqwest::Client::new()
-        .put(format!(
-            "http://127.0.0.1:{}/{BUCKET}/repo/tampered/1.0.0/data.bin",
-            moto.port
-        ))
-        .body("some other bytes!!")
-        .send()
-        .await
-        .unwrap();
-    assert!(evil.status().is_success(), "{evil:?}");
+    {
+        use object_store::ObjectStoreExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
+            .with_allow_http(true)
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_region("us-east-1")
+            .build()
+            .unwrap();
+        store
+            .put(
+                &object_store::path::Path::from("repo/tampered/1.0.0/data.bin"),
+                object_store::PutPayload::from_static(b"some other bytes!!"),
+            )
+            .await
+            .unwrap();
+    }
 
     // The reference: the local repository, in process.
     let local = common::start(common::settings(&models), &[EMBED, GEN]).await;

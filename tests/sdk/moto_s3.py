@@ -40,7 +40,7 @@ def counting(app):
 
 def main():
     bucket = sys.argv[1]
-    app = counting(DomainDispatcherApplication(create_backend_app, service="s3"))
+    app = counting(DomainDispatcherApplication(create_backend_app))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     port = server.server_port
     threading.Thread(target=server.serve_forever, daemon=True).start()

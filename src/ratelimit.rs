@@ -619,4 +619,76 @@ mod tests {
             assert!(r.check_request("k", None).await.unwrap().allowed);
         }
     }
+
+    /// The Lua script against a real `redis-server` (skipped without one, except under CI).
+    #[tokio::test]
+    async fn the_gcra_script_in_a_real_redis() {
+        if std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is missing: .ci/run installs it with apt-get"
+            );
+            eprintln!("*** SKIPPING: redis-server not found ***");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("r.sock");
+        let mut child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&sock)
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..500 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut c = cfg(3, Some(100));
+        c.redis_timeout_ms = 2000;
+        let seen = Arc::new(Count(Default::default()));
+        let url = format!("unix://{}", sock.display());
+        let r = RateLimits::with_redis(&c, Some(&url), seen.clone()).unwrap();
+        // Two replicas, one bucket.
+        let r2 = RateLimits::with_redis(&c, Some(&url), seen.clone()).unwrap();
+        let mut got = Vec::new();
+        for l in [&r, &r2, &r] {
+            let d = l.check_request("alice", None).await.unwrap();
+            got.push((d.allowed, d.limit, d.remaining));
+            assert!(d.reset_s <= 60, "{d:?}");
+        }
+        assert_eq!(got, [(true, 3, 2), (true, 3, 1), (true, 3, 0)]);
+        let d = r2.check_request("alice", None).await.unwrap();
+        assert!(!d.allowed && (1..=20).contains(&d.reset_s), "{d:?}");
+        assert!(r.check_request("bob", None).await.unwrap().allowed);
+        // Tokens: 60 + 30 fit in 100 a minute, 30 more do not; a refusal charges nothing.
+        assert!(r.charge_tokens("alice", None, 60).await.is_ok());
+        assert!(r2.charge_tokens("alice", None, 30).await.is_ok());
+        let wait = r.charge_tokens("alice", None, 30).await.unwrap_err();
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert!(r.charge_tokens("alice", None, 10).await.is_ok());
+        assert_eq!(
+            seen.0.load(Ordering::Relaxed),
+            0,
+            "no fallback while Redis answers"
+        );
+        // Keys expire once their bucket would be full again.
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(format!("{REDIS_PREFIX}:free:req:alice"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!((1..=60_001).contains(&ttl), "{ttl}");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -274,6 +274,7 @@ async fn sync_version(
             )));
         }
     }
+    remove_partials(&dir);
     tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
     let results: Vec<Result<FileOutcome, ObjStoreError>> =
         futures::stream::iter(manifest.files.iter().map(|f| {
@@ -307,6 +308,24 @@ async fn sync_version(
     } else {
         let _ = tokio::fs::remove_file(&marker).await;
         Ok(VersionOutcome::Failed(mismatches.join("; ")))
+    }
+}
+
+/// Remove temporary files a killed process left in `dir` (one sync per cache at a time).
+fn remove_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => remove_partials(&path),
+            Ok(t) if t.is_file() && name.starts_with('.') && name.ends_with(".part") => {
+                let _ = std::fs::remove_file(&path);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -434,10 +453,8 @@ pub async fn push_store(
     let mut written = Vec::new();
     for rel in order {
         let path = safe_join(dir, rel)?;
-        let bytes = tokio::fs::read(&path).await.map_err(io(&path))?;
         let k = key(prefix, &format!("{base}/{rel}"));
-        store
-            .put(&k, PutPayload::from(bytes))
+        upload(store, &k, &path)
             .await
             .map_err(|source| ObjStoreError::Store {
                 url: format!("{url}/{base}/{rel}"),
@@ -446,6 +463,48 @@ pub async fn push_store(
         written.push(k.to_string());
     }
     Ok(written)
+}
+
+/// Files up to this size go up in one PUT; larger ones in parts of this size, read as they go.
+const PART_BYTES: usize = 16 * 1024 * 1024;
+
+/// Upload the file at `path` to `k` (one PUT, or a multipart upload for a large file).
+async fn upload(
+    store: &dyn ObjectStore,
+    k: &ObjectPath,
+    path: &Path,
+) -> Result<(), object_store::Error> {
+    use tokio::io::AsyncReadExt;
+    let local = |e: std::io::Error| object_store::Error::Generic {
+        store: "local file",
+        source: Box::new(e),
+    };
+    let len = tokio::fs::metadata(path).await.map_err(local)?.len();
+    if len <= PART_BYTES as u64 {
+        let bytes = tokio::fs::read(path).await.map_err(local)?;
+        store.put(k, PutPayload::from(bytes)).await?;
+        return Ok(());
+    }
+    let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+    let mut parts = object_store::WriteMultipart::new_with_chunk_size(
+        store.put_multipart(k).await?,
+        PART_BYTES,
+    );
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = match file.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                let _ = parts.abort().await;
+                return Err(local(e));
+            }
+        };
+        parts.wait_for_capacity(4).await?;
+        parts.write(&buf[..n]);
+    }
+    parts.finish().await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -535,6 +594,15 @@ mod tests {
             (2, 1),
             "only the manifests (a's and b's)"
         );
+
+        // a leftover of a killed download goes on the next sync that touches the version
+        let leftover = cache.path().join("a/1.0.0/.weights.bin.0123.part");
+        std::fs::write(&leftover, b"half").unwrap();
+        std::fs::remove_file(cache.path().join("a/1.0.0").join(SYNCED_MARKER)).unwrap();
+        sync_store(&store, "repo", cache.path(), "test")
+            .await
+            .unwrap();
+        assert!(!leftover.exists());
 
         // tampered in the bucket: the good cached copy stays
         std::fs::remove_file(cache.path().join("a/1.0.0").join(SYNCED_MARKER)).unwrap();

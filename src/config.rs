@@ -705,6 +705,28 @@ mod tests {
                 "rate_limits.default_tier",
             ),
             ("ANYA__CACHE__REDIS_URL", "http://x", "cache.redis_url"),
+            (
+                "ANYA__RATE_LIMITS__REDIS_URL",
+                "http://x",
+                "rate_limits.redis_url",
+            ),
+            (
+                "ANYA__RATE_LIMITS__EXPECTED_REPLICAS",
+                "0",
+                "rate_limits.expected_replicas",
+            ),
+            (
+                "ANYA__RATE_LIMITS__REDIS_TIMEOUT_MS",
+                "0",
+                "rate_limits.redis_timeout_ms",
+            ),
+            ("ANYA__RATE_LIMITS__REDIS_FAILURE", "maybe", "maybe"),
+            (
+                "ANYA__MODEL__MODELS_DIR",
+                "ftp://host/x",
+                "model.models_dir",
+            ),
+            ("ANYA__MODEL__MODELS_DIR", "s3://", "model.models_dir"),
         ];
         for (k, v, needle) in cases {
             let err = Settings::load_from(None, env(&[(k, v)]), &Overrides::default())

@@ -564,6 +564,15 @@ async fn models_are_served_from_s3_verified_and_cached() {
         let t = model_state(&client, &r.base, "tampered").await;
         assert_eq!(t["versions"][0]["state"], "failed", "{t}");
         assert!(t.to_string().contains("sha256 mismatch"), "{t}");
+        // Readiness names it too (a failed version keeps the pod out of a Service).
+        let ready = client
+            .get(format!("{}/ready", r.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        let why = ready.text().await.unwrap();
+        assert!(why.contains("tampered"), "{why}");
         let got = outputs(&client, &r.base).await;
         assert_eq!(got, want, "outputs from s3:// equal the local repository's");
         for id in [EMBED, GEN] {

@@ -601,3 +601,53 @@ async fn models_are_served_from_s3_verified_and_cached() {
         }
     }
 }
+
+/// `rate_limits.redis_failure: closed` refuses with 503 (the limit is unknown, not exceeded) and
+/// `open` admits, while the Redis named cannot be reached; never a 500.
+#[tokio::test]
+async fn redis_failure_closed_is_503_and_open_admits() {
+    let repo = common::EchoRepo::new();
+    repo.add("echo", "1.0.0", "");
+    let nowhere = tempfile::tempdir().unwrap();
+    for (mode, want) in [
+        (anya::config::RedisFailure::Closed, 503),
+        (anya::config::RedisFailure::Open, 200),
+        (anya::config::RedisFailure::Local, 200),
+    ] {
+        let mut st = common::settings(repo.path());
+        st.rate_limits.enabled = true;
+        st.rate_limits.redis_url = Some(format!(
+            "unix://{}",
+            nowhere.path().join("no.sock").display()
+        ));
+        st.rate_limits.redis_failure = mode;
+        let srv = common::start(st, &[]).await;
+        srv.wait_ready(10).await;
+        for _ in 0..3 {
+            let (s, h, body) = srv
+                .post("/models/echo/predict", json!({"inputs": [1]}))
+                .await;
+            assert_eq!(s, want, "{mode:?}: {body}");
+            if want == 503 {
+                assert_eq!(body["error"]["code"], "service_unavailable", "{body}");
+                assert_eq!(h["retry-after"], "1");
+                assert!(!h.contains_key("x-ratelimit-limit"));
+            }
+        }
+        if want == 503 {
+            // /metrics on the main port is a limited route too: scrape monitoring.metrics_port.
+            continue;
+        }
+        let metrics = srv.metrics_text().await;
+        let series = format!(
+            "anya_ai_ratelimit_fallbacks_total{{mode=\"{}\"}} ",
+            mode.as_str()
+        );
+        // The three predictions, and the scrape itself (a limited route).
+        let n: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or_else(|| panic!("{mode:?}: {series} missing"));
+        assert!(n >= 3.0, "{mode:?}: {n}");
+    }
+}

@@ -148,8 +148,12 @@ declare -A PROFILE=(
          --set auth.enabled=true --set auth.existingSecret=anya-jwt
          --set cache.redis.url=redis://redis.cache:6379/0
          --set podDisruptionBudget.minAvailable=50% --set metrics.enabled=false"
+  [fleet]="--set models.s3.url=s3://anya-models/repo --set models.s3.existingSecret=anya-s3
+           --set models.s3.endpoint=http://minio.storage:9000 --set models.s3.allowHttp=true
+           --set cache.redis.bundled.enabled=true --set rateLimits.enabled=true
+           --set autoscaling.enabled=true"
 )
-PROFILES=(default gpu full pvc)
+PROFILES=(default gpu full pvc fleet)
 # What each rendering must contain, besides the invariants check_manifests.py always checks.
 declare -A EXPECT=(
   [default]="--expect-kind PodDisruptionBudget --expect-config model.device=auto"
@@ -161,6 +165,12 @@ declare -A EXPECT=(
           --expect-config security.jwt_secret_file=/etc/anya/secrets/jwt.key"
   [pvc]="--expect-config cache.redis_url=redis://redis.cache:6379/0
          --expect-config monitoring.enabled=false"
+  [fleet]="--expect-kind HorizontalPodAutoscaler
+           --expect-config model.models_dir=s3://anya-models/repo
+           --expect-config model.cache_dir=/models
+           --expect-config cache.redis_url=redis://anya-redis:6379/0
+           --expect-config rate_limits.enabled=true
+           --expect-config rate_limits.expected_replicas=2"
 )
 
 render() { # render PROFILE: helm template into $work/PROFILE.yaml
@@ -318,6 +328,9 @@ check "chart refuses unknown values (schema)" must_fail "additional properties|m
 check "chart refuses grace period shorter than drain" \
   must_fail "terminationGracePeriodSeconds" --set terminationGracePeriodSeconds=20
 check "chart refuses no model source" must_fail "models.existingClaim" --set models.fetch.enabled=false
+check "chart refuses a bundled Redis beside a Redis URL" must_fail "bundled" \
+  --set cache.redis.bundled.enabled=true --set cache.redis.url=redis://r:6379
+check "chart refuses an S3 repository that is not s3://" must_fail "s3|pattern" --set models.s3.url=http://x
 check "chart refuses a non-semver model.version" must_fail "model.version|pattern" --set model.version=latest
 
 check "anya config check deploy/anya.docker.yaml" config_check "$root/deploy/anya.docker.yaml"

@@ -84,8 +84,11 @@ def main():
             return 1
 
     by_kind = {}
+    # The bundled Redis (cache.redis.bundled) is its own Deployment and Service: checked apart.
+    redis_kinds = {}
     for d in docs:
-        by_kind.setdefault(d.get("kind"), []).append(d)
+        is_redis = d.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component") == "redis"
+        (redis_kinds if is_redis else by_kind).setdefault(d.get("kind"), []).append(d)
         md = d.get("metadata", {})
         labels = md.get("labels", {})
         for label in ("app.kubernetes.io/name", "app.kubernetes.io/instance",
@@ -152,7 +155,12 @@ def main():
     elif "metrics" in ports:
         bad("metrics port exposed while monitoring is disabled")
     models_dir = flat.get("model.models_dir")
-    if models_dir not in mounts or not mounts[models_dir].get("readOnly"):
+    if str(models_dir).startswith("s3://"):
+        # An S3 repository is mirrored into model.cache_dir: a writable mount of its own.
+        cache_dir = flat.get("model.cache_dir")
+        if cache_dir not in mounts or mounts[cache_dir].get("readOnly"):
+            bad(f"model.cache_dir {cache_dir} is not a writable mount of the anya container")
+    elif models_dir not in mounts or not mounts[models_dir].get("readOnly"):
         bad(f"model.models_dir {models_dir} is not a read-only mount of the anya container")
     cfg_mount = [m for m in anya.get("volumeMounts", []) if m["mountPath"] in anya.get("args", [])]
     if not cfg_mount:
@@ -237,6 +245,21 @@ def main():
             bad("GPU values: the image tag is not the CUDA one")
     elif gpu:
         bad("a GPU is requested without gpu.enabled")
+
+    # --- the bundled Redis ------------------------------------------------------------------------
+    if redis_kinds:
+        rdeps, rsvcs = redis_kinds.get("Deployment", []), redis_kinds.get("Service", [])
+        if len(rdeps) != 1 or len(rsvcs) != 1:
+            bad("the bundled Redis needs exactly one Deployment and one Service")
+        else:
+            rsel = rdeps[0]["spec"]["selector"]["matchLabels"]
+            if rsvcs[0]["spec"]["selector"] != rsel:
+                bad("the bundled Redis Service does not select its Deployment")
+            if rsel.items() <= pod_labels.items():
+                bad("the bundled Redis selector also selects the anya pods")
+            want = f"redis://{rsvcs[0]['metadata']['name']}:6379/0"
+            if flat.get("cache.redis_url") != want:
+                bad(f"cache.redis_url is {flat.get('cache.redis_url')!r}, not the bundled {want}")
 
     # --- objects that point at each other ---------------------------------------------------
     name = dep["metadata"]["name"]

@@ -47,7 +47,7 @@ pub fn bearer(value: Option<&str>) -> Option<&str> {
 
 /// Run the checks for a call that needs `need` (not `Open`), names `model` (when the call is
 /// about one) and came from `client` with `token`.
-pub fn admit(
+pub async fn admit(
     auth: Option<&Authenticator>,
     limits: Option<&RateLimits>,
     need: Need,
@@ -91,23 +91,39 @@ pub fn admit(
             return Err(refuse(e, Some(principal)));
         }
     }
-    let decision = limits.and_then(|l| l.check_request(&principal.sub, principal.tier.as_deref()));
-    match decision {
-        Some(d) if !d.allowed => {
-            let mut e = ApiError::new(
-                ErrorKind::RateLimited,
-                format!("more than {} requests per minute", d.limit),
-            );
-            e.retry_after_s = Some(d.reset_s);
-            Err(Box::new(Refused {
-                error: e,
-                principal: Some(principal),
-                decision: Some(d),
-            }))
+    let decision = match limits {
+        Some(l) => {
+            l.check_request(&principal.sub, principal.tier.as_deref())
+                .await
         }
+        None => None,
+    };
+    match decision {
+        Some(d) if !d.allowed => Err(Box::new(Refused {
+            error: refusal(&d),
+            principal: Some(principal),
+            decision: (!d.unavailable).then_some(d),
+        })),
         _ => Ok(Admitted {
             principal,
             decision,
         }),
     }
+}
+
+/// The error of a refused rate-limit check: 429, or 503 when the shared limits are unreachable
+/// and `rate_limits.redis_failure` is `closed`.
+pub fn refusal(d: &Decision) -> ApiError {
+    if d.unavailable {
+        return ApiError::unavailable(
+            "the shared rate limits are unreachable (rate_limits.redis_failure: closed); retry later",
+            d.reset_s.max(1),
+        );
+    }
+    let mut e = ApiError::new(
+        ErrorKind::RateLimited,
+        format!("more than {} requests per minute", d.limit),
+    );
+    e.retry_after_s = Some(d.reset_s);
+    e
 }

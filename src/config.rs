@@ -29,8 +29,10 @@ pub struct ModelSection {
     /// Version of `name` to make the default (else the manifest's default).
     pub version: Option<String>,
     pub device: DeviceKind,
-    /// The model repository.
+    /// The model repository: a folder, or `s3://bucket/prefix` (then mirrored into `cache_dir`).
     pub models_dir: PathBuf,
+    /// Where versions from an object-store repository are kept (verified) on this machine.
+    pub cache_dir: PathBuf,
     /// Run one tiny inference per model before reporting ready.
     pub warmup: bool,
     /// Compute threads per model (0: one per core). Sets `RAYON_NUM_THREADS`, which sizes both
@@ -149,6 +151,40 @@ pub struct RateLimitSection {
     /// The tier of anonymous clients and of tokens that name none.
     pub default_tier: String,
     pub tiers: std::collections::BTreeMap<String, TierLimits>,
+    /// A Redis shared by the replicas, so the limits hold fleet-wide (`redis://…`, `rediss://…`
+    /// or `unix://…`); unset: `cache.redis_url` when that is set, else each replica counts alone.
+    pub redis_url: Option<String>,
+    /// Longest one fleet-wide check may take before `redis_failure` applies.
+    pub redis_timeout_ms: u64,
+    /// Replicas expected in the fleet: while Redis is unreachable each replica enforces the
+    /// tier's limits divided by this (unset: the whole limit).
+    pub expected_replicas: Option<u32>,
+    /// What a check does while Redis is slow or down: `local` (the local limiter, divided by
+    /// `expected_replicas`), `open` (admit) or `closed` (503 with `Retry-After`).
+    pub redis_failure: RedisFailure,
+}
+
+/// What a rate-limit check does while the shared Redis is slow or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFailure {
+    /// Each replica limits alone, with the tier's limits divided by `expected_replicas`.
+    #[default]
+    Local,
+    /// Admit every request (no limit) until Redis is back.
+    Open,
+    /// Refuse every limited request with 503 until Redis is back.
+    Closed,
+}
+
+impl RedisFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisFailure::Local => "local",
+            RedisFailure::Open => "open",
+            RedisFailure::Closed => "closed",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +212,29 @@ impl Default for RateLimitSection {
             ]
             .into_iter()
             .collect(),
+            redis_url: None,
+            redis_timeout_ms: 50,
+            expected_replicas: None,
+            redis_failure: RedisFailure::Local,
+        }
+    }
+}
+
+impl ModelSection {
+    /// `models_dir` when it names an object store (`s3://…`).
+    pub fn remote_repository(&self) -> Option<&str> {
+        self.models_dir
+            .to_str()
+            .filter(|d| crate::spec::repository::is_remote(d))
+    }
+
+    /// The folder the server scans: `cache_dir` for an object-store repository, else
+    /// `models_dir`.
+    pub fn local_repository(&self) -> &Path {
+        if self.remote_repository().is_some() {
+            &self.cache_dir
+        } else {
+            &self.models_dir
         }
     }
 }
@@ -187,6 +246,7 @@ impl Default for ModelSection {
             version: None,
             device: DeviceKind::Auto,
             models_dir: PathBuf::from("models"),
+            cache_dir: PathBuf::from(".cache/anya/models"),
             warmup: true,
             threads: 0,
             poll_interval_s: 0.0,
@@ -383,6 +443,14 @@ impl Settings {
                 "must be 0 (off) or between 0.1 and 86400",
             );
         }
+        if let Some(d) = self.model.models_dir.to_str() {
+            if d.contains("://") && crate::spec::repository::parse_url(d).is_none() {
+                return bad("model.models_dir", "must be a folder or s3://bucket/prefix");
+            }
+        }
+        if self.model.cache_dir.as_os_str().is_empty() {
+            return bad("model.cache_dir", "must not be empty");
+        }
         if self.model.threads > 1024 {
             return bad("model.threads", "must be at most 1024");
         }
@@ -458,6 +526,31 @@ impl Settings {
                 "rate_limits.tiers",
                 "requests_per_minute and tokens_per_minute must be at least 1",
             );
+        }
+        if let Some(url) = &self.rate_limits.redis_url {
+            if !["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return bad(
+                    "rate_limits.redis_url",
+                    "must start with redis://, rediss:// or unix://",
+                );
+            }
+        }
+        if !(1..=10_000).contains(&self.rate_limits.redis_timeout_ms) {
+            return bad(
+                "rate_limits.redis_timeout_ms",
+                "must be between 1 and 10000",
+            );
+        }
+        if let Some(n) = self.rate_limits.expected_replicas {
+            if !(1..=10_000).contains(&n) {
+                return bad(
+                    "rate_limits.expected_replicas",
+                    "must be between 1 and 10000",
+                );
+            }
         }
         if self.server.max_concurrent_requests == 0 {
             return bad("server.max_concurrent_requests", "must be at least 1");
@@ -623,6 +716,28 @@ mod tests {
                 "rate_limits.default_tier",
             ),
             ("ANYA__CACHE__REDIS_URL", "http://x", "cache.redis_url"),
+            (
+                "ANYA__RATE_LIMITS__REDIS_URL",
+                "http://x",
+                "rate_limits.redis_url",
+            ),
+            (
+                "ANYA__RATE_LIMITS__EXPECTED_REPLICAS",
+                "0",
+                "rate_limits.expected_replicas",
+            ),
+            (
+                "ANYA__RATE_LIMITS__REDIS_TIMEOUT_MS",
+                "0",
+                "rate_limits.redis_timeout_ms",
+            ),
+            ("ANYA__RATE_LIMITS__REDIS_FAILURE", "maybe", "maybe"),
+            (
+                "ANYA__MODEL__MODELS_DIR",
+                "ftp://host/x",
+                "model.models_dir",
+            ),
+            ("ANYA__MODEL__MODELS_DIR", "s3://", "model.models_dir"),
         ];
         for (k, v, needle) in cases {
             let err = Settings::load_from(None, env(&[(k, v)]), &Overrides::default())

@@ -41,6 +41,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod models;
 pub mod net;
+pub mod objstore;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;

@@ -92,6 +92,14 @@ enum ModelsCommand {
         /// The version folder, e.g. models/all-minilm-l6-v2/1.0.0
         dir: PathBuf,
     },
+    /// Upload a version folder to an S3-compatible repository (every file, then the manifest),
+    /// after checking its files' sha256. Credentials and endpoint: the AWS_* environment.
+    Push {
+        /// The version folder, e.g. models/all-minilm-l6-v2/1.0.0
+        dir: PathBuf,
+        /// The repository, s3://bucket/prefix
+        url: String,
+    },
     /// Check every version's files and signature against security.trusted_keys.
     Verify {
         #[arg(long, value_name = "DIR")]
@@ -134,6 +142,9 @@ fn main() -> ExitCode {
             command: ModelsCommand::Sign { key, dir },
         } => sign(&key, &dir),
         Command::Models {
+            command: ModelsCommand::Push { dir, url },
+        } => push(&dir, &url),
+        Command::Models {
             command: ModelsCommand::Verify { models_dir, config },
         } => verify_models(models_dir, config),
         Command::Token(args) => token(args),
@@ -172,6 +183,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let runtime = runtime.build().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        if let Some(url) = settings.model.remote_repository() {
+            let cache = settings.model.cache_dir.clone();
+            match anya::objstore::sync(url, &cache).await {
+                Ok(r) => tracing::info!(
+                    repository = %url,
+                    cache_dir = %cache.display(),
+                    ready = r.ready(),
+                    versions = r.versions.len(),
+                    downloaded = r.downloaded,
+                    downloaded_bytes = r.downloaded_bytes,
+                    cached = r.cached,
+                    "object-store repository synced"
+                ),
+                // The cache may still hold every version: serve what it has.
+                Err(e) => tracing::error!(error = %e, cache_dir = %cache.display(), "object-store repository unreachable; serving from the cache"),
+            }
+        }
         let sources = server::select_sources(&settings, &args.models)?;
         let server = Server::start(settings, sources).await?;
         shutdown_signal().await;
@@ -211,13 +239,25 @@ async fn shutdown_signal() {
     }
 }
 
+fn push(dir: &std::path::Path, url: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let written = runtime.block_on(anya::objstore::push(dir, url))?;
+    for k in &written {
+        println!("uploaded {k}");
+    }
+    Ok(())
+}
+
 fn list_models(models_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow::Result<()> {
     let overrides = Overrides {
         models_dir,
         ..Default::default()
     };
     let settings = Settings::load(config.as_deref(), &overrides)?;
-    let root = &settings.model.models_dir;
+    let root = settings.model.local_repository();
     let (found, problems) = repository::scan(root)?;
     println!(
         "{:<28} {:<10} {:<16} {:<12} {:<8} VERIFIED",
@@ -336,7 +376,7 @@ fn verify_models(models_dir: Option<PathBuf>, config: Option<PathBuf>) -> anyhow
         .iter()
         .filter_map(|k| anya::registry::signing::parse_public_key(k))
         .collect();
-    let (found, problems) = repository::scan(&settings.model.models_dir)?;
+    let (found, problems) = repository::scan(settings.model.local_repository())?;
     let mut bad = problems.len();
     for p in &problems {
         println!("{}: unreadable: {}", p.dir.display(), p.error);

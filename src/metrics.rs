@@ -66,6 +66,7 @@ pub struct Metrics {
     canary_weight: GaugeVec,
     shadow: IntCounterVec,
     shadow_latency: HistogramVec,
+    ratelimit_fallbacks: IntCounterVec,
     /// Every `anya_ai_*` family name, registered or not yet observed.
     names: Vec<String>,
 }
@@ -150,6 +151,11 @@ impl Metrics {
                 "Entries (one per cached input) in the in-process cache.",
             )
             .expect("static metric definition"),
+            ratelimit_fallbacks: counter(
+                "anya_ai_ratelimit_fallbacks_total",
+                "Rate-limit checks the shared Redis did not answer, by what was done instead (rate_limits.redis_failure: local, open, closed).",
+                &["mode"],
+            ),
             registry: Registry::new(),
             requests: counter(
                 "anya_ai_requests_total",
@@ -275,6 +281,7 @@ impl Metrics {
             Box::new(m.canary_weight.clone()),
             Box::new(m.shadow.clone()),
             Box::new(m.shadow_latency.clone()),
+            Box::new(m.ratelimit_fallbacks.clone()),
             Box::new(build),
         ];
         let mut names = Vec::new();
@@ -492,5 +499,11 @@ impl crate::cache::CacheObserver for Metrics {
 
     fn write_error(&self) {
         self.observe_cache_write_error();
+    }
+}
+
+impl crate::ratelimit::RateLimitObserver for Metrics {
+    fn fallback(&self, mode: &'static str) {
+        self.ratelimit_fallbacks.with_label_values(&[mode]).inc();
     }
 }

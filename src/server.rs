@@ -40,7 +40,7 @@ pub fn select_sources(
     settings: &Settings,
     model_args: &[String],
 ) -> Result<Vec<ModelSource>, StartupError> {
-    let root = &settings.model.models_dir;
+    let root = settings.model.local_repository();
     let mut args: Vec<String> = model_args.to_vec();
     if args.is_empty() {
         if let Some(name) = &settings.model.name {

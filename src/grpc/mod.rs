@@ -92,10 +92,11 @@ struct Ticket {
 impl Service {
     /// Admit a call: not draining, the admission checks (unless `Open`), a concurrency permit.
     /// A refusal is recorded here.
-    fn enter<T>(
+    async fn enter(
         &self,
         rpc: &'static str,
-        req: &Request<T>,
+        meta: &tonic::metadata::MetadataMap,
+        peer: Option<std::net::SocketAddr>,
         need: Need,
         model: Option<&str>,
     ) -> Result<Ticket, Status> {
@@ -114,10 +115,8 @@ impl Service {
         let principal = if need == Need::Open {
             None
         } else {
-            let meta = req.metadata();
             let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
-            let peer = req
-                .remote_addr()
+            let peer = peer
                 .map(|a| a.ip())
                 .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
             let client = client_ip(peer, text("x-forwarded-for"), &state.trusted_proxies);
@@ -128,7 +127,9 @@ impl Service {
                 bearer(text("authorization")),
                 client,
                 model,
-            ) {
+            )
+            .await
+            {
                 Ok(a) => Some(a.principal),
                 Err(r) => return Err(refuse(r.error, r.principal.as_ref())),
             }
@@ -237,12 +238,15 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
-        let ticket = self.enter(
-            "ModelReady",
-            &req,
-            Need::Authenticated,
-            Some(&req.get_ref().name),
-        )?;
+        let ticket = self
+            .enter(
+                "ModelReady",
+                req.metadata(),
+                req.remote_addr(),
+                Need::Authenticated,
+                Some(&req.get_ref().name),
+            )
+            .await?;
         let r = req.get_ref();
         let ready = tensor::model_ready(&self.state.registry, &r.name, version(&r.version));
         self.finish(ticket, async move {
@@ -255,7 +259,15 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ServerMetadataRequest>,
     ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
-        let ticket = self.enter("ServerMetadata", &req, Need::Authenticated, None)?;
+        let ticket = self
+            .enter(
+                "ServerMetadata",
+                req.metadata(),
+                req.remote_addr(),
+                Need::Authenticated,
+                None,
+            )
+            .await?;
         let meta = pb::ServerMetadataResponse {
             name: "anya".into(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -268,12 +280,15 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
-        let ticket = self.enter(
-            "ModelMetadata",
-            &req,
-            Need::Authenticated,
-            Some(&req.get_ref().name),
-        )?;
+        let ticket = self
+            .enter(
+                "ModelMetadata",
+                req.metadata(),
+                req.remote_addr(),
+                Need::Authenticated,
+                Some(&req.get_ref().name),
+            )
+            .await?;
         let r = req.get_ref();
         let meta = tensor::model_meta(&self.state.registry, &r.name, version(&r.version))
             .map(convert::model_metadata);
@@ -284,12 +299,15 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let ticket = self.enter(
-            "ModelInfer",
-            &req,
-            Need::Scope(SCOPE_PREDICT),
-            Some(&req.get_ref().model_name),
-        )?;
+        let ticket = self
+            .enter(
+                "ModelInfer",
+                req.metadata(),
+                req.remote_addr(),
+                Need::Scope(SCOPE_PREDICT),
+                Some(&req.get_ref().model_name),
+            )
+            .await?;
         let principal = ticket.principal.clone();
         let state = self.state.clone();
         let limit = state.settings.server.max_body_bytes;
@@ -314,7 +332,15 @@ impl GrpcInferenceService for Service {
         &self,
         req: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let ticket = self.enter("ModelStreamInfer", &req, Need::Scope(SCOPE_PREDICT), None)?;
+        let ticket = self
+            .enter(
+                "ModelStreamInfer",
+                req.metadata(),
+                req.remote_addr(),
+                Need::Scope(SCOPE_PREDICT),
+                None,
+            )
+            .await?;
         let (tx, rx) = mpsc::channel(32);
         let service = Service {
             state: self.state.clone(),
@@ -354,15 +380,9 @@ impl Service {
             let limited = match (&self.state.limits, &principal, first) {
                 (Some(l), Some(p), false) => l
                     .check_request(&p.sub, p.tier.as_deref())
+                    .await
                     .filter(|d| !d.allowed)
-                    .map(|d| {
-                        let mut e = ApiError::new(
-                            ErrorKind::RateLimited,
-                            format!("more than {} requests per minute", d.limit),
-                        );
-                        e.retry_after_s = Some(d.reset_s);
-                        e
-                    }),
+                    .map(|d| crate::admission::refusal(&d)),
                 _ => None,
             };
             first = false;

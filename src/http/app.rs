@@ -43,6 +43,8 @@ pub enum StateError {
     Keys(#[from] crate::auth::KeyError),
     #[error("{0}")]
     Fleet(#[from] crate::fleet::FleetError),
+    #[error("{0}")]
+    RateLimits(#[from] crate::ratelimit::RateLimitError),
 }
 
 use axum::extract::MatchedPath;
@@ -83,7 +85,15 @@ impl AppState {
         let limits = settings
             .rate_limits
             .enabled
-            .then(|| Arc::new(RateLimits::new(&settings.rate_limits)));
+            .then(|| {
+                let url = settings
+                    .rate_limits
+                    .redis_url
+                    .as_deref()
+                    .or(settings.cache.redis_url.as_deref());
+                RateLimits::with_redis(&settings.rate_limits, url, metrics.clone()).map(Arc::new)
+            })
+            .transpose()?;
         let trusted_proxies = Arc::new(
             settings
                 .security
@@ -96,7 +106,12 @@ impl AppState {
         let request_timeout = Duration::from_millis(settings.server.request_timeout_ms);
         let usage = Arc::new(UsageStore::new());
         // The fleet shares the Redis the replicas already share.
-        let fleet = match &settings.cache.redis_url {
+        let fleet = match settings
+            .rate_limits
+            .redis_url
+            .as_ref()
+            .or(settings.cache.redis_url.as_ref())
+        {
             Some(url) => Some(Arc::new(crate::fleet::Fleet::new(
                 url,
                 Duration::from_millis(settings.cache.redis_timeout_ms.max(200)),
@@ -112,10 +127,11 @@ impl AppState {
             monitoring: settings.monitoring.enabled,
             request_timeout,
             traffic: Arc::new(crate::traffic::Traffic::new(Some(
-                settings.model.models_dir.clone(),
+                settings.model.local_repository().to_path_buf(),
             ))),
             loading: crate::serving::admin::Loading::new(crate::serving::admin::LoadSettings {
-                models_dir: settings.model.models_dir.clone(),
+                models_dir: settings.model.local_repository().to_path_buf(),
+                remote: settings.model.remote_repository().map(str::to_string),
                 device: settings.model.device,
                 warmup: settings.model.warmup,
                 trusted_keys: settings.security.require_signed_models.then(|| {
@@ -566,7 +582,8 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
         token,
         client,
         model,
-    );
+    )
+    .await;
     let (mut response, principal, decision) = match admitted {
         Ok(Admitted {
             principal,

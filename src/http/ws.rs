@@ -31,7 +31,7 @@ use tokio::task::JoinSet;
 use super::app::{record_request, AppState, Outcome};
 use super::predict::{render, serve_request, PredictRequest};
 use crate::auth::Principal;
-use crate::error::{ApiError, ErrorKind};
+use crate::error::ApiError;
 use crate::metrics::ModelLabel;
 use crate::serving::{Caller, StreamItem};
 
@@ -180,7 +180,7 @@ async fn serve(state: AppState, principal: Option<Principal>, socket: WebSocket)
                         if out.send(reply).await.is_err() { break }
                     }
                     request => {
-                        let (id, started) = match admit(&state, principal.as_ref(), &open, request, draining) {
+                        let (id, started) = match admit(&state, principal.as_ref(), &open, request, draining).await {
                             Ok(admitted) => admitted,
                             Err((id, e)) => {
                                 if out.send(error_message(id.as_deref(), &e)).await.is_err() { break }
@@ -276,7 +276,7 @@ type Refusal = (Option<String>, ApiError);
 
 /// Check a request against the connection and the server (id free, draining, per-connection
 /// and server-wide caps, the principal's request rate) and turn it into the core's request.
-fn admit(
+async fn admit(
     state: &AppState,
     principal: Option<&Principal>,
     open: &HashMap<String, tokio::task::AbortHandle>,
@@ -335,14 +335,9 @@ fn admit(
         )));
     }
     if let (Some(limits), Some(p)) = (&state.limits, principal) {
-        if let Some(d) = limits.check_request(&p.sub, p.tier.as_deref()) {
+        if let Some(d) = limits.check_request(&p.sub, p.tier.as_deref()).await {
             if !d.allowed {
-                let mut e = ApiError::new(
-                    ErrorKind::RateLimited,
-                    format!("more than {} requests per minute", d.limit),
-                );
-                e.retry_after_s = Some(d.reset_s);
-                return Err(refuse(e));
+                return Err(refuse(crate::admission::refusal(&d)));
             }
         }
     }
@@ -438,6 +433,7 @@ impl Started {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     #[test]
     fn messages_parse_strictly_and_name_the_bad_field() {

@@ -27,7 +27,11 @@ use crate::traffic::{TrafficError, Verdict};
 /// What loading a version needs, from the configuration.
 #[derive(Debug, Clone)]
 pub struct LoadSettings {
+    /// The folder scanned (for an object-store repository, its local mirror).
     pub models_dir: PathBuf,
+    /// An object-store repository (`s3://bucket/prefix`) mirrored into `models_dir` before
+    /// each scan.
+    pub remote: Option<String>,
     pub device: DeviceKind,
     pub warmup: bool,
     pub trusted_keys: Option<Arc<Vec<ed25519_dalek::VerifyingKey>>>,
@@ -325,6 +329,13 @@ impl Core {
     pub async fn rescan(&self) -> Result<RescanReport, ApiError> {
         let settings = self.load_settings()?.clone();
         let mut scans = self.loading.scans.lock().await;
+        if let Some(url) = &settings.remote {
+            // Only complete, verified versions are placed in the mirror; an unreachable store
+            // leaves it as it is.
+            if let Err(e) = crate::objstore::sync(url, &settings.models_dir).await {
+                tracing::warn!(repository = %url, error = %e, "rescan: object store unreachable; scanning the local mirror");
+            }
+        }
         let root = settings.models_dir.clone();
         let scanned = tokio::task::spawn_blocking(move || {
             let (found, _problems) = repository::scan(&root)?;

@@ -287,7 +287,10 @@ impl Core {
             (&self.limits, caller.principal, &work)
         {
             let tokens = u32::try_from(w.tokens()).unwrap_or(u32::MAX);
-            if let Err(wait) = limits.charge_tokens(&p.sub, p.tier.as_deref(), tokens) {
+            if let Err(wait) = limits
+                .charge_tokens(&p.sub, p.tier.as_deref(), tokens)
+                .await
+            {
                 let mut e = ApiError::new(
                     ErrorKind::RateLimited,
                     "over this principal's generation token budget per minute (prompt + max_tokens)",

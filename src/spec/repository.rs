@@ -347,6 +347,21 @@ pub fn embedding_parameters() -> Vec<ParamSpec> {
     )]
 }
 
+/// `s3://bucket/prefix` split into its bucket and prefix (no slashes at its ends).
+pub fn parse_url(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("s3://")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() || bucket.contains(['?', '#']) {
+        return None;
+    }
+    Some((bucket.to_string(), prefix.trim_matches('/').to_string()))
+}
+
+/// Whether a `models_dir` names an object store (`s3://…`) rather than a folder.
+pub fn is_remote(models_dir: &str) -> bool {
+    models_dir.starts_with("s3://")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,6 +97,12 @@ Fixed paths inside the pod.
 {{- define "anya.configPath" -}}/etc/anya/anya.yaml{{- end }}
 {{- define "anya.modelsPath" -}}/models{{- end }}
 {{- define "anya.jwtKeyPath" -}}/etc/anya/secrets/jwt.key{{- end }}
+{{- define "anya.bundledRedisName" -}}{{ include "anya.fullname" . | trunc 57 | trimSuffix "-" }}-redis{{- end }}
+{{- define "anya.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "anya.name" . }}-redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+{{- define "anya.bundledRedisUrl" -}}redis://{{ include "anya.bundledRedisName" . }}:6379/0{{- end }}
 
 {{/*
 Termination grace period: explicit, or preStop sleep + drain deadline + 10 s for the process to
@@ -124,6 +130,10 @@ ANYA__SECTION__KEY environment variables (extraEnv).
   "models_dir" (include "anya.modelsPath" .)
   "warmup" .Values.model.warmup
   "threads" (int .Values.model.threads) }}
+{{- with .Values.models.s3.url }}
+{{- $_ := set $model "models_dir" . }}
+{{- $_ := set $model "cache_dir" (include "anya.modelsPath" $) }}
+{{- end }}
 {{- with .Values.model.name }}{{- $_ := set $model "name" (toString .) }}{{- end }}
 {{- with .Values.model.version }}{{- $_ := set $model "version" (toString .) }}{{- end }}
 {{- $server := dict
@@ -143,11 +153,17 @@ ANYA__SECTION__KEY environment variables (extraEnv).
   "ttl" (int64 .Values.cache.ttl)
   "max_size" (int64 .Values.cache.maxSize) }}
 {{- with .Values.cache.redis.url }}{{- $_ := set $cache "redis_url" . }}{{- end }}
+{{- if .Values.cache.redis.bundled.enabled }}{{- $_ := set $cache "redis_url" (include "anya.bundledRedisUrl" .) }}{{- end }}
+{{- $expected := .Values.rateLimits.expectedReplicas | default (ternary .Values.autoscaling.minReplicas .Values.replicaCount .Values.autoscaling.enabled) }}
+{{- $rateLimits := dict
+  "enabled" .Values.rateLimits.enabled
+  "redis_failure" .Values.rateLimits.redisFailure
+  "expected_replicas" (int $expected) }}
 {{- $security := dict
   "auth_required" .Values.auth.enabled
   "allowed_origins" .Values.security.allowedOrigins }}
 {{- if .Values.auth.enabled }}{{- $_ := set $security "jwt_secret_file" (include "anya.jwtKeyPath" .) }}{{- end }}
-{{- $config := dict "model" $model "server" $server "monitoring" $monitoring "cache" $cache "security" $security -}}
+{{- $config := dict "model" $model "server" $server "monitoring" $monitoring "cache" $cache "security" $security "rate_limits" $rateLimits -}}
 # anya configuration rendered by the {{ include "anya.chart" . }} Helm chart from its values:
 # change the values, not this file. Environment ANYA__SECTION__KEY overrides it.
 {{ toYaml $config }}
@@ -157,8 +173,14 @@ ANYA__SECTION__KEY environment variables (extraEnv).
 Value combinations the schema cannot express. Included once, from the Deployment.
 */}}
 {{- define "anya.validate" -}}
-{{- if and (not .Values.models.existingClaim) (not .Values.models.fetch.enabled) }}
-{{- fail "models: set models.existingClaim (a PVC holding the model repository) or models.fetch.enabled=true" }}
+{{- if and (not .Values.models.existingClaim) (not .Values.models.fetch.enabled) (not .Values.models.s3.url) }}
+{{- fail "models: set models.existingClaim (a PVC holding the model repository), models.s3.url or models.fetch.enabled=true" }}
+{{- end }}
+{{- if and .Values.models.s3.url .Values.models.existingClaim }}
+{{- fail "models: set models.s3.url or models.existingClaim, not both" }}
+{{- end }}
+{{- if and .Values.cache.redis.bundled.enabled (or .Values.cache.redis.url .Values.cache.redis.existingSecret) }}
+{{- fail "cache.redis: bundled.enabled runs its own Redis; leave url and existingSecret empty" }}
 {{- end }}
 {{- if and .Values.cache.redis.url .Values.cache.redis.existingSecret }}
 {{- fail "cache.redis: set url or existingSecret, not both" }}

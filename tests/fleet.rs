@@ -1,0 +1,653 @@
+//! A fleet behaves as one server (issue 19): three real `anya serve` processes share one
+//! `redis-server` for their rate limits (and fall back to local limits while it is down), and
+//! models are served from an S3-compatible repository (moto's server on loopback), verified,
+//! cached, and not downloaded twice. Needs `redis-server`, moto (`.ci/run` installs both) and,
+//! for the S3 test, the real models; fails under CI without them.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anya::auth::{mint_hs256, MintRequest};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+const SECRET: &str = "fleet-secret-0123456789";
+
+fn anya() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_anya"));
+    c.env_remove("RUST_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ANYA__") || k.starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One `anya serve` with `config` (YAML), on its own port.
+struct Replica {
+    base: String,
+    _proc: Proc,
+}
+
+impl Replica {
+    fn start(dir: &Path, name: &str, config: &str, env: &[(&str, String)]) -> Replica {
+        let port = free_port();
+        let file = dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!("server:\n  host: 127.0.0.1\n  port: {port}\n  request_timeout_ms: 300000\n{config}"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let mut cmd = anya();
+        cmd.args(["serve", "--config"])
+            .arg(&file)
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Replica {
+            base: format!("http://127.0.0.1:{port}"),
+            _proc: Proc(cmd.spawn().expect("start anya")),
+        }
+    }
+
+    async fn wait_up(&self, client: &reqwest::Client, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Ok(r) = client.get(format!("{}/health", self.base)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not up after {secs}s",
+                self.base
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn token(sub: &str, scopes: &[&str]) -> String {
+    mint_hs256(
+        SECRET.as_bytes(),
+        &MintRequest {
+            sub: sub.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ttl_s: 600,
+            ..Default::default()
+        },
+        None,
+        None,
+    )
+    .unwrap()
+}
+
+/// A `redis-server` on a Unix socket in a temp dir; killed on drop.
+struct Redis {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            if std::env::var_os("CI").is_some() {
+                panic!("redis-server is missing: .ci/run installs it with apt-get");
+            }
+            eprintln!(
+                "\n*** SKIPPING: redis-server not found (apt-get install redis-server) ***\n"
+            );
+            return None;
+        }
+        let mut r = Redis {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        r.spawn();
+        Some(r)
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("r.sock")
+    }
+
+    fn url(&self) -> String {
+        format!("unix://{}", self.socket().display())
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(self.socket())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.socket().exists() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a burst of requests got, per replica.
+#[derive(Debug, Default)]
+struct Burst {
+    admitted: [usize; 3],
+    refused: usize,
+    other: Vec<u16>,
+    limits_seen: std::collections::BTreeSet<String>,
+    took: Duration,
+}
+
+impl Burst {
+    fn admitted(&self) -> usize {
+        self.admitted.iter().sum()
+    }
+}
+
+/// `n` predictions as `tok`, round robin over the replicas, 12 at a time.
+async fn burst(client: &reqwest::Client, fleet: &[Replica], tok: &str, n: usize) -> Burst {
+    let started = Instant::now();
+    let results: Vec<(usize, u16, reqwest::header::HeaderMap)> =
+        futures::stream::iter((0..n).map(|i| {
+            let url = format!("{}/models/echo/predict", fleet[i % fleet.len()].base);
+            let req = client
+                .post(url)
+                .bearer_auth(tok)
+                .json(&json!({"inputs": [1]}));
+            async move {
+                let r = req.send().await.expect("request failed");
+                (i % 3, r.status().as_u16(), r.headers().clone())
+            }
+        }))
+        .buffer_unordered(12)
+        .collect()
+        .await;
+    let mut b = Burst {
+        took: started.elapsed(),
+        ..Default::default()
+    };
+    for (replica, status, h) in results {
+        match status {
+            200 => b.admitted[replica] += 1,
+            429 => {
+                b.refused += 1;
+                assert!(h.contains_key("retry-after"), "{h:?}");
+                assert_eq!(h["x-ratelimit-remaining"], "0");
+                assert!(h.contains_key("x-ratelimit-reset"), "{h:?}");
+                b.limits_seen
+                    .insert(h["x-ratelimit-limit"].to_str().unwrap().to_string());
+            }
+            s => b.other.push(s),
+        }
+    }
+    b
+}
+
+/// The `x-ratelimit-limit` a fresh principal sees on `r` (60: fleet-wide; 30: local fallback).
+async fn limit_seen(client: &reqwest::Client, r: &Replica, sub: &str) -> String {
+    let resp = client
+        .post(format!("{}/models/echo/predict", r.base))
+        .bearer_auth(token(sub, &["predict"]))
+        .json(&json!({"inputs": [1]}))
+        .send()
+        .await
+        .unwrap();
+    resp.headers()
+        .get("x-ratelimit-limit")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
+async fn fallbacks(client: &reqwest::Client, r: &Replica) -> f64 {
+    let text = client
+        .get(format!("{}/metrics", r.base))
+        .bearer_auth(token("ops", &["metrics"]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("anya_ai_ratelimit_fallbacks_total{mode=\"local\"}"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_across_three_replicas_and_survive_redis_going_away() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let repo = common::EchoRepo::new();
+    repo.add("echo", "1.0.0", "");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+    // A generous time-out: the test is about counts, not speed, and shares two cores with
+    // three servers; a refused connection (Redis killed) still fails at once.
+    let config = format!(
+        "model:\n  models_dir: {}\n  device: cpu\n  warmup: false\n\
+         security:\n  auth_required: true\n  jwt_secret_file: {}\n\
+         rate_limits:\n  enabled: true\n  default_tier: fleet\n  redis_url: {}\n  redis_timeout_ms: 2000\n  expected_replicas: 2\n  redis_failure: local\n  tiers:\n    fleet:\n      requests_per_minute: 60\n",
+        repo.path().display(),
+        dir.path().join("secret").display(),
+        redis.url(),
+    );
+    let fleet: Vec<Replica> = (0..3)
+        .map(|i| Replica::start(dir.path(), &format!("replica{i}"), &config, &[]))
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    for r in &fleet {
+        r.wait_up(&client, 60).await;
+        assert_eq!(limit_seen(&client, r, "warm-up").await, "60");
+    }
+
+    // 1. Fleet-wide: 300 requests over the three replicas, 60 admitted in all.
+    let one = burst(&client, &fleet, &token("alice", &["predict"]), 300).await;
+    eprintln!("fleet-wide: {one:?}");
+    assert!(one.other.is_empty(), "{one:?}");
+    assert!(one.took < Duration::from_secs(10), "{one:?}");
+    assert!((57..=63).contains(&one.admitted()), "{one:?}");
+    assert_eq!(one.admitted() + one.refused, 300);
+    assert_eq!(one.limits_seen.iter().collect::<Vec<_>>(), ["60"]);
+
+    // 2. Redis killed: no 5xx; each replica limits alone to 60 / expected_replicas = 30.
+    redis.kill();
+    let two = burst(&client, &fleet, &token("bob", &["predict"]), 300).await;
+    eprintln!("redis down: {two:?}");
+    assert!(two.other.is_empty(), "no 5xx while Redis is down: {two:?}");
+    for n in two.admitted {
+        assert!((30..=33).contains(&n), "local limit per replica: {two:?}");
+    }
+    assert_eq!(two.limits_seen.iter().collect::<Vec<_>>(), ["30"]);
+    for r in &fleet {
+        assert!(fallbacks(&client, r).await >= 1.0);
+    }
+
+    // 3. Redis back on the same socket: every replica returns to it by itself.
+    redis.spawn();
+    let back = Instant::now();
+    for (i, r) in fleet.iter().enumerate() {
+        loop {
+            if limit_seen(&client, r, &format!("probe{i}")).await == "60" {
+                break;
+            }
+            assert!(
+                back.elapsed() < Duration::from_secs(15),
+                "replica {i} never returned to Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    eprintln!(
+        "fleet-wide again {:?} after Redis restarted",
+        back.elapsed()
+    );
+    let three = burst(&client, &fleet, &token("carol", &["predict"]), 300).await;
+    eprintln!("redis back: {three:?}");
+    assert!(three.other.is_empty(), "{three:?}");
+    assert!((57..=63).contains(&three.admitted()), "{three:?}");
+    assert_eq!(three.limits_seen.iter().collect::<Vec<_>>(), ["60"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Models from S3
+
+const EMBED: &str = "all-minilm-l6-v2";
+const GEN: &str = "smollm2-135m-instruct";
+const BUCKET: &str = "models";
+
+/// moto's S3 server (tests/sdk/moto_s3.py), counting object GETs.
+struct Moto {
+    _proc: Proc,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Option<Moto> {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+        let ok = Command::new(&python)
+            .args(["-c", "import moto.server, boto3"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            if std::env::var_os("CI").is_some() {
+                panic!("moto is missing in .cache/venv: .ci/run installs it");
+            }
+            eprintln!("\n*** SKIPPING: moto not installed (.cache/venv/bin/pip install 'moto[server]' boto3) ***\n");
+            return None;
+        }
+        let mut child = Command::new(python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/moto_s3.py"))
+            .arg(BUCKET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("moto said {line:?}"));
+        Some(Moto {
+            _proc: Proc(child),
+            port,
+        })
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            (
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("AWS_ALLOW_HTTP", "true".into()),
+        ]
+    }
+
+    /// Object GETs so far, by key (`bucket/…`).
+    async fn gets(&self, client: &reqwest::Client) -> std::collections::BTreeMap<String, u64> {
+        client
+            .get(format!("http://127.0.0.1:{}/_anya/gets", self.port))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+fn push(moto: &Moto, dir: &Path, url: &str) {
+    let out = anya()
+        .args(["models", "push"])
+        .arg(dir)
+        .arg(url)
+        .envs(moto.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn model_state(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    client
+        .get(format!("{base}/models/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_settled(client: &reqwest::Client, base: &str, secs: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/models")).send().await {
+            if let Ok(body) = r.json::<Value>().await {
+                let settled = body["models"]
+                    .as_array()
+                    .is_some_and(|ms| !ms.is_empty() && ms.iter().all(|m| m["state"] != "loading"));
+                if settled {
+                    return body;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base}: models not settled after {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn outputs(client: &reqwest::Client, base: &str) -> (Value, Value) {
+    let post = |model: &str, body: Value| {
+        client
+            .post(format!("{base}/models/{model}/predict"))
+            .json(&body)
+            .send()
+    };
+    let e: Value = post(EMBED, json!({"inputs": ["a fleet behaves as one server"]}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let g: Value = post(
+        GEN,
+        json!({"inputs": ["The capital of France is"], "parameters": {"temperature": 0, "max_tokens": 8}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    (e["outputs"][0].clone(), g["outputs"][0].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_served_from_s3_verified_and_cached() {
+    let Some(models) = common::real_models() else {
+        return;
+    };
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let url = format!("s3://{BUCKET}/repo");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    push(&moto, &models.join(EMBED).join("1.0.0"), &url);
+    push(&moto, &models.join(GEN).join("1.0.0"), &url);
+    // A third version whose object is replaced after publishing (tampered).
+    let work = tempfile::tempdir().unwrap();
+    let tampered = work.path().join("tampered/1.0.0");
+    std::fs::create_dir_all(&tampered).unwrap();
+    std::fs::write(tampered.join("data.bin"), b"the published bytes").unwrap();
+    let sha = anya::spec::manifest::sha256_file(&tampered.join("data.bin")).unwrap();
+    std::fs::write(
+        tampered.join("anya.yaml"),
+        format!("id: tampered\nversion: 1.0.0\ntask: echo\nformat: none\nmax_input_length: 8\nmax_inputs: 2\nfiles:\n  - path: data.bin\n    sha256: {sha}\n"),
+    )
+    .unwrap();
+    push(&moto, &tampered, &url);
+    {
+        use object_store::ObjectStoreExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(BUCKET)
+            .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
+            .with_allow_http(true)
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_region("us-east-1")
+            .build()
+            .unwrap();
+        store
+            .put(
+                &object_store::path::Path::from("repo/tampered/1.0.0/data.bin"),
+                object_store::PutPayload::from_static(b"some other bytes!!"),
+            )
+            .await
+            .unwrap();
+    }
+
+    // The reference: the local repository, in process.
+    let local = common::start(common::settings(&models), &[EMBED, GEN]).await;
+    local.wait_ready(300).await;
+    let want = outputs(&client, &local.base).await;
+    assert!(want.0.is_array() && !want.1.is_null(), "{want:?}");
+    drop(local);
+
+    let cache = work.path().join("cache");
+    let config = format!(
+        "model:\n  models_dir: {url}\n  cache_dir: {}\n  device: cpu\n  warmup: false\n",
+        cache.display()
+    );
+    let before = moto.gets(&client).await;
+    assert!(before.is_empty(), "{before:?}");
+    {
+        let r = Replica::start(work.path(), "s3-first", &config, &moto.env());
+        r.wait_up(&client, 300).await;
+        let all = wait_settled(&client, &r.base, 300).await;
+        let t = model_state(&client, &r.base, "tampered").await;
+        assert_eq!(t["versions"][0]["state"], "failed", "{t}");
+        assert!(t.to_string().contains("sha256 mismatch"), "{t}");
+        // Readiness names it too (a failed version keeps the pod out of a Service).
+        let ready = client
+            .get(format!("{}/ready", r.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503);
+        let why = ready.text().await.unwrap();
+        assert!(why.contains("tampered"), "{why}");
+        let got = outputs(&client, &r.base).await;
+        assert_eq!(got, want, "outputs from s3:// equal the local repository's");
+        for id in [EMBED, GEN] {
+            let m = model_state(&client, &r.base, id).await;
+            assert_eq!(m["versions"][0]["state"], "ready", "{m} / {all}");
+        }
+    }
+    let first = moto.gets(&client).await;
+    eprintln!("GETs after the first start: {first:?}");
+    let weights = format!("{BUCKET}/repo/{EMBED}/1.0.0/model.safetensors");
+    assert_eq!(first.get(&weights), Some(&1), "{first:?}");
+
+    // A restart with the same cache: the verified files are not downloaded again.
+    {
+        let r = Replica::start(work.path(), "s3-second", &config, &moto.env());
+        r.wait_up(&client, 300).await;
+        wait_settled(&client, &r.base, 300).await;
+        let got = outputs(&client, &r.base).await;
+        assert_eq!(got, want);
+    }
+    let second = moto.gets(&client).await;
+    eprintln!("GETs after the restart: {second:?}");
+    for (k, n) in &second {
+        if !k.contains("/tampered/") {
+            assert_eq!(first.get(k), Some(n), "{k} was downloaded again");
+        }
+    }
+}
+
+/// `rate_limits.redis_failure: closed` refuses with 503 (the limit is unknown, not exceeded) and
+/// `open` admits, while the Redis named cannot be reached; never a 500.
+#[tokio::test]
+async fn redis_failure_closed_is_503_and_open_admits() {
+    let repo = common::EchoRepo::new();
+    repo.add("echo", "1.0.0", "");
+    let nowhere = tempfile::tempdir().unwrap();
+    for (mode, want) in [
+        (anya::config::RedisFailure::Closed, 503),
+        (anya::config::RedisFailure::Open, 200),
+        (anya::config::RedisFailure::Local, 200),
+    ] {
+        let mut st = common::settings(repo.path());
+        st.rate_limits.enabled = true;
+        st.rate_limits.redis_url = Some(format!(
+            "unix://{}",
+            nowhere.path().join("no.sock").display()
+        ));
+        st.rate_limits.redis_failure = mode;
+        let srv = common::start(st, &[]).await;
+        srv.wait_ready(10).await;
+        for _ in 0..3 {
+            let (s, h, body) = srv
+                .post("/models/echo/predict", json!({"inputs": [1]}))
+                .await;
+            assert_eq!(s, want, "{mode:?}: {body}");
+            if want == 503 {
+                assert_eq!(body["error"]["code"], "service_unavailable", "{body}");
+                assert_eq!(h["retry-after"], "1");
+                assert!(!h.contains_key("x-ratelimit-limit"));
+            }
+        }
+        if want == 503 {
+            // /metrics on the main port is a limited route too: scrape monitoring.metrics_port.
+            continue;
+        }
+        let metrics = srv.metrics_text().await;
+        let series = format!(
+            "anya_ai_ratelimit_fallbacks_total{{mode=\"{}\"}} ",
+            mode.as_str()
+        );
+        // The three predictions, and the scrape itself (a limited route).
+        let n: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse().ok())
+            .unwrap_or_else(|| panic!("{mode:?}: {series} missing"));
+        assert!(n >= 3.0, "{mode:?}: {n}");
+    }
+}

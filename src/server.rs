@@ -161,6 +161,7 @@ impl Server {
         let loading = tokio::spawn(async move {
             let loads = sources.iter().map(|s| core.load_source(s));
             futures::future::join_all(loads).await;
+            core.mark_started();
             let r = loader.readiness();
             if r.ready {
                 tracing::info!(models = sources.len(), "ready");

@@ -573,6 +573,8 @@ async fn polling_loads_complete_folders_only_and_fails_tampered_ones() {
         failed["error"].as_str().unwrap().contains("sha256"),
         "{failed}"
     );
+    // It takes no traffic: the pod stays ready.
+    assert_eq!(srv.get("/ready").await.0, 200);
     for _ in 0..5 {
         assert_eq!(predict(&srv, "m", None).await, (200, "1.0.0".into()));
     }

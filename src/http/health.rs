@@ -48,7 +48,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, A
             }),
         );
     }
-    let r = state.registry.readiness();
+    let r = state.core.readiness();
     if r.ready && !state.registry.list().is_empty() {
         let models = state
             .registry
@@ -85,7 +85,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, A
 /// Whether `/ready` would say 200: not draining, and every configured model loaded and alive.
 pub fn is_ready(state: &AppState) -> bool {
     !state.lifecycle.is_draining()
-        && state.registry.readiness().ready
+        && state.core.readiness().ready
         && !state.registry.list().is_empty()
 }
 

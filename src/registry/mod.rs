@@ -228,9 +228,17 @@ impl Registry {
     }
 
     pub fn readiness(&self) -> Readiness {
+        self.readiness_of(|_, _, _| true)
+    }
+
+    /// Readiness over the versions `counts(id, version, is_default)` picks.
+    pub fn readiness_of(&self, counts: impl Fn(&str, &Version, bool) -> bool) -> Readiness {
         let mut r = Readiness::default();
         for rec in self.read().values() {
             for (v, ver) in &rec.versions {
+                if !counts(&rec.id, v, *v == rec.default_version) {
+                    continue;
+                }
                 let name = format!("{}@{}", rec.id, v);
                 match &ver.state {
                     VersionState::Loading => r.loading.push(name),

@@ -45,6 +45,7 @@ pub struct LoadSettings {
 #[derive(Debug, Default)]
 pub struct Loading {
     pub settings: Option<LoadSettings>,
+    started: std::sync::atomic::AtomicBool,
     scans: tokio::sync::Mutex<ScanState>,
 }
 
@@ -52,6 +53,7 @@ impl Loading {
     pub fn new(settings: LoadSettings) -> Self {
         Loading {
             settings: Some(settings),
+            started: Default::default(),
             scans: Default::default(),
         }
     }
@@ -459,6 +461,31 @@ impl Core {
             tracing::info!(loaded = ?report.loaded, reloaded = ?report.reloaded, unloaded = ?report.unloaded, failed = ?report.failed, "repository rescanned");
         }
         Ok(report)
+    }
+
+    /// Readiness: until the versions found at start have loaded, all of them count; after
+    /// that, only the versions that take traffic (the default, or a weight above 0), so a
+    /// version loading or failing at run time never takes the pod out of its Service.
+    pub fn readiness(&self) -> crate::registry::Readiness {
+        if !self
+            .loading
+            .started
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return self.registry.readiness();
+        }
+        self.registry.readiness_of(|id, v, is_default| {
+            self.traffic
+                .routes_to(id, &v.to_string())
+                .unwrap_or(is_default)
+        })
+    }
+
+    /// The versions found at start have all been tried.
+    pub fn mark_started(&self) {
+        self.loading
+            .started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Read each model's stored traffic policy (at startup, once the versions are registered).

@@ -162,8 +162,8 @@ impl Fleet {
 mod tests {
     use super::*;
 
-    #[test]
-    fn own_messages_are_skipped_and_others_decoded() {
+    #[tokio::test]
+    async fn own_messages_are_skipped_and_others_decoded() {
         let a = Fleet::new("redis://127.0.0.1:1", Duration::from_millis(10)).unwrap();
         let b = Fleet::new("redis://127.0.0.1:1", Duration::from_millis(10)).unwrap();
         let msg = serde_json::to_vec(&Message {

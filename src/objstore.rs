@@ -15,7 +15,8 @@
 //! - an object whose bytes do not match the manifest (tampered, or corrupted in transit) is
 //!   reported; when no good copy exists, the version is placed with it, so the version's load
 //!   fails with the sha256 mismatch as its reason (and `GET /models/{id}` says `failed`) while
-//!   the other versions serve.
+//!   the other versions serve; it is not downloaded again until one of its objects changes in
+//!   the listing (`.anya-failed` keeps the listing it was judged on), so polling stays cheap.
 //!
 //! `push` publishes a local version folder: every file first, the manifest last, so a replica
 //! that syncs meanwhile skips the version instead of loading part of it.
@@ -42,6 +43,10 @@ pub const PARALLEL_DOWNLOADS: usize = 4;
 
 /// In a synced version folder: the ETag (or size and time) of the manifest object it came from.
 const SYNCED_MARKER: &str = ".anya-synced";
+/// A version whose objects did not match its manifest: the listing tags it was judged on, then
+/// the reason. Unchanged objects are not downloaded again on the next sync (a poll every second
+/// must not re-read a bad multi-gigabyte file); a changed one is.
+const FAILED_MARKER: &str = ".anya-failed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObjStoreError {
@@ -236,6 +241,23 @@ async fn sync_version(
     {
         return Ok(VersionOutcome::Ready);
     }
+    // Every object of the version as listed (key, size, tag), sorted.
+    let version_prefix = format!("{id}/{version}/");
+    let mut objects: Vec<String> = listing
+        .iter()
+        .filter(|(k, _)| k.starts_with(&version_prefix))
+        .map(|(k, (size, tag))| format!("{k} {size} {tag}"))
+        .collect();
+    objects.sort();
+    let version_tag = objects.join("\n");
+    let failed_marker = dir.join(FAILED_MARKER);
+    if let Ok(text) = tokio::fs::read_to_string(&failed_marker).await {
+        if let Some((tag, reason)) = text.split_once("\n\n") {
+            if tag == version_tag && dir.join(MANIFEST_FILE).is_file() {
+                return Ok(VersionOutcome::Failed(reason.to_string()));
+            }
+        }
+    }
     let manifest_bytes = store
         .get(&key(prefix, &manifest_rel))
         .await
@@ -311,11 +333,18 @@ async fn sync_version(
     // The manifest last: the scan sees the version only once its files are in place.
     write_atomically(&dir.join(MANIFEST_FILE), &manifest_bytes).await?;
     if mismatches.is_empty() {
+        let _ = tokio::fs::remove_file(&failed_marker).await;
         write_atomically(&marker, manifest_tag.as_bytes()).await?;
         Ok(VersionOutcome::Ready)
     } else {
         let _ = tokio::fs::remove_file(&marker).await;
-        Ok(VersionOutcome::Failed(mismatches.join("; ")))
+        let reason = mismatches.join("; ");
+        write_atomically(
+            &failed_marker,
+            format!("{version_tag}\n\n{reason}").as_bytes(),
+        )
+        .await?;
+        Ok(VersionOutcome::Failed(reason))
     }
 }
 

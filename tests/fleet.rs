@@ -523,17 +523,17 @@ async fn models_are_served_from_s3_verified_and_cached() {
     )
     .unwrap();
     push(&moto, &tampered, &url);
+    use object_store::ObjectStoreExt;
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
+        .with_allow_http(true)
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_region("us-east-1")
+        .build()
+        .unwrap();
     {
-        use object_store::ObjectStoreExt;
-        let store = object_store::aws::AmazonS3Builder::new()
-            .with_bucket_name(BUCKET)
-            .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
-            .with_allow_http(true)
-            .with_access_key_id("test")
-            .with_secret_access_key("test")
-            .with_region("us-east-1")
-            .build()
-            .unwrap();
         store
             .put(
                 &object_store::path::Path::from("repo/tampered/1.0.0/data.bin"),
@@ -585,18 +585,64 @@ async fn models_are_served_from_s3_verified_and_cached() {
     let weights = format!("{BUCKET}/repo/{EMBED}/1.0.0/model.safetensors");
     assert_eq!(first.get(&weights), Some(&1), "{first:?}");
 
-    // A restart with the same cache: the verified files are not downloaded again.
+    // A restart with the same cache: the verified files are not downloaded again. With
+    // polling on, a version uploaded object by object is loaded once it is complete.
     {
-        let r = Replica::start(work.path(), "s3-second", &config, &moto.env());
+        let polling = format!("{config}  poll_interval_s: 0.3\n");
+        let r = Replica::start(work.path(), "s3-second", &polling, &moto.env());
         r.wait_up(&client, 300).await;
         wait_settled(&client, &r.base, 300).await;
         let got = outputs(&client, &r.base).await;
         assert_eq!(got, want);
+        let bytes: &'static [u8] = b"uploaded later";
+        let digest = {
+            let f = work.path().join("late.bin");
+            std::fs::write(&f, bytes).unwrap();
+            anya::spec::manifest::sha256_file(&f).unwrap()
+        };
+        let manifest = format!("id: late\nversion: 1.0.0\ntask: echo\nformat: none\nmax_input_length: 8\nmax_inputs: 2\nfiles:\n  - path: data.bin\n    sha256: {digest}\n");
+        store
+            .put(
+                &object_store::path::Path::from("repo/late/1.0.0/anya.yaml"),
+                object_store::PutPayload::from(manifest.into_bytes()),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let missing = client
+            .get(format!("{}/models/late", r.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404, "loaded before its file was uploaded");
+        store
+            .put(
+                &object_store::path::Path::from("repo/late/1.0.0/data.bin"),
+                object_store::PutPayload::from_static(bytes),
+            )
+            .await
+            .unwrap();
+        let uploaded = std::time::Instant::now();
+        loop {
+            let m = model_state(&client, &r.base, "late").await;
+            if m["versions"][0]["state"] == "ready" {
+                eprintln!(
+                    "a version uploaded to the bucket was serving {:?} after its last object",
+                    uploaded.elapsed()
+                );
+                break;
+            }
+            assert!(uploaded.elapsed() < Duration::from_secs(20), "{m}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     let second = moto.gets(&client).await;
     eprintln!("GETs after the restart: {second:?}");
+    // The tampered object is judged once: polling does not fetch it again while it is unchanged.
+    let bad = format!("{BUCKET}/repo/tampered/1.0.0/data.bin");
+    assert_eq!(second.get(&bad), Some(&1), "{second:?}");
     for (k, n) in &second {
-        if !k.contains("/tampered/") {
+        if !k.contains("/tampered/") && !k.contains("/late/") {
             assert_eq!(first.get(k), Some(n), "{k} was downloaded again");
         }
     }

@@ -172,8 +172,13 @@ function trafficView(id, t, versions, admin) {
     sw.style.background = COLORS[i % COLORS.length];
     legend.append(el("span", {}, sw, name + " " + e.weight + "%"));
   });
-  const parts = [el("div", { class: "muted" }, "Traffic: policy ", el("b", {}, t.policy || "default"),
-    t.stored ? " (stored)" : ""), bar, legend];
+  const p = t.policy || {};
+  const kind = [(p.routes || []).length > 1 ? "weighted split" : "single route",
+    p.sticky ? "sticky on " + p.sticky : null,
+    p.shadow ? `shadow ${p.shadow.version} (${p.shadow.percent}%)` : null,
+    p.canary ? "canary " + p.canary.version : null].filter(Boolean).join(", ");
+  const parts = [el("div", { class: "muted" }, "Traffic: ", el("b", {}, kind),
+    t.stored ? " (stored in traffic.yaml)" : ""), bar, legend];
   if (t.canary) {
     const c = t.canary;
     parts.push(el("div", { class: "muted" }, `Canary ${c.version}: ${c.status}, weight ${c.weight}%`,
@@ -204,7 +209,7 @@ async function act(method, path, json) {
 
 // ---------------------------------------------------------------- live
 
-const HISTORY = 120;
+const HISTORY = 60;
 const series = {};
 let previous = null;
 let liveTimer = null;
@@ -306,7 +311,7 @@ function draw(canvas, values) {
   g.setTransform(ratio, 0, 0, ratio, 0, 0);
   g.clearRect(0, 0, w, h);
   const known = values.filter((v) => v !== null);
-  const max = Math.max(1e-9, ...known) * 1.15;
+  const max = Math.max(1, ...known) * 1.15;
   g.strokeStyle = "#edf0f5";
   g.lineWidth = 1;
   for (let i = 1; i < 4; i++) { g.beginPath(); g.moveTo(0, (h * i) / 4); g.lineTo(w, (h * i) / 4); g.stroke(); }
@@ -324,6 +329,10 @@ function draw(canvas, values) {
   g.strokeStyle = "#1f6feb";
   g.lineWidth = 1.8;
   g.stroke();
+  g.fillStyle = "#1f6feb";
+  values.forEach((v, i) => {
+    if (v !== null) { g.beginPath(); g.arc(x(i), y(v), 1.8, 0, 2 * Math.PI); g.fill(); }
+  });
   canvas.dataset.points = String(known.length);
   canvas.dataset.nonzero = String(known.filter((v) => v > 0).length);
 }

@@ -85,7 +85,10 @@ async fn the_console_is_public_embedded_and_locked_down() {
         let r = c.get(server.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
         let h = r.headers().clone();
-        assert!(h["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(kind),
+            "{path}"
+        );
         let csp = h["content-security-policy"].to_str().unwrap();
         assert!(csp.contains("script-src 'self'"), "{csp}");
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");

@@ -55,12 +55,8 @@ static STYLE: LazyLock<Asset> = LazyLock::new(|| {
         "text/css; charset=utf-8",
     )
 });
-static ICON: LazyLock<Asset> = LazyLock::new(|| {
-    Asset::new(
-        include_str!("../../web/console/icon.svg"),
-        "image/svg+xml",
-    )
-});
+static ICON: LazyLock<Asset> =
+    LazyLock::new(|| Asset::new(include_str!("../../web/console/icon.svg"), "image/svg+xml"));
 
 /// The console's policy: its own files only, no inline script or style, no framing.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
@@ -71,12 +67,18 @@ fn serve(asset: &Asset, request: &HeaderMap) -> Response {
     let unchanged = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == asset.etag || t.trim() == "*"));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == asset.etag || t.trim() == "*")
+        });
     let mut response = if unchanged {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            )],
             asset.body,
         )
             .into_response()

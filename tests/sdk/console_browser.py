@@ -54,6 +54,7 @@ def shot(driver, name):
     """A screenshot of the whole page, checked to be more than a blank or one-colour image."""
     height = driver.execute_script("return document.documentElement.scrollHeight")
     driver.set_window_size(1280, max(800, min(int(height) + 40, 2400)))
+    driver.execute_script("window.scrollTo(0, 0)")
     time.sleep(0.3)
     path = os.path.join(OUT, name + ".png")
     driver.save_screenshot(path)
@@ -158,7 +159,8 @@ def open_server(driver):
         wait("latency and batch charts", lambda: all(
             int(driver.find_element(By.ID, f"canvas-{k}").get_attribute("data-nonzero")) >= 1
             for k in ("p50", "p99", "batch", "ttft")), timeout=60)
-        time.sleep(3)
+        time.sleep(4)
+        shot(driver, "live")  # under load, so the charts show it
     finally:
         stop.set()
         for t in workers:
@@ -167,7 +169,6 @@ def open_server(driver):
     assert after > before, (before, after)
     values = {k: driver.find_element(By.ID, "value-" + k).text for k in ("rps", "p50", "p99", "batch", "tps", "ttft")}
     print(f"live page: requests {before} -> {after}, latest {values}")
-    shot(driver, "live")
 
     # API: the OpenAPI document rendered, operations expandable.
     driver.get(OPEN + "/#api")

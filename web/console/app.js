@@ -62,6 +62,8 @@ function askToken(message) {
   $("auth").classList.remove("hidden");
   $("auth-error").textContent = message || "";
   document.body.dataset.auth = "needed";
+  $("models-status").textContent = "waiting for a token";
+  $("live-status").textContent = "waiting for a token";
 }
 
 // The token's scopes, read from its claims for display only (the server decides).
@@ -513,6 +515,16 @@ function describe(schema, depth = 0) {
   if (schema.$ref) {
     const name = schema.$ref.split("/").pop();
     return depth > 1 ? name : name + " " + describe(resolve(schema), depth + 1);
+  }
+  if (schema.allOf) {
+    // Merge the parts' fields into one object where they are objects.
+    const merged = { type: "object", properties: {}, required: [] };
+    for (const part of schema.allOf.map(resolve)) {
+      Object.assign(merged.properties, part.properties || {});
+      merged.required.push(...(part.required || []));
+    }
+    if (Object.keys(merged.properties).length) return describe(merged, depth);
+    return schema.allOf.map((s) => describe(s, depth + 1)).join(" & ");
   }
   const alts = schema.oneOf || schema.anyOf;
   if (alts) return alts.map((s) => describe(s, depth + 1)).join(" | ");

@@ -17,7 +17,7 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use super::{cache, health, kserve, models, openai, openapi, predict, traffic, usage, ws};
+use super::{cache, console, health, kserve, models, openai, openapi, predict, traffic, usage, ws};
 use crate::admission::{admit, bearer, Admitted, Need, Refused};
 pub use crate::auth::ANONYMOUS;
 use crate::auth::{Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT};
@@ -231,6 +231,13 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/stats", get(console::stats))
+        .route("/", get(console::index))
+        .route("/ui", get(console::index))
+        .route("/ui/", get(console::index))
+        .route("/ui/app.js", get(console::script))
+        .route("/ui/app.css", get(console::style))
+        .route("/ui/icon.svg", get(console::icon))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -287,7 +294,7 @@ async fn observe_request(
     let path = req.uri().path();
     let probe = matches!(
         path,
-        "/health" | "/ready" | "/metrics" | "/v2/health/live" | "/v2/health/ready"
+        "/health" | "/ready" | "/metrics" | "/stats" | "/v2/health/live" | "/v2/health/ready"
     );
     if probe {
         return next.run(req).await;
@@ -513,8 +520,10 @@ async fn probe_limits(State(state): State<AppState>, req: Request<Body>, next: N
 fn need(state: &AppState, method: &Method, route: &str) -> Need {
     match route {
         "/health" | "/ready" | "/v2/health/live" | "/v2/health/ready" => Need::Open,
-        "/metrics" if state.settings.security.metrics_public => Need::Open,
-        "/metrics" | "/models/{id}/metrics" => Need::Scope(SCOPE_METRICS),
+        // The console's files are public; every figure it shows comes from a guarded route.
+        "/" | "/ui" | "/ui/" | "/ui/app.js" | "/ui/app.css" | "/ui/icon.svg" => Need::Open,
+        "/metrics" | "/stats" if state.settings.security.metrics_public => Need::Open,
+        "/metrics" | "/stats" | "/models/{id}/metrics" => Need::Scope(SCOPE_METRICS),
         "/models/{id}/predict"
         | "/models/{id}/versions/{version}/predict"
         | "/v1/chat/completions"

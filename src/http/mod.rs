@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod cache;
+pub mod console;
 pub mod extract;
 pub mod health;
 pub mod kserve;

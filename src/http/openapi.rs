@@ -13,7 +13,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseB
 use utoipa::{Modify, OpenApi};
 
 use super::app::AppState;
-use super::{cache, health, models, openai, predict, traffic, usage};
+use super::{cache, console, health, models, openai, predict, traffic, usage};
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
 
 #[derive(OpenApi)]
@@ -31,6 +31,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         health::health,
         health::ready,
         health::metrics,
+        console::stats,
         usage::model_metrics,
         usage::usage,
         cache::clear,

@@ -89,6 +89,7 @@ impl CachedOutput {
             CachedOutput::Generation(g) => {
                 let body = serde_json::json!({
                     "text": g.text, "tokens": g.tokens, "finish_reason": g.finish_reason,
+                    "counted_tokens": g.counted_tokens,
                 });
                 let mut out = vec![b'G'];
                 out.extend_from_slice(body.to_string().as_bytes());
@@ -119,6 +120,10 @@ impl CachedOutput {
                     time_to_first_token: 0.0,
                     duration: 0.0,
                     logprobs: Vec::new(),
+                    counted_tokens: v
+                        .get("counted_tokens")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0) as usize,
                 })))
             }
             _ => None,
@@ -397,6 +402,7 @@ mod tests {
             time_to_first_token: 0.0,
             duration: 0.0,
             logprobs: Vec::new(),
+            counted_tokens: 0,
         }));
         assert_eq!(CachedOutput::decode(&g.encode()), Some(g));
         for bad in [&b""[..], b"E", b"Eabc", b"X1234", b"G{not json", b"G{}"] {

@@ -41,6 +41,8 @@ pub struct ModelSection {
     /// Rescan the repository this often (seconds; 0: never): new version folders load once
     /// complete, removed ones unload after draining, changed ones reload.
     pub poll_interval_s: f64,
+    /// Circuit breakers' defaults (a manifest's `breaker` overrides them for its version).
+    pub breaker: crate::spec::manifest::BreakerSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +252,7 @@ impl Default for ModelSection {
             warmup: true,
             threads: 0,
             poll_interval_s: 0.0,
+            breaker: Default::default(),
         }
     }
 }
@@ -435,6 +438,9 @@ impl Settings {
         }
         if self.server.workers > 1024 {
             return bad("server.workers", "must be at most 1024");
+        }
+        if let Err(m) = self.model.breaker.check() {
+            return bad("model.breaker", &m);
         }
         let poll = self.model.poll_interval_s;
         if !(poll == 0.0 || (0.1..=86_400.0).contains(&poll)) {

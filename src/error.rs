@@ -28,6 +28,8 @@ pub enum ErrorKind {
     /// A model version could not be loaded (bad files, signature, unsupported format).
     LoadFailed,
     Internal,
+    /// A remote model's provider failed (unreachable, 5xx) and no fallback answered.
+    BadGateway,
     Unavailable,
     Timeout,
 }
@@ -49,6 +51,7 @@ impl ErrorKind {
             Self::Conflict => StatusCode::CONFLICT,
             Self::LoadFailed => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -71,6 +74,7 @@ impl ErrorKind {
             Self::Conflict => "conflict",
             Self::LoadFailed => "model_load_failed",
             Self::Internal => "internal_error",
+            Self::BadGateway => "upstream_error",
             Self::Unavailable => "service_unavailable",
             Self::Timeout => "timeout",
         }

@@ -66,6 +66,9 @@ pub struct Metrics {
     canary_weight: GaugeVec,
     shadow: IntCounterVec,
     shadow_latency: HistogramVec,
+    fallbacks: IntCounterVec,
+    retries: IntCounterVec,
+    circuit: IntGaugeVec,
     ratelimit_fallbacks: IntCounterVec,
     /// Every `anya_ai_*` family name, registered or not yet observed.
     names: Vec<String>,
@@ -129,6 +132,21 @@ impl Metrics {
                 "Latency of shadowed requests, for the primary and for the shadow version (labelled by the shadow version).",
                 &["model", "version", "role"],
                 LATENCY_BUCKETS,
+            ),
+            fallbacks: counter(
+                "anya_ai_fallbacks_total",
+                "Requests passed from a model to one of its fallbacks, by reason (unreachable, timeout, upstream_5xx, rate_limited, circuit_open, queue_full, unavailable).",
+                &["model", "to", "reason"],
+            ),
+            retries: counter(
+                "anya_ai_retries_total",
+                "Further attempts on the same remote provider after a failure worth another try.",
+                &["model"],
+            ),
+            circuit: gauge(
+                "anya_ai_circuit_state",
+                "Circuit breaker state per target (model@version): 0 closed, 1 half-open, 2 open.",
+                &["target"],
             ),
             cache_requests: counter(
                 "anya_ai_cache_requests_total",
@@ -281,6 +299,9 @@ impl Metrics {
             Box::new(m.canary_weight.clone()),
             Box::new(m.shadow.clone()),
             Box::new(m.shadow_latency.clone()),
+            Box::new(m.fallbacks.clone()),
+            Box::new(m.retries.clone()),
+            Box::new(m.circuit.clone()),
             Box::new(m.ratelimit_fallbacks.clone()),
             Box::new(build),
         ];
@@ -414,6 +435,21 @@ impl Metrics {
         self.canary_weight
             .with_label_values(&[model, version])
             .set(weight);
+    }
+
+    /// A request passed from `model` to its fallback `to`.
+    pub fn fallback(&self, model: &str, to: &str, reason: &str) {
+        self.fallbacks.with_label_values(&[model, to, reason]).inc();
+    }
+
+    /// Retries on a remote model's provider.
+    pub fn retries(&self, model: &str, n: u64) {
+        self.retries.with_label_values(&[model]).inc_by(n);
+    }
+
+    /// A target's circuit state (0 closed, 1 half-open, 2 open).
+    pub fn circuit_state(&self, target: &str, state: i64) {
+        self.circuit.with_label_values(&[target]).set(state);
     }
 
     /// One shadowed request: its result and, when both ran, both latencies.

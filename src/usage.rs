@@ -118,6 +118,8 @@ type Key = (u64, String, String, String); // (bucket start, model, version, prin
 pub struct UsageStore {
     minutes: Mutex<BTreeMap<Key, Cell>>,
     hours: Mutex<BTreeMap<Key, Cell>>,
+    /// Per minute and named model: (requests, answered by a fallback).
+    routes: Mutex<BTreeMap<(u64, String), (u64, u64)>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +175,10 @@ pub struct ModelWindow {
     pub p99_response_ms: f64,
     /// In the currency of the manifest's prices (USD by convention).
     pub estimated_cost: f64,
+    /// Requests that named this model and were answered by one of its fallbacks.
+    pub fallbacks_count: u64,
+    /// `fallbacks_count` over the requests that named this model.
+    pub fallback_rate: f64,
 }
 
 /// One row of `GET /usage`.
@@ -196,6 +202,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl UsageStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A request that named `model` was answered by a fallback (`fell_back`) or not.
+    pub fn record_route(&self, model: &str, fell_back: bool, now: u64) {
+        let start = now - now % MINUTE;
+        let mut m = lock(&self.routes);
+        let cell = m.entry((start, model.to_string())).or_default();
+        cell.0 += 1;
+        cell.1 += u64::from(fell_back);
+        let horizon = now.saturating_sub(KEEP_MINUTES * MINUTE);
+        while m.first_key_value().is_some_and(|(k, _)| k.0 < horizon) {
+            m.pop_first();
+        }
     }
 
     pub fn record(&self, e: &UsageEvent<'_>, now: u64) {
@@ -244,7 +263,17 @@ impl UsageStore {
             }
         }
         let n = total.requests.max(1) as f64;
+        let (named, fell_back) = lock(&self.routes)
+            .range((from - from % MINUTE, String::new())..)
+            .filter(|((start, m), _)| *start + MINUTE > from && m == model)
+            .fold((0, 0), |(a, b), (_, (x, y))| (a + x, b + y));
         ModelWindow {
+            fallbacks_count: fell_back,
+            fallback_rate: if named == 0 {
+                0.0
+            } else {
+                fell_back as f64 / named as f64
+            },
             model: model.to_string(),
             period: period.as_str().to_string(),
             window_start: from,

@@ -14,6 +14,7 @@
 //! so while the model computes, new requests pile up and form the next (larger) batch.
 
 pub mod batcher;
+pub mod remote;
 mod scheduler;
 mod worker;
 
@@ -46,6 +47,8 @@ pub enum Work {
         /// analysis and fallbacks).
         fail: bool,
     },
+    /// For a remote model: the validated inputs, which its provider tokenizes.
+    Remote(remote::RemoteWork),
 }
 
 impl Work {
@@ -54,6 +57,7 @@ impl Work {
             Work::Embed { inputs } => inputs.len(),
             Work::Generate { prompts, .. } => prompts.len(),
             Work::Echo { inputs, .. } => inputs.len(),
+            Work::Remote(r) => r.items(),
         }
     }
 
@@ -77,6 +81,7 @@ impl Work {
                 delay: *delay,
                 fail: *fail,
             },
+            Work::Remote(r) => Work::Remote(r.subset(idx)),
         }
     }
 
@@ -86,7 +91,7 @@ impl Work {
         match self {
             Work::Embed { inputs } => sum_lengths(inputs),
             Work::Generate { prompts, .. } => sum_lengths(prompts),
-            Work::Echo { .. } => 0,
+            Work::Echo { .. } | Work::Remote(_) => 0,
         }
     }
 
@@ -100,6 +105,11 @@ impl Work {
             }
             Work::Echo { inputs, .. } => inputs.len(),
             Work::Embed { .. } => self.input_tokens(),
+            // The provider tokenizes: a byte is at most a token.
+            Work::Remote(r @ remote::RemoteWork::Generate { params, .. }) => {
+                r.text_bytes() + r.items() * params.max_tokens
+            }
+            Work::Remote(r) => r.text_bytes(),
         }
     }
 }
@@ -125,6 +135,8 @@ pub struct RunStats {
     pub batch_size: usize,
     pub tokens_processed: usize,
     pub tokens_generated: usize,
+    /// Attempts a remote call took (0 for a local model: one attempt, no retries).
+    pub attempts: u32,
 }
 
 /// What the engine reports after each batch (and after dropping cancelled requests), so the
@@ -158,6 +170,55 @@ pub enum EngineError {
     Model(String),
     #[error("model load failed: {0}")]
     Load(String),
+    /// A remote model's provider answered an error status.
+    #[error("the provider of {model} answered {status}: {message}")]
+    Upstream {
+        model: String,
+        status: u16,
+        message: String,
+        retry_after_ms: Option<u64>,
+        attempts: u32,
+    },
+    /// A remote model's provider could not be reached, or did not answer in time.
+    #[error("the provider of {model} is unreachable: {message}")]
+    Unreachable {
+        model: String,
+        message: String,
+        attempts: u32,
+    },
+}
+
+impl EngineError {
+    /// Whether another target (a fallback) may succeed where this one failed: the target is
+    /// unreachable, overloaded, timed out or failed on its side; never the client's own error.
+    pub fn fallback_reason(&self) -> Option<&'static str> {
+        match self {
+            EngineError::Overloaded { .. } => Some("queue_full"),
+            EngineError::Timeout { .. } => Some("timeout"),
+            EngineError::Stopped(_) => Some("unavailable"),
+            EngineError::Unreachable { .. } => Some("unreachable"),
+            EngineError::Upstream { status: 429, .. } => Some("rate_limited"),
+            EngineError::Upstream { status: 408, .. } => Some("timeout"),
+            EngineError::Upstream { status, .. } if *status >= 500 => Some("upstream_5xx"),
+            EngineError::Upstream { .. } | EngineError::Model(_) | EngineError::Load(_) => None,
+        }
+    }
+
+    /// Whether this failure says the target itself is unhealthy (what a circuit breaker
+    /// counts). A full queue is load, not ill health: it spills over without opening a circuit.
+    pub fn is_target_failure(&self) -> bool {
+        self.fallback_reason().is_some() && !matches!(self, EngineError::Overloaded { .. })
+    }
+
+    /// Attempts a remote call made (1 for anything else).
+    pub fn attempts(&self) -> u32 {
+        match self {
+            EngineError::Upstream { attempts, .. } | EngineError::Unreachable { attempts, .. } => {
+                *attempts
+            }
+            _ => 1,
+        }
+    }
 }
 
 /// What a request's event stream carries.
@@ -260,6 +321,8 @@ struct Inner {
     active: Arc<AtomicUsize>,
     /// Inputs per piece when a large request is cut (a quarter of a batch).
     piece_items: usize,
+    /// A remote model: requests go to its provider instead of a worker thread.
+    remote: Option<Arc<remote::RemoteModel>>,
 }
 
 /// A cheap, cloneable handle on a running model version.
@@ -336,8 +399,83 @@ impl ModelHandle {
                 cancelled,
                 active,
                 piece_items: (policy.max_batch_size / 4).max(1),
+                remote: None,
             }),
         })
+    }
+
+    /// A handle on a remote model: at most `queue_capacity` requests in flight to its
+    /// provider; no worker thread.
+    pub fn remote(manifest: &Manifest, model: remote::RemoteModel) -> ModelHandle {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let frontend = Frontend {
+            task: manifest.task,
+            codec: None,
+            chat_template: None,
+            dimensions: None,
+            eos_token_ids: Vec::new(),
+            context_length: None,
+            device: format!("remote ({})", model.spec().base_url),
+        };
+        ModelHandle {
+            inner: Arc::new(Inner {
+                name: format!("{}@{}", manifest.id, manifest.version),
+                tx,
+                queued: Arc::new(AtomicUsize::new(0)),
+                capacity: manifest.batching.queue_capacity,
+                frontend: Arc::new(frontend),
+                alive: Arc::new(AtomicBool::new(true)),
+                cancelled: Arc::new(AtomicUsize::new(0)),
+                active: Arc::new(AtomicUsize::new(0)),
+                piece_items: 1,
+                remote: Some(Arc::new(model)),
+            }),
+        }
+    }
+
+    /// The provider of a remote model.
+    pub fn remote_model(&self) -> Option<&Arc<remote::RemoteModel>> {
+        self.inner.remote.as_ref()
+    }
+
+    /// A remote request: counted in flight (the queue bound) until its task ends.
+    fn submit_remote(
+        &self,
+        model: &Arc<remote::RemoteModel>,
+        work: Work,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<EventStream, EngineError> {
+        let inner = &self.inner;
+        let Work::Remote(work) = work else {
+            return Err(EngineError::Model(format!(
+                "{} is a remote model: its work must be remote",
+                inner.name
+            )));
+        };
+        let prev = inner.queued.fetch_add(1, Ordering::AcqRel);
+        if prev >= inner.capacity {
+            inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(EngineError::Overloaded {
+                model: inner.name.clone(),
+                capacity: inner.capacity,
+            });
+        }
+        struct InFlight(Arc<AtomicUsize>);
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        let guard = InFlight(inner.queued.clone());
+        let (tx, rx) = mpsc::channel(1024);
+        let deadline = Instant::now() + timeout;
+        let model = model.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            model.run(work, stream, deadline, tx).await;
+        });
+        Ok(EventStream::new(rx, inner.name.clone()))
     }
 
     pub fn frontend(&self) -> &Arc<Frontend> {
@@ -377,6 +515,16 @@ impl ModelHandle {
     /// small requests wait; its answer is the pieces' outputs in order.
     pub async fn infer(&self, work: Work, timeout: Duration) -> Result<Completed, EngineError> {
         let inner = &self.inner;
+        if let Some(model) = &inner.remote {
+            let events = self.submit_remote(model, work, false, timeout)?;
+            return match tokio::time::timeout(timeout, events.done()).await {
+                Ok(r) => r,
+                Err(_) => Err(EngineError::Timeout {
+                    model: inner.name.clone(),
+                    timeout_ms: timeout.as_millis(),
+                }),
+            };
+        }
         if !self.is_alive() {
             return Err(EngineError::Stopped(inner.name.clone()));
         }
@@ -429,7 +577,21 @@ impl ModelHandle {
     /// `stream`, a generation sends its text deltas as they become final. Dropping the stream
     /// cancels the work.
     pub fn submit(&self, work: Work, stream: bool) -> Result<EventStream, EngineError> {
+        self.submit_within(work, stream, Duration::from_secs(3600))
+    }
+
+    /// `submit`, with the deadline a remote call must keep (a local request's wait is bounded
+    /// by its reader).
+    pub fn submit_within(
+        &self,
+        work: Work,
+        stream: bool,
+        timeout: Duration,
+    ) -> Result<EventStream, EngineError> {
         let inner = &self.inner;
+        if let Some(model) = &inner.remote {
+            return self.submit_remote(model, work, stream, timeout);
+        }
         if !self.is_alive() {
             return Err(EngineError::Stopped(inner.name.clone()));
         }

@@ -387,6 +387,7 @@ impl<'a> Scheduler<'a> {
         let admitted = req.admitted.unwrap_or(now);
         let gens: Vec<Generation> = req.results.into_iter().flatten().collect();
         let stats = RunStats {
+            attempts: 0,
             queue: admitted.saturating_duration_since(req.job.enqueued),
             compute: now.saturating_duration_since(admitted),
             batch_size: req.peak.max(1),

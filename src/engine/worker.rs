@@ -151,6 +151,7 @@ fn run_batch(
         Ok(Ok(outputs)) => {
             for (job, (output, generated)) in jobs.into_iter().zip(outputs) {
                 let stats = RunStats {
+                    attempts: 0,
                     queue: dispatched.saturating_duration_since(job.enqueued),
                     compute: compute_time,
                     batch_size,

@@ -69,7 +69,7 @@ pub fn status(e: &ApiError) -> Status {
         ErrorKind::Conflict => Code::FailedPrecondition,
         ErrorKind::LoadFailed => Code::Internal,
         ErrorKind::Internal => Code::Internal,
-        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Unavailable | ErrorKind::BadGateway => Code::Unavailable,
         ErrorKind::Timeout | ErrorKind::BodyTimeout => Code::DeadlineExceeded,
     };
     Status::new(code, e.message.clone())

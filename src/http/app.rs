@@ -148,6 +148,8 @@ impl AppState {
                 poll_interval_s: settings.model.poll_interval_s,
             }),
             fleet,
+            breakers: Default::default(),
+            breaker_defaults: settings.model.breaker,
         });
         Ok(Self {
             auth,

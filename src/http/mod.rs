@@ -55,6 +55,22 @@ impl From<EngineError> for ApiError {
             }
             EngineError::Stopped(_) => ApiError::unavailable(e.to_string(), 5),
             EngineError::Model(_) | EngineError::Load(_) => ApiError::internal(e),
+            EngineError::Upstream {
+                status,
+                retry_after_ms,
+                ..
+            } => match *status {
+                429 => {
+                    let mut a = ApiError::new(ErrorKind::RateLimited, e.to_string());
+                    a.retry_after_s = retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
+                    a
+                }
+                400..=499 if *status != 408 => {
+                    ApiError::new(ErrorKind::InvalidRequest, e.to_string())
+                }
+                _ => ApiError::new(ErrorKind::BadGateway, e.to_string()),
+            },
+            EngineError::Unreachable { .. } => ApiError::new(ErrorKind::BadGateway, e.to_string()),
         }
     }
 }

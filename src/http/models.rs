@@ -53,6 +53,18 @@ pub struct VersionInfo {
     pub weight: f64,
     pub created_at: String,
     pub updated_at: String,
+    /// A remote model's provider and what its last probe saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderInfo>,
+}
+
+/// A remote model's provider (its key is never shown).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderInfo {
+    pub base_url: String,
+    pub model: String,
+    /// up, down or unknown (not probed yet), from `GET {base_url}/models`.
+    pub state: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -141,6 +153,22 @@ pub(crate) fn version_info(state: &AppState, rec: &ModelRecord, v: &VersionRecor
         }
         VersionState::Loading => (None, None, 0),
     };
+    let provider = match &v.state {
+        VersionState::Ready(h) | VersionState::Draining(h) => h.remote_model().map(|r| {
+            use crate::engine::remote::ProbeState;
+            ProviderInfo {
+                base_url: r.spec().base_url.clone(),
+                model: r.spec().model.clone(),
+                state: match r.probe_state() {
+                    ProbeState::Up => "up",
+                    ProbeState::Down => "down",
+                    ProbeState::Unknown => "unknown",
+                }
+                .into(),
+            }
+        }),
+        _ => None,
+    };
     let version = v.manifest.version.to_string();
     let weight = state.core.traffic.weight_of(&rec.id, &version).unwrap_or(
         if v.manifest.version == rec.default_version {
@@ -160,6 +188,7 @@ pub(crate) fn version_info(state: &AppState, rec: &ModelRecord, v: &VersionRecor
         queue_size,
         created_at: ts(v.created_at),
         updated_at: ts(v.updated_at),
+        provider,
     }
 }
 

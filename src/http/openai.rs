@@ -166,6 +166,8 @@ struct Sampling {
     presence_penalty: Option<f64>,
     /// Not OpenAI's: vLLM's and llama.cpp's extra field, the model parameter `ignore_eos`.
     ignore_eos: Option<bool>,
+    /// Not OpenAI's: `false` answers from the named model only, never from its fallbacks.
+    use_fallbacks: Option<bool>,
 }
 
 /// A message's content: a string, or a list of text parts.
@@ -310,6 +312,9 @@ impl Sampling {
         if let Some(b) = self.ignore_eos {
             p.insert("ignore_eos".into(), b.into());
         }
+        if let Some(b) = self.use_fallbacks {
+            p.insert("use_fallbacks".into(), b.into());
+        }
         match &self.stop {
             Some(Stop::One(s)) => {
                 p.insert("stop".into(), json!([s]));
@@ -429,7 +434,9 @@ pub async fn errors(req: Request<Body>, next: Next) -> Response {
         ErrorKind::Forbidden => (OpenAiErrorType::PermissionError, "forbidden"),
         ErrorKind::NotFound => (OpenAiErrorType::InvalidRequestError, "model_not_found"),
         ErrorKind::RateLimited => (OpenAiErrorType::RateLimitError, "rate_limit_exceeded"),
-        ErrorKind::Internal | ErrorKind::Timeout => (OpenAiErrorType::ServerError, e.kind.code()),
+        ErrorKind::Internal | ErrorKind::Timeout | ErrorKind::BadGateway => {
+            (OpenAiErrorType::ServerError, e.kind.code())
+        }
         ErrorKind::Unavailable => (OpenAiErrorType::ServerError, "service_unavailable"),
         _ => (OpenAiErrorType::InvalidRequestError, e.kind.code()),
     };
@@ -650,6 +657,23 @@ fn labelled(mut r: Response, label: Option<ModelLabel>) -> Response {
     r
 }
 
+/// `x-anya-served-by` (the model and version that answered) and `x-anya-fallbacks` (the
+/// targets given up on before it, with why).
+fn routed(mut r: Response, route: &crate::serving::Route) -> Response {
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&route.served_by) {
+        if !route.served_by.is_empty() {
+            h.insert("x-anya-served-by", v);
+        }
+    }
+    if !route.fallbacks.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&route.fallbacks.join(", ")) {
+            h.insert("x-anya-fallbacks", v);
+        }
+    }
+    r
+}
+
 fn finish_reason(r: FinishReason) -> FinishReasonV1 {
     match r {
         FinishReason::Length => FinishReasonV1::Length,
@@ -730,7 +754,13 @@ pub async fn chat_completions(
             .is_some_and(|o| o.include_usage);
         let (label, outcome) = state.core.infer_stream(caller, serve).await;
         let r = match outcome {
-            Ok(s) => stream_chunks(s, Kind::Chat, id, created, req.model.clone(), n, usage),
+            Ok(s) => {
+                let route = s.route().clone();
+                routed(
+                    stream_chunks(s, Kind::Chat, id, created, req.model.clone(), n, usage),
+                    &route,
+                )
+            }
             Err(e) => e.into_response(),
         };
         return labelled(r, label);
@@ -738,6 +768,7 @@ pub async fn chat_completions(
     let (label, outcome) = state.core.infer(caller, serve).await;
     let r = match outcome {
         Ok(answer) => {
+            let route = answer.route.clone();
             let choices = generations(&answer)
                 .into_iter()
                 .enumerate()
@@ -753,7 +784,7 @@ pub async fn chat_completions(
                     finish_reason,
                 })
                 .collect();
-            Json(ChatCompletion {
+            let r = Json(ChatCompletion {
                 id,
                 object: ChatCompletionObject::ChatCompletion,
                 created,
@@ -761,7 +792,8 @@ pub async fn chat_completions(
                 choices,
                 usage: usage(&answer, n),
             })
-            .into_response()
+            .into_response();
+            routed(r, &route)
         }
         Err(e) => e.into_response(),
     };
@@ -863,7 +895,13 @@ pub async fn completions(
             .is_some_and(|o| o.include_usage);
         let (label, outcome) = state.core.infer_stream(caller, serve).await;
         let r = match outcome {
-            Ok(s) => stream_chunks(s, Kind::Text, id, created, req.model.clone(), count, usage),
+            Ok(s) => {
+                let route = s.route().clone();
+                routed(
+                    stream_chunks(s, Kind::Text, id, created, req.model.clone(), count, usage),
+                    &route,
+                )
+            }
             Err(e) => e.into_response(),
         };
         return labelled(r, label);
@@ -871,6 +909,7 @@ pub async fn completions(
     let (label, outcome) = state.core.infer(caller, serve).await;
     let r = match outcome {
         Ok(answer) => {
+            let route = answer.route.clone();
             let choices = generations(&answer)
                 .into_iter()
                 .enumerate()
@@ -881,7 +920,7 @@ pub async fn completions(
                     finish_reason,
                 })
                 .collect();
-            Json(TextCompletion {
+            let r = Json(TextCompletion {
                 id,
                 object: TextCompletionObject::TextCompletion,
                 created,
@@ -889,7 +928,8 @@ pub async fn completions(
                 choices,
                 usage: usage(&answer, 1),
             })
-            .into_response()
+            .into_response();
+            routed(r, &route)
         }
         Err(e) => e.into_response(),
     };
@@ -1106,6 +1146,8 @@ pub struct EmbeddingRequest {
     dimensions: Option<usize>,
     #[allow(dead_code)]
     user: Option<String>,
+    /// Not OpenAI's: `false` answers from the named model only, never from its fallbacks.
+    use_fallbacks: Option<bool>,
 }
 
 /// `input`: one string, a list of strings, one list of token ids, or a list of such lists.
@@ -1239,7 +1281,10 @@ pub async fn embeddings(
         model,
         version,
         inputs,
-        params: Map::new(),
+        params: req
+            .use_fallbacks
+            .map(|b| Map::from_iter([("use_fallbacks".to_string(), Value::Bool(b))]))
+            .unwrap_or_default(),
         cache: true,
         logprobs: None,
         headers: headers.clone(),
@@ -1254,8 +1299,10 @@ pub async fn embeddings(
             serve,
         )
         .await;
-    let r = match outcome.and_then(|answer| render_embeddings(&answer, &req, base64)) {
-        Ok(body) => Json(body).into_response(),
+    let r = match outcome.and_then(|answer| {
+        render_embeddings(&answer, &req, base64).map(|body| (body, answer.route))
+    }) {
+        Ok((body, route)) => routed(Json(body).into_response(), &route),
         Err(e) => e.into_response(),
     };
     labelled(r, label)

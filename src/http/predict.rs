@@ -92,6 +92,16 @@ pub struct PredictMetadata {
     /// Outputs that came from the cache (the others were computed; the token counts above are
     /// for those only).
     pub cache_hits: usize,
+    /// `model@version` that answered (a fallback's, when the named model failed).
+    pub served_by: String,
+    /// Calls made to models or providers for this answer, retries included.
+    pub attempts: u32,
+    /// The model the request named, when one of its fallbacks answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
+    /// The targets given up on before the one that answered, each as `model@version: reason`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
 }
 
 #[utoipa::path(
@@ -294,6 +304,10 @@ pub(crate) fn render(answer: Answer) -> PredictResponse {
             finish_reasons: (!finish_reasons.is_empty()).then_some(finish_reasons),
             cached: answer.cache == Some(true) && answer.cache_hits == n,
             cache_hits: answer.cache_hits,
+            served_by: answer.route.served_by,
+            attempts: answer.route.attempts,
+            fallback_from: answer.route.fallback_from,
+            fallbacks: answer.route.fallbacks,
         },
     }
 }

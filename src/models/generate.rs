@@ -51,6 +51,16 @@ pub struct Generation {
     pub duration: f64,
     /// Per generated token, when asked for (`GenParams::logprobs`).
     pub logprobs: Vec<TokenLogprob>,
+    /// Tokens a remote model's provider reported generating (its ids are not known here);
+    /// 0 for a local model, whose `tokens` count.
+    pub counted_tokens: usize,
+}
+
+impl Generation {
+    /// Tokens generated: the ids held, or what a provider reported.
+    pub fn token_count(&self) -> usize {
+        self.tokens.len().max(self.counted_tokens)
+    }
 }
 
 /// One generation in progress: the sampler, the tokens so far, the text decoded so far
@@ -275,6 +285,7 @@ impl Sequence {
             time_to_first_token: self.ttft,
             duration: self.started.elapsed().as_secs_f64(),
             logprobs: std::mem::take(&mut self.token_logprobs),
+            counted_tokens: 0,
         };
         Ok((generation, last))
     }

@@ -338,15 +338,19 @@ impl Registry {
     ) -> bool {
         let m = &source.manifest;
         let started = Instant::now();
-        let result = ModelHandle::start(LoadSpec {
-            manifest: m.clone(),
-            dir: source.dir.clone(),
-            device,
-            warmup,
-            observer,
-            trusted_keys,
-        })
-        .await;
+        let result = if m.provider.is_some() {
+            start_remote(source, trusted_keys.as_deref()).await
+        } else {
+            ModelHandle::start(LoadSpec {
+                manifest: m.clone(),
+                dir: source.dir.clone(),
+                device,
+                warmup,
+                observer,
+                trusted_keys,
+            })
+            .await
+        };
         let ms = started.elapsed().as_millis() as u64;
         match result {
             Ok(handle) => {
@@ -377,6 +381,37 @@ impl Registry {
             }
         }
     }
+}
+
+/// A remote model: check its signature when required, build its client, probe its provider
+/// once (a provider that is down does not fail the load: the probe keeps watching), and keep
+/// probing every `probe_interval_s` while the version is registered.
+async fn start_remote(
+    source: &ModelSource,
+    trusted_keys: Option<&Vec<ed25519_dalek::VerifyingKey>>,
+) -> Result<ModelHandle, crate::engine::EngineError> {
+    use crate::engine::EngineError;
+    let m = &source.manifest;
+    if let Some(keys) = trusted_keys {
+        signing::verify(m, keys).map_err(|e| EngineError::Load(e.to_string()))?;
+    }
+    let model = crate::engine::remote::RemoteModel::new(m, &source.dir)?;
+    let handle = ModelHandle::remote(m, model);
+    if let Some(remote) = handle.remote_model() {
+        let state = remote.probe().await;
+        tracing::info!(model = %m.id, version = %m.version, base_url = %remote.spec().base_url, state = ?state, "remote model probed");
+        let weak = Arc::downgrade(remote);
+        let every = std::time::Duration::from_secs_f64(remote.spec().probe_interval_s);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                // The version was unloaded once only this task could still reach it.
+                let Some(remote) = weak.upgrade() else { break };
+                remote.probe().await;
+            }
+        });
+    }
+    Ok(handle)
 }
 
 fn pick_default(versions: &BTreeMap<Version, VersionRecord>) -> Version {

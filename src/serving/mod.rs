@@ -8,6 +8,8 @@
 //! metrics) when the answer — or the stream — ends.
 
 pub mod admin;
+pub mod breaker;
+mod fallback;
 mod fleet;
 pub mod params;
 mod shadow;
@@ -28,6 +30,7 @@ use crate::models::{ChatMessage, FinishReason, Generation};
 use crate::ratelimit::RateLimits;
 use crate::registry::{Registry, Resolved};
 use crate::usage::{now_unix, UsageEvent, UsageStore};
+pub use fallback::Route;
 pub use stream::{AnswerStream, StreamItem};
 pub use validate::Valid;
 
@@ -156,6 +159,8 @@ pub struct Answer {
     pub prompt_tokens: usize,
     /// Tokens of every generated output, cached ones included.
     pub completion_tokens: usize,
+    /// Which target answered, after how many attempts, and what was tried before it.
+    pub route: fallback::Route,
 }
 
 /// What the core needs; built once by the server and shared by every adapter.
@@ -173,6 +178,10 @@ pub struct Core {
     pub loading: admin::Loading,
     /// The other replicas, through Redis (none configured: this replica acts alone).
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// A circuit breaker per target.
+    pub breakers: breaker::Breakers,
+    /// Breaker settings where a manifest gives none (`model.breaker`).
+    pub breaker_defaults: crate::spec::manifest::BreakerSettings,
 }
 
 /// Requests with at most this many bytes of text are validated on the async runtime (a few
@@ -208,6 +217,7 @@ impl Core {
         &self,
         caller: Caller<'_>,
         req: ServeRequest,
+        charge: bool,
     ) -> Result<Prepared, (Option<ModelLabel>, ApiError)> {
         let arrived = Instant::now();
         // The routing step: a pinned version bypasses the model's traffic policy.
@@ -283,8 +293,15 @@ impl Core {
             m if m == n => Some(valid.work),
             _ => Some(valid.work.subset(&missing)),
         };
-        if let (Some(limits), Some(p), Some(w @ Work::Generate { .. })) =
-            (&self.limits, caller.principal, &work)
+        let generates = matches!(
+            &work,
+            Some(
+                Work::Generate { .. }
+                    | Work::Remote(crate::engine::remote::RemoteWork::Generate { .. })
+            )
+        );
+        if let (true, true, Some(limits), Some(p), Some(w)) =
+            (charge, generates, &self.limits, caller.principal, &work)
         {
             let tokens = u32::try_from(w.tokens()).unwrap_or(u32::MAX);
             if let Err(wait) = limits
@@ -312,18 +329,28 @@ impl Core {
         })
     }
 
-    /// Run a request to its end. Returns the version's label (once known) beside the outcome;
-    /// the label carries tokens and cost for the access log and usage.
+    /// Run a request to its end, on the model it names or, when that fails for a reason worth
+    /// another try, on its fallbacks (see `fallback`). Returns the label of the version that
+    /// answered (once known) beside the outcome; the label carries tokens and cost for the
+    /// access log and usage.
     pub async fn infer(
         self: &Arc<Self>,
         caller: Caller<'_>,
         req: ServeRequest,
     ) -> (Option<ModelLabel>, Result<Answer, ApiError>) {
-        let mut p = match self.prepare(caller, req).await {
-            Ok(p) => p,
-            Err((label, e)) => return (label, Err(e)),
-        };
-        let mut label = Self::label(&p.resolved);
+        self.infer_routed(caller, req).await
+    }
+
+    /// One attempt on one prepared target: its computed answer.
+    async fn run_prepared(
+        &self,
+        mut p: Prepared,
+    ) -> (
+        Prepared,
+        ModelLabel,
+        Result<RunStats, crate::engine::EngineError>,
+    ) {
+        let label = Self::label(&p.resolved);
         let mut stats = RunStats::default();
         if let Some(work) = p.valid_work.take() {
             match p.resolved.handle.infer(work, self.request_timeout).await {
@@ -343,14 +370,10 @@ impl Core {
                         p.items[slot] = Some(item);
                     }
                 }
-                Err(e) => return (Some(label), Err(e.into())),
+                Err(e) => return (p, label, Err(e)),
             }
         }
-        let answer = self.answer(&p, stats, &mut label);
-        if let Some(job) = p.shadow.take() {
-            self.start_shadow(job, &answer);
-        }
-        (Some(label), Ok(answer))
+        (p, label, Ok(stats))
     }
 
     /// Put computed outputs in the cache (complete generations only).
@@ -380,16 +403,24 @@ impl Core {
             .unwrap_or(0.0);
         let n = p.items.len();
         let hits = n - p.missing.len();
+        let remote = p.resolved.manifest.provider.is_some();
         let completion_tokens = p
             .items
             .iter()
             .flatten()
             .filter_map(Item::generation)
-            .map(|g| g.tokens.len())
+            .map(|g| g.token_count())
             .sum();
+        // A remote model's provider counts the tokens (its `usage`).
+        let prompt_tokens = if remote {
+            stats.tokens_processed
+        } else {
+            p.prompt_tokens
+        };
         Answer {
-            prompt_tokens: p.prompt_tokens,
+            prompt_tokens,
             completion_tokens,
+            route: Route::default(),
             model: manifest.id.clone(),
             version: manifest.version.to_string(),
             items: p.items.iter().flatten().cloned().collect(),

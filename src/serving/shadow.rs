@@ -136,6 +136,7 @@ mod tests {
                 time_to_first_token: 0.0,
                 duration: 0.0,
                 logprobs: Vec::new(),
+                counted_tokens: 0,
             })))
         };
         assert!(agree(&g("a b"), &g("a b")));

@@ -7,9 +7,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{items_of, Answer, Caller, Core, Item, Prepared, ServeRequest};
+use super::{items_of, Answer, Caller, Core, Item, Prepared, Route, ServeRequest};
 use crate::auth::Principal;
-use crate::engine::{Event, EventStream, RunStats};
+use crate::engine::{EngineError, Event, EventStream, RunStats};
 use crate::error::ApiError;
 use crate::metrics::ModelLabel;
 use crate::models::generate::TokenLogprob;
@@ -35,34 +35,77 @@ pub struct AnswerStream {
     core: Arc<Core>,
     prepared: Prepared,
     events: Option<EventStream>,
+    /// The first event, read before the stream started (to fall back on a failure).
+    pending: Option<Event>,
     ready: VecDeque<StreamItem>,
     label: ModelLabel,
     account: String,
     /// Tokens streamed so far (what usage records if the stream is dropped early).
     streamed_tokens: u64,
     finished: bool,
+    route: Route,
 }
 
 impl Core {
     /// Start a request whose text streams. The label (once the version is known) comes back
-    /// at once; tokens and usage are recorded when the stream ends.
+    /// at once; tokens and usage are recorded when the stream ends. A failure worth another
+    /// try before the first token falls back (see `fallback`).
     pub async fn infer_stream(
         self: &Arc<Self>,
         caller: Caller<'_>,
         req: ServeRequest,
     ) -> (Option<ModelLabel>, Result<AnswerStream, ApiError>) {
-        let mut p = match self.prepare(caller, req).await {
-            Ok(p) => p,
-            Err((label, e)) => return (label, Err(e)),
-        };
+        let account = caller
+            .principal
+            .map_or(crate::auth::ANONYMOUS, Principal::account)
+            .to_string();
+        let (label, outcome) = self.stream_routed(caller, req).await;
+        (
+            label,
+            outcome.map(|mut s| {
+                s.account = account;
+                s
+            }),
+        )
+    }
+
+    /// Submit a prepared request as a stream and wait for its first event: a failure worth
+    /// another try comes back as an error (nothing was sent yet), anything else starts the
+    /// stream.
+    pub(super) async fn open_stream(
+        self: Arc<Self>,
+        mut p: Prepared,
+    ) -> Result<AnswerStream, (Prepared, EngineError)> {
         let label = Self::label(&p.resolved);
-        let events = match p.valid_work.take() {
-            Some(work) => match p.resolved.handle.submit(work, true) {
-                Ok(s) => Some(s),
-                Err(e) => return (Some(label), Err(e.into())),
-            },
+        let mut events = match p.valid_work.take() {
+            Some(work) => {
+                match p
+                    .resolved
+                    .handle
+                    .submit_within(work, true, self.request_timeout)
+                {
+                    Ok(s) => Some(s),
+                    Err(e) => return Err((p, e)),
+                }
+            }
             None => None,
         };
+        let mut pending = None;
+        if let Some(ev) = events.as_mut() {
+            match tokio::time::timeout(self.request_timeout, ev.next()).await {
+                Ok(Some(Event::Done(Err(e)))) if e.fallback_reason().is_some() => {
+                    return Err((p, e))
+                }
+                Ok(first) => pending = first,
+                Err(_) => {
+                    let e = EngineError::Timeout {
+                        model: label.model.clone(),
+                        timeout_ms: self.request_timeout.as_millis(),
+                    };
+                    return Err((p, e));
+                }
+            }
+        }
         let ready = p
             .items
             .iter()
@@ -76,27 +119,31 @@ impl Core {
                 })
             })
             .collect();
-        let account = caller
-            .principal
-            .map_or(crate::auth::ANONYMOUS, Principal::account)
-            .to_string();
-        let mut header_label = label.clone();
-        header_label.deferred = true;
-        let stream = AnswerStream {
-            core: self.clone(),
+        Ok(AnswerStream {
+            core: self,
             prepared: p,
             events,
+            pending,
             ready,
             label,
-            account,
+            account: String::new(),
             streamed_tokens: 0,
             finished: false,
-        };
-        (Some(header_label), Ok(stream))
+            route: Route::default(),
+        })
     }
 }
 
 impl AnswerStream {
+    pub(super) fn set_route(&mut self, route: Route) {
+        self.route = route;
+    }
+
+    /// Which target answers this stream.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
     /// The next item; `None` once `Done` or `Error` was given.
     pub async fn next(&mut self) -> Option<StreamItem> {
         if let Some(item) = self.ready.pop_front() {
@@ -109,7 +156,11 @@ impl AnswerStream {
             return Some(self.finish(RunStats::default()));
         };
         let timeout = self.core.request_timeout;
-        let event = match tokio::time::timeout(timeout, events.next()).await {
+        let next = match self.pending.take() {
+            Some(e) => Ok(Some(e)),
+            None => tokio::time::timeout(timeout, events.next()).await,
+        };
+        let event = match next {
             Ok(Some(e)) => e,
             Ok(None) => return None,
             Err(_) => {
@@ -161,7 +212,9 @@ impl AnswerStream {
 
     fn finish(&mut self, stats: RunStats) -> StreamItem {
         self.finished = true;
-        let answer = self.core.answer(&self.prepared, stats, &mut self.label);
+        let mut answer = self.core.answer(&self.prepared, stats, &mut self.label);
+        answer.route = self.route.clone();
+        answer.route.attempts += stats.attempts.saturating_sub(1);
         self.close_books(false);
         StreamItem::Done(answer)
     }

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use super::params::{self, ValidParams};
 use super::Input;
+use crate::engine::remote::{Prompt, RemoteInput, RemoteWork};
 use crate::engine::Work;
 use crate::error::ApiError;
 use crate::models::generate::GenParams;
@@ -29,12 +30,34 @@ pub struct Valid {
 }
 
 impl Valid {
-    /// Each input's token ids (the canonical form the cache keys on).
-    pub fn inputs(&self) -> Vec<&[u32]> {
+    /// Each input's token ids (the canonical form the cache keys on); for a remote model,
+    /// which tokenizes on its side, the input's canonical JSON as bytes.
+    pub fn inputs(&self) -> Vec<std::borrow::Cow<'_, [u32]>> {
+        use std::borrow::Cow;
+        let bytes = |v: Value| -> Cow<'_, [u32]> {
+            Cow::Owned(v.to_string().bytes().map(u32::from).collect())
+        };
         match &self.work {
-            Work::Embed { inputs } => inputs.iter().map(Vec::as_slice).collect(),
-            Work::Generate { prompts, .. } => prompts.iter().map(Vec::as_slice).collect(),
+            Work::Embed { inputs } => inputs.iter().map(|i| Cow::Borrowed(i.as_slice())).collect(),
+            Work::Generate { prompts, .. } => prompts
+                .iter()
+                .map(|p| Cow::Borrowed(p.as_slice()))
+                .collect(),
             Work::Echo { .. } => Vec::new(),
+            Work::Remote(RemoteWork::Embed { inputs }) => inputs
+                .iter()
+                .map(|i| match i {
+                    RemoteInput::Text(t) => bytes(Value::from(t.as_str())),
+                    RemoteInput::Tokens(t) => bytes(Value::from(t.clone())),
+                })
+                .collect(),
+            Work::Remote(RemoteWork::Generate { prompts, .. }) => prompts
+                .iter()
+                .map(|p| match p {
+                    Prompt::Text(t) => bytes(Value::from(t.as_str())),
+                    Prompt::Chat(m) => bytes(serde_json::to_value(m).unwrap_or(Value::Null)),
+                })
+                .collect(),
         }
     }
 }
@@ -61,6 +84,9 @@ pub fn validate(
         ));
     }
     let params = params::validate(&manifest.parameters, parameters)?;
+    if manifest.provider.is_some() {
+        return validate_remote(manifest, inputs, &params, logprobs);
+    }
     let (mut cacheable, mut kind, mut key_params) = (false, "echo", Vec::new());
     let work = match manifest.task {
         Task::Embedding => {
@@ -142,6 +168,125 @@ pub fn validate(
         kind,
         key_params,
     })
+}
+
+/// A remote model's request: the same checks of counts, types and sizes, no tokenization (its
+/// provider tokenizes). `max_input_length` bounds an input's bytes at 4 per token.
+fn validate_remote(
+    manifest: &Manifest,
+    inputs: Vec<Input>,
+    params: &ValidParams,
+    logprobs: Option<usize>,
+) -> Result<Valid, ApiError> {
+    let max_bytes = manifest
+        .max_input_length
+        .saturating_mul(crate::models::text::MAX_BYTES_PER_TOKEN);
+    let check_size = |i: usize, bytes: usize| {
+        if bytes > max_bytes {
+            return Err(ApiError::invalid(
+                format!("inputs[{i}]"),
+                format!(
+                    "{bytes} bytes; an input may have at most {max_bytes} (max_input_length {} tokens × {} bytes)",
+                    manifest.max_input_length,
+                    crate::models::text::MAX_BYTES_PER_TOKEN
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if logprobs.is_some() {
+        return Err(ApiError::invalid(
+            "logprobs",
+            "log-probabilities are not relayed from a remote model",
+        ));
+    }
+    match manifest.task {
+        Task::Embedding => {
+            let inputs = inputs
+                .into_iter()
+                .enumerate()
+                .map(|(i, input)| match input {
+                    Input::Text(t) if !t.is_empty() => {
+                        check_size(i, t.len())?;
+                        Ok(RemoteInput::Text(t))
+                    }
+                    Input::Tokens(t) if !t.is_empty() => {
+                        check_size(i, t.len())?;
+                        Ok(RemoteInput::Tokens(t))
+                    }
+                    _ => Err(ApiError::invalid(
+                        format!("inputs[{i}]"),
+                        "must be a non-empty string",
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Valid {
+                work: Work::Remote(RemoteWork::Embed { inputs }),
+                cacheable: true,
+                kind: "embed",
+                key_params: Vec::new(),
+            })
+        }
+        Task::TextGeneration => {
+            let gen = gen_params(params);
+            let prompts = inputs
+                .into_iter()
+                .enumerate()
+                .map(|(i, input)| {
+                    let field = format!("inputs[{i}]");
+                    let prompt = match input {
+                        Input::Text(t) if !t.is_empty() => Prompt::Text(t),
+                        Input::Json(Value::String(t)) if !t.is_empty() => Prompt::Text(t),
+                        Input::Chat(m) => Prompt::Chat(m),
+                        Input::Json(v @ Value::Array(_)) => {
+                            Prompt::Chat(serde_json::from_value(v).map_err(|e| {
+                                ApiError::invalid(
+                                    field.clone(),
+                                    format!("a conversation must be a list of {{\"role\", \"content\"}} messages: {e}"),
+                                )
+                            })?)
+                        }
+                        _ => {
+                            return Err(ApiError::invalid(
+                                field,
+                                "must be a non-empty string or a list of {\"role\", \"content\"} messages",
+                            ))
+                        }
+                    };
+                    let bytes = match &prompt {
+                        Prompt::Text(t) => t.len(),
+                        Prompt::Chat(m) => {
+                            if m.is_empty() {
+                                return Err(ApiError::invalid(field, "the conversation is empty"));
+                            }
+                            m.iter().map(|m| m.content.len()).sum()
+                        }
+                    };
+                    check_size(i, bytes)?;
+                    Ok(prompt)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let greedy = gen.sampling.temperature <= 0.0;
+            let canonical = serde_json::json!([
+                gen.max_tokens,
+                gen.stop,
+                gen.sampling.temperature,
+                gen.sampling.top_p,
+                if greedy { 0 } else { gen.seed },
+                gen.ignore_eos
+            ]);
+            Ok(Valid {
+                work: Work::Remote(RemoteWork::Generate {
+                    prompts,
+                    params: gen,
+                }),
+                cacheable: greedy || params.u64("seed").is_some(),
+                kind: "generate",
+                key_params: canonical.to_string().into_bytes(),
+            })
+        }
+        Task::Echo => Err(ApiError::internal("a remote model cannot echo")),
+    }
 }
 
 fn encode(frontend: &Frontend, text: &str, truncate: bool, i: usize) -> Result<Vec<u32>, ApiError> {

@@ -112,6 +112,94 @@ impl Default for BatchingConfig {
     }
 }
 
+/// A remote OpenAI-compatible model served in place of local files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// Only `openai` (any server speaking OpenAI's `/v1`: OpenAI, vLLM, llama.cpp, anya).
+    pub kind: ProviderKind,
+    /// Up to and including the API prefix, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The model name the provider knows.
+    pub model: String,
+    /// The API key is read from this environment variable...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// ...or from this file (its first line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_file: Option<String>,
+    /// One attempt's limit (the request's own deadline also applies).
+    #[serde(default = "default_provider_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Further attempts after a failure worth another try (connection error, timeout, 408,
+    /// 429, 5xx), with exponential backoff and jitter, honouring `Retry-After`.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// How often `GET {base_url}/models` is probed (seconds).
+    #[serde(default = "default_probe_interval_s")]
+    pub probe_interval_s: f64,
+}
+
+fn default_provider_timeout_ms() -> u64 {
+    30_000
+}
+fn default_max_retries() -> u32 {
+    2
+}
+fn default_probe_interval_s() -> f64 {
+    15.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Openai,
+}
+
+/// When a target's circuit opens, and for how long (config `model.breaker`, overridable per
+/// manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerSettings {
+    /// Open after this many failures in a row.
+    pub consecutive_failures: u32,
+    /// ...or when at least this share of the window's requests failed...
+    pub failure_rate: f64,
+    /// ...and the window holds at least this many requests.
+    pub min_requests: u32,
+    /// The window's length, in milliseconds.
+    pub window_ms: u64,
+    /// How long the circuit stays open before one probe is let through (milliseconds).
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            min_requests: 20,
+            window_ms: 30_000,
+            cooldown_ms: 10_000,
+        }
+    }
+}
+
+impl BreakerSettings {
+    pub fn check(&self) -> Result<(), String> {
+        if self.consecutive_failures == 0 || self.min_requests == 0 {
+            return Err("breaker: consecutive_failures and min_requests must be at least 1".into());
+        }
+        if !(self.failure_rate > 0.0 && self.failure_rate <= 1.0) {
+            return Err("breaker: failure_rate must be in (0, 1]".into());
+        }
+        if self.window_ms == 0 || self.cooldown_ms == 0 {
+            return Err("breaker: window_ms and cooldown_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// Prices for cost accounting (currency by convention USD).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -188,6 +276,15 @@ pub struct Manifest {
     /// Free-form labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A remote model: requests go to this OpenAI-compatible provider (no files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderSpec>,
+    /// Models tried in order when this one fails for a reason worth another try.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// This version's circuit breaker (else `model.breaker`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +383,9 @@ impl Manifest {
             pricing: None,
             signature: None,
             labels: BTreeMap::new(),
+            provider: None,
+            fallbacks: vec![],
+            breaker: None,
         }
     }
 
@@ -352,7 +452,36 @@ impl Manifest {
                 }
             }
         }
+        if let Some(p) = &self.provider {
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return Err("provider.base_url must start with http:// or https://".into());
+            }
+            if p.model.trim().is_empty() {
+                return Err("provider.model must not be empty".into());
+            }
+            if p.api_key_env.is_some() && p.api_key_file.is_some() {
+                return Err("provider: give api_key_env or api_key_file, not both".into());
+            }
+            if p.timeout_ms == 0 || p.probe_interval_s.is_nan() || p.probe_interval_s <= 0.0 {
+                return Err("provider: timeout_ms and probe_interval_s must be above 0".into());
+            }
+            if self.format != Format::None || self.weights.is_some() {
+                return Err("a remote model (provider) has format none and no weights".into());
+            }
+            if !matches!(self.task, Task::Embedding | Task::TextGeneration) {
+                return Err("a remote model's task is embedding or text-generation".into());
+            }
+        }
+        for f in &self.fallbacks {
+            if !is_valid_id(f) || *f == self.id {
+                return Err(format!("fallbacks: `{f}` must be another model's id"));
+            }
+        }
+        if let Some(b) = &self.breaker {
+            b.check()?;
+        }
         match (self.task, self.format) {
+            (Task::Embedding | Task::TextGeneration, Format::None) if self.provider.is_some() => {}
             (Task::Embedding, Format::Safetensors) => {
                 if self.weights.is_none() || self.config.is_none() || self.tokenizer.is_none() {
                     return Err("an embedding model needs weights, config and tokenizer".into());

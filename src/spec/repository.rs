@@ -180,6 +180,9 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
             pricing: None,
             signature: None,
             labels: Default::default(),
+            provider: None,
+            fallbacks: vec![],
+            breaker: None,
         };
         return Ok(ModelSource { dir, manifest });
     }
@@ -231,6 +234,9 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
                 pricing: None,
                 signature: None,
                 labels: Default::default(),
+                provider: None,
+                fallbacks: vec![],
+                breaker: None,
             };
             return Ok(ModelSource {
                 dir: path.to_path_buf(),

@@ -497,6 +497,29 @@ async fn remote_models_retries_fallbacks_and_breakers() {
     assert!(answers
         .iter()
         .any(|(_, v)| v["metadata"]["fallback_from"] == "busy"));
+    // Streams spill over too (before their first event).
+    let calls = (0..6).map(|i| {
+        let c = s.front.client.clone();
+        let url = s.front.url("/models/busy/predict");
+        async move {
+            let r = c.post(url).json(&json!({"inputs": [format!("stream {i}")], "parameters": {"delay_ms": 400, "stream": true}})).send().await.unwrap();
+            let code = r.status().as_u16();
+            (code, r.text().await.unwrap())
+        }
+    });
+    let streams = futures::future::join_all(calls).await;
+    assert!(
+        streams
+            .iter()
+            .all(|(c, body)| *c == 200 && body.contains("event: done")),
+        "{streams:?}"
+    );
+    assert!(
+        streams
+            .iter()
+            .any(|(_, body)| body.contains("\"served_by\":\"spare@1.0.0\"")),
+        "{streams:?}"
+    );
 
     // 5. Kill the provider under 8 concurrent clients for 20 s: every request is answered by
     // the fallback, the breaker opens and keeps the dead address quiet during its cooldowns,

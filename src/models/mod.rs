@@ -8,6 +8,7 @@
 
 pub mod bert;
 pub mod bert_fast;
+pub mod classify;
 pub mod device;
 pub mod generate;
 pub mod gguf_tokenizer;
@@ -154,6 +155,8 @@ pub struct Frontend {
     pub eos_token_ids: Vec<u32>,
     pub context_length: Option<usize>,
     pub device: String,
+    /// A classifier's labels and problem type.
+    pub classes: Option<classify::ClassifierInfo>,
 }
 
 /// Load a model version from its folder onto `device`. Runs on the worker thread.
@@ -202,6 +205,36 @@ pub fn load(
                     eos_token_ids: vec![],
                     context_length: None,
                     device: device_name,
+                    classes: None,
+                },
+            ))
+        }
+        (Task::Classification, Format::Safetensors) => {
+            // The classifier runs on the CPU encoder whatever the device setting says.
+            if !device.is_cpu() {
+                tracing::warn!(model = %manifest.id, "classification models run on the CPU");
+            }
+            let codec = TextCodec::from_file(
+                &path(&manifest.tokenizer, "tokenizer")?,
+                true,
+                manifest.max_input_length,
+            )?;
+            let model = classify::BertClassifier::load(
+                &path(&manifest.weights, "weights")?,
+                &path(&manifest.config, "config")?,
+            )?;
+            let classes = model.info().clone();
+            Ok((
+                Backend::Embedding(Box::new(model)),
+                Frontend {
+                    task: Task::Classification,
+                    codec: Some(codec),
+                    chat_template: None,
+                    dimensions: Some(classes.labels.len()),
+                    eos_token_ids: vec![],
+                    context_length: None,
+                    device: "cpu".into(),
+                    classes: Some(classes),
                 },
             ))
         }
@@ -226,6 +259,7 @@ pub fn load(
                 eos_token_ids: loaded.eos_token_ids,
                 context_length: Some(loaded.model.context_length()),
                 device: device_name,
+                classes: None,
             };
             Ok((Backend::Generation(loaded.model), frontend))
         }
@@ -239,6 +273,7 @@ pub fn load(
                 eos_token_ids: vec![],
                 context_length: None,
                 device: "cpu".into(),
+                classes: None,
             },
         )),
         (task, format) => Err(ModelError::Load(format!(

@@ -8,6 +8,7 @@
 //! metrics) when the answer — or the stream — ends.
 
 pub mod admin;
+pub mod classify;
 mod fleet;
 pub mod params;
 mod shadow;
@@ -191,6 +192,8 @@ struct Prepared {
     prompt_tokens: usize,
     /// A shadow copy of the request, when the policy picked one.
     shadow: Option<shadow::ShadowJob>,
+    /// How outputs become the answer (classification, zero-shot).
+    shaping: Option<classify::Shaping>,
 }
 
 impl Core {
@@ -259,6 +262,7 @@ impl Core {
         }
         .map_err(fail)?;
         let n = valid.work.items();
+        let shaping = valid.shaping.clone();
         let prompt_tokens = valid.work.input_tokens();
         let cache = self.cache.as_ref().filter(|_| req.cache && valid.cacheable);
         let (id, version) = (&resolved.manifest.id, resolved.manifest.version.to_string());
@@ -309,6 +313,7 @@ impl Core {
             arrived,
             prompt_tokens,
             shadow,
+            shaping,
         })
     }
 
@@ -346,7 +351,10 @@ impl Core {
                 Err(e) => return (Some(label), Err(e.into())),
             }
         }
-        let answer = self.answer(&p, stats, &mut label);
+        let answer = match self.answer(&p, stats, &mut label) {
+            Ok(a) => a,
+            Err(e) => return (Some(label), Err(e)),
+        };
         if let Some(job) = p.shadow.take() {
             self.start_shadow(job, &answer);
         }
@@ -368,7 +376,12 @@ impl Core {
         }
     }
 
-    fn answer(&self, p: &Prepared, stats: RunStats, label: &mut ModelLabel) -> Answer {
+    fn answer(
+        &self,
+        p: &Prepared,
+        stats: RunStats,
+        label: &mut ModelLabel,
+    ) -> Result<Answer, ApiError> {
         let manifest = &p.resolved.manifest;
         label.batch_size = Some(stats.batch_size);
         label.tokens_input = stats.tokens_processed as u64;
@@ -387,17 +400,21 @@ impl Core {
             .filter_map(Item::generation)
             .map(|g| g.tokens.len())
             .sum();
-        Answer {
+        let mut items: Vec<Item> = p.items.iter().flatten().cloned().collect();
+        if let Some(shaping) = &p.shaping {
+            items = shaping.apply(items)?;
+        }
+        Ok(Answer {
             prompt_tokens: p.prompt_tokens,
             completion_tokens,
             model: manifest.id.clone(),
             version: manifest.version.to_string(),
-            items: p.items.iter().flatten().cloned().collect(),
+            items,
             stats,
             latency: p.arrived.elapsed(),
             cache_hits: hits,
             cache: p.cache_used.then_some(hits == n),
-        }
+        })
     }
 
     /// Record usage for an answer whose accounting was deferred to its end (streams).

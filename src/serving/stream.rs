@@ -161,9 +161,16 @@ impl AnswerStream {
 
     fn finish(&mut self, stats: RunStats) -> StreamItem {
         self.finished = true;
-        let answer = self.core.answer(&self.prepared, stats, &mut self.label);
-        self.close_books(false);
-        StreamItem::Done(answer)
+        match self.core.answer(&self.prepared, stats, &mut self.label) {
+            Ok(answer) => {
+                self.close_books(false);
+                StreamItem::Done(answer)
+            }
+            Err(e) => {
+                self.close_books(true);
+                StreamItem::Error(e)
+            }
+        }
     }
 
     /// Usage for this stream, once.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::classify::{self, Shaping};
 use super::params::{self, ValidParams};
 use super::Input;
 use crate::engine::Work;
@@ -26,6 +27,8 @@ pub struct Valid {
     pub kind: &'static str,
     /// The parameters that change the output, canonically encoded (for cache keys).
     pub key_params: Vec<u8>,
+    /// How the outputs become the answer (classification, zero-shot).
+    pub shaping: Option<Shaping>,
 }
 
 impl Valid {
@@ -60,12 +63,13 @@ pub fn validate(
             ),
         ));
     }
-    let params = params::validate(&manifest.parameters, parameters)?;
+    let params = params::validate(&classify::params_of(manifest), parameters)?;
+    let mut shaping = classify::plan(manifest.task, frontend, &params)?;
     let (mut cacheable, mut kind, mut key_params) = (false, "echo", Vec::new());
     let work = match manifest.task {
-        Task::Embedding => {
+        Task::Embedding | Task::Classification => {
             let truncate = params.bool("truncate").unwrap_or(false);
-            let ids = inputs
+            let mut ids = inputs
                 .iter()
                 .enumerate()
                 .map(|(i, input)| match input {
@@ -77,7 +81,24 @@ pub fn validate(
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            (cacheable, kind) = (true, "embed");
+            if let Some(Shaping::ZeroShot { inputs, labels }) = &mut shaping {
+                *inputs = ids.len();
+                let texts = classify::hypotheses(labels, params.str("hypothesis_template"));
+                for (j, text) in texts.iter().enumerate() {
+                    let label_ids = encode(frontend, text, truncate, 0).map_err(|e| {
+                        ApiError::invalid(
+                            format!("parameters.candidate_labels[{j}]"),
+                            e.details.issue.unwrap_or(e.message),
+                        )
+                    })?;
+                    ids.push(label_ids);
+                }
+            }
+            cacheable = true;
+            kind = match manifest.task {
+                Task::Classification => "classify",
+                _ => "embed",
+            };
             Work::Embed { inputs: ids }
         }
         Task::TextGeneration => {
@@ -141,6 +162,7 @@ pub fn validate(
         cacheable,
         kind,
         key_params,
+        shaping,
     })
 }
 
@@ -154,7 +176,7 @@ fn encode(frontend: &Frontend, text: &str, truncate: bool, i: usize) -> Result<V
             format!("inputs[{i}]"),
             format!(
                 "{tokens} tokens; the limit is {limit} (max_input_length){}",
-                if frontend.task == Task::Embedding {
+                if matches!(frontend.task, Task::Embedding | Task::Classification) {
                     "; set parameters.truncate to true to cut longer inputs"
                 } else {
                     ""
@@ -167,7 +189,7 @@ fn encode(frontend: &Frontend, text: &str, truncate: bool, i: usize) -> Result<V
                 "{bytes} bytes; an input may have at most {limit} bytes (max_input_length {} tokens × {} bytes){}",
                 codec.max_input_length(),
                 crate::models::text::MAX_BYTES_PER_TOKEN,
-                if frontend.task == Task::Embedding {
+                if matches!(frontend.task, Task::Embedding | Task::Classification) {
                     "; set parameters.truncate to true to cut longer inputs"
                 } else {
                     ""

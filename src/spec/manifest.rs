@@ -19,6 +19,8 @@ pub const MANIFEST_FILE: &str = "anya.yaml";
 pub enum Task {
     TextGeneration,
     Embedding,
+    /// A sequence classifier (BERT `*ForSequenceClassification`): labels with scores.
+    Classification,
     /// Returns its inputs unchanged: measures the server without a model, and smoke tests.
     Echo,
 }
@@ -28,6 +30,7 @@ impl Task {
         match self {
             Task::TextGeneration => "text-generation",
             Task::Embedding => "embedding",
+            Task::Classification => "classification",
             Task::Echo => "echo",
         }
     }
@@ -356,6 +359,11 @@ impl Manifest {
             (Task::Embedding, Format::Safetensors) => {
                 if self.weights.is_none() || self.config.is_none() || self.tokenizer.is_none() {
                     return Err("an embedding model needs weights, config and tokenizer".into());
+                }
+            }
+            (Task::Classification, Format::Safetensors) => {
+                if self.weights.is_none() || self.config.is_none() || self.tokenizer.is_none() {
+                    return Err("a classification model needs weights, config and tokenizer".into());
                 }
             }
             (Task::TextGeneration, Format::Gguf) => {

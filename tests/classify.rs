@@ -253,3 +253,275 @@ async fn zero_shot_ranks_candidate_labels_by_similarity() {
         assert_eq!(body["error"]["details"]["field"], field, "{body}");
     }
 }
+
+/// The Python with numpy and scikit-learn: `ANYA_TEST_PYTHON`, else `.cache/venv` (made by
+/// `.ci/run`). Under CI a missing one fails the test.
+fn sklearn_python() -> Option<std::path::PathBuf> {
+    let python = std::env::var_os("ANYA_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python"));
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import numpy, sklearn"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} lacks numpy or scikit-learn: .ci/run installs them",
+            python.display()
+        );
+    }
+    eprintln!("\n*** SKIPPING: no Python with scikit-learn (set ANYA_TEST_PYTHON) ***\n");
+    None
+}
+
+/// A repository holding a hard-linked copy of the real embedding model, so trained heads are
+/// written beside it and never into the real repository.
+fn repo_with(models: &Path, id: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let from = models.join(id).join("1.0.0");
+    let to = repo.path().join(id).join("1.0.0");
+    for entry in walk(&from) {
+        let rel = entry.strip_prefix(&from).unwrap();
+        std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+        if std::fs::hard_link(&entry, to.join(rel)).is_err() {
+            std::fs::copy(&entry, to.join(rel)).unwrap();
+        }
+    }
+    repo
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+async fn wait_training(srv: &TestServer, model: &str, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let (s, t) = srv.get(&format!("/models/{model}/heads/{id}")).await;
+        assert_eq!(s, 200, "{t}");
+        if t["status"] != "running" {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "training still running: {t}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn heads_match_scikit_learn() {
+    let Some(models) = real_models() else {
+        return;
+    };
+    let Some(python) = sklearn_python() else {
+        return;
+    };
+    let repo = repo_with(&models, EMBED);
+    let srv = start(settings(repo.path()), &[]).await;
+    srv.wait_ready(120).await;
+    let data: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("heads_sentences.json")).unwrap(),
+    )
+    .unwrap();
+    let examples = data["examples"].as_array().unwrap().clone();
+    let texts: Vec<Value> = examples.iter().map(|e| e["text"].clone()).collect();
+    let labels: Vec<Value> = examples.iter().map(|e| e["label"].clone()).collect();
+    let (split, c) = (0.25, 2.0);
+
+    // Checked before anything runs.
+    let few: Vec<Value> = examples[..12].to_vec();
+    for (model, body, status, field) in [
+        (
+            "topics",
+            json!({"base": EMBED, "examples": few}),
+            400,
+            "examples",
+        ),
+        (
+            "topics",
+            json!({"base": EMBED, "examples": examples.iter().filter(|e| e["label"] == "sports").cloned().collect::<Vec<_>>()}),
+            400,
+            "examples",
+        ),
+        (
+            "topics",
+            json!({"base": "nope", "examples": examples}),
+            400,
+            "base",
+        ),
+        (
+            "topics",
+            json!({"base": format!("{EMBED}@9.9.9"), "examples": examples}),
+            400,
+            "base",
+        ),
+        (
+            "topics",
+            json!({"base": EMBED, "examples": examples, "validation_split": 0.9}),
+            400,
+            "validation_split",
+        ),
+        (
+            "topics",
+            json!({"base": EMBED, "examples": examples, "regularization": 0}),
+            400,
+            "regularization",
+        ),
+        (
+            "topics",
+            json!({"base": EMBED, "examples": [{"text": "", "label": "a"}]}),
+            400,
+            "examples[0].text",
+        ),
+        (
+            EMBED,
+            json!({"base": EMBED, "examples": examples}),
+            400,
+            "base",
+        ),
+    ] {
+        let (s, _, b) = srv.post(&format!("/models/{model}/heads"), body).await;
+        assert_eq!(s, status, "{b}");
+        assert_eq!(b["error"]["details"]["field"], field, "{b}");
+    }
+
+    let started = std::time::Instant::now();
+    let (s, _, t) = srv
+        .post(
+            "/models/topics/heads",
+            json!({"base": EMBED, "examples": examples, "validation_split": split,
+                   "regularization": c}),
+        )
+        .await;
+    assert_eq!(s, 202, "{t}");
+    assert_eq!(t["status"], "running");
+    let t = wait_training(&srv, "topics", t["id"].as_str().unwrap()).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["version"], "1.0.0");
+    let anya_accuracy = t["metrics"]["accuracy"].as_f64().unwrap();
+    eprintln!(
+        "head trained in {:.2} s ({} iterations): held-out accuracy {anya_accuracy}, per class {}",
+        started.elapsed().as_secs_f64(),
+        t["metrics"]["iterations"],
+        t["metrics"]["per_class"]
+    );
+    assert_eq!(t["metrics"]["per_class"].as_array().unwrap().len(), 4);
+
+    // scikit-learn on the same vectors and split.
+    let (s, _, vectors) = srv
+        .post(
+            &format!("/models/{EMBED}/predict"),
+            json!({"inputs": texts}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let input = repo.path().join("sklearn.json");
+    std::fs::write(
+        &input,
+        json!({"embeddings": vectors["outputs"], "labels": labels,
+               "validation_split": split, "regularization": c})
+        .to_string(),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/heads_sklearn.py"))
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sk: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let held: Vec<usize> = serde_json::from_value(sk["held"].clone()).unwrap();
+    assert_eq!(t["metrics"]["validation_examples"], held.len());
+    let sk_accuracy = sk["accuracy"].as_f64().unwrap();
+    assert!(
+        (anya_accuracy - sk_accuracy).abs() <= 0.02,
+        "anya {anya_accuracy} vs scikit-learn {sk_accuracy}"
+    );
+
+    // The new version serves like any other: its probabilities against scikit-learn's.
+    let held_texts: Vec<Value> = held.iter().map(|&i| texts[i].clone()).collect();
+    let (s, _, body) = srv
+        .post("/models/topics/predict", json!({"inputs": held_texts}))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let classes: Vec<String> = serde_json::from_value(sk["classes"].clone()).unwrap();
+    let (mut sum, mut worst, mut count) = (0.0, 0.0f64, 0);
+    for (out, want) in body["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(sk["probabilities"].as_array().unwrap())
+    {
+        for (label, score) in label_scores(out) {
+            let j = classes.iter().position(|c| *c == label).unwrap();
+            let d = (score - want[j].as_f64().unwrap()).abs();
+            sum += d;
+            worst = worst.max(d);
+            count += 1;
+        }
+    }
+    let mean = sum / count as f64;
+    eprintln!(
+        "anya vs scikit-learn: accuracy {anya_accuracy} vs {sk_accuracy}; probabilities: mean abs difference {mean:.2e}, max {worst:.2e} over {count}"
+    );
+    assert!(mean <= 0.02, "mean abs probability difference {mean}");
+
+    // The version is a classifier in the registry, with its base and metrics in the manifest.
+    let (s, info) = srv.get("/models/topics").await;
+    assert_eq!(s, 200);
+    assert_eq!(info["task"], "classification", "{info}");
+    let manifest = std::fs::read_to_string(repo.path().join("topics/1.0.0/anya.yaml")).unwrap();
+    for needle in [
+        "base_model: all-minilm-l6-v2",
+        "head.safetensors",
+        "accuracy",
+        "task: classification",
+    ] {
+        assert!(
+            manifest.contains(needle),
+            "{needle} missing from {manifest}"
+        );
+    }
+    // An embedding model's id cannot be given a head version; a second training gives 1.1.0.
+    let (s, _, b) = srv
+        .post(
+            "/models/all-minilm-l6-v2/heads",
+            json!({"base": "topics", "examples": examples}),
+        )
+        .await;
+    assert_eq!(s, 400, "{b}");
+    let (s, _, t) = srv
+        .post(
+            "/models/topics/heads",
+            json!({"base": EMBED, "examples": examples, "validation_split": 0}),
+        )
+        .await;
+    assert_eq!(s, 202, "{t}");
+    let t = wait_training(&srv, "topics", t["id"].as_str().unwrap()).await;
+    assert_eq!(
+        (t["status"].as_str(), t["version"].as_str()),
+        (Some("completed"), Some("1.1.0")),
+        "{t}"
+    );
+    assert!(t["metrics"]["accuracy"].is_null());
+    let (s, _) = srv.get("/models/topics/heads/no-such-training").await;
+    assert_eq!(s, 404);
+}

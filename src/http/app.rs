@@ -17,10 +17,14 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use super::{cache, console, health, kserve, models, openai, openapi, predict, traffic, usage, ws};
+use super::{
+    cache, console, heads, health, kserve, models, openai, openapi, predict, traffic, usage, ws,
+};
 use crate::admission::{admit, bearer, Admitted, Need, Refused};
 pub use crate::auth::ANONYMOUS;
-use crate::auth::{Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT};
+use crate::auth::{
+    Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT, SCOPE_TRAIN,
+};
 use crate::cache::{CacheError, ResponseCache};
 use crate::config::Settings;
 use crate::error::ErrorCode;
@@ -148,6 +152,7 @@ impl AppState {
                 poll_interval_s: settings.model.poll_interval_s,
             }),
             fleet,
+            heads: Default::default(),
         });
         Ok(Self {
             auth,
@@ -194,6 +199,8 @@ pub fn app(state: AppState) -> Router {
         .route("/models/{id}/metrics", get(usage::model_metrics))
         .route("/usage", get(usage::usage))
         .route("/cache", delete(cache::clear))
+        .route("/models/{id}/heads", post(heads::start))
+        .route("/models/{id}/heads/{training}", get(heads::status))
         .route("/models/{id}/predict", post(predict::predict))
         .route(
             "/models/{id}/versions/{version}/predict",
@@ -533,6 +540,7 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
         | "/v2/models/{name}/infer"
         | "/v2/models/{name}/versions/{version}/infer" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
+        "/models/{id}/heads" | "/models/{id}/heads/{training}" => Need::Scope(SCOPE_TRAIN),
         "/models/{id}/versions/{version}"
         | "/models/{id}/versions/{version}/load"
         | "/models/{id}/traffic/promote"

@@ -6,6 +6,7 @@ pub mod app;
 pub mod cache;
 pub mod console;
 pub mod extract;
+pub mod heads;
 pub mod health;
 pub mod kserve;
 pub mod models;

@@ -193,6 +193,64 @@ impl Embedder for BertClassifier {
     }
 }
 
+/// A linear head (trained by `POST /models/{id}/heads`) on an embedding model's vectors;
+/// `embed` answers each input's logits.
+pub struct HeadClassifier {
+    base: super::bert::BertEmbedder,
+    head: Dense,
+    info: ClassifierInfo,
+}
+
+impl HeadClassifier {
+    /// `head` holds `head.weight` `[classes, dim]` and `head.bias` `[classes]`.
+    pub fn new(
+        base: super::bert::BertEmbedder,
+        head: &Path,
+        classes: Vec<String>,
+    ) -> Result<Self, ModelError> {
+        let bytes = std::fs::read(head)
+            .map_err(|e| ModelError::Load(format!("{}: {e}", head.display())))?;
+        let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+        let head = Dense::load(&tensors, &["head".into()], classes.len(), base.dimensions())?;
+        Ok(Self {
+            base,
+            head,
+            info: ClassifierInfo {
+                labels: classes,
+                multi_label: false,
+            },
+        })
+    }
+
+    pub fn info(&self) -> &ClassifierInfo {
+        &self.info
+    }
+}
+
+impl Embedder for HeadClassifier {
+    fn embed(&mut self, batch: &[&[u32]]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let vectors = self.base.embed(batch)?;
+        Ok(vectors.iter().map(|v| self.head.apply(v)).collect())
+    }
+}
+
+/// Write a head's weights (`[classes, dim]` row-major, and biases) as safetensors.
+pub fn save_head(path: &Path, weights: &[f32], bias: &[f32]) -> Result<(), ModelError> {
+    let k = bias.len();
+    let dim = weights.len() / k.max(1);
+    let mut map = std::collections::HashMap::new();
+    map.insert(
+        "head.weight",
+        Tensor::from_vec(weights.to_vec(), (k, dim), &Device::Cpu)?,
+    );
+    map.insert(
+        "head.bias",
+        Tensor::from_vec(bias.to_vec(), k, &Device::Cpu)?,
+    );
+    candle_core::safetensors::save(&map, path)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

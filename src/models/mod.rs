@@ -16,6 +16,7 @@ pub mod kernels;
 pub mod llama;
 pub mod llama_candle;
 pub mod llama_cpu;
+pub mod logreg;
 pub mod quant;
 pub mod sampling;
 #[cfg(test)]
@@ -219,13 +220,42 @@ pub fn load(
                 true,
                 manifest.max_input_length,
             )?;
-            let model = classify::BertClassifier::load(
-                &path(&manifest.weights, "weights")?,
-                &path(&manifest.config, "config")?,
-            )?;
-            let classes = model.info().clone();
+            let (model, classes): (Box<dyn Embedder>, _) = match &manifest.head {
+                // A trained head on an embedding model's vectors.
+                Some(head) => {
+                    let pooling = match &manifest.pooling_config {
+                        Some(_) => bert::Pooling::from_file(&path(
+                            &manifest.pooling_config,
+                            "pooling config",
+                        )?)?,
+                        None => bert::Pooling::Mean,
+                    };
+                    let base = bert::BertEmbedder::load(
+                        &path(&manifest.weights, "weights")?,
+                        &path(&manifest.config, "config")?,
+                        pooling,
+                        manifest.normalize,
+                        &Device::Cpu,
+                    )?;
+                    let m = classify::HeadClassifier::new(
+                        base,
+                        &path(&Some(head.weights.clone()), "head weights")?,
+                        head.classes.clone(),
+                    )?;
+                    let info = m.info().clone();
+                    (Box::new(m), info)
+                }
+                None => {
+                    let m = classify::BertClassifier::load(
+                        &path(&manifest.weights, "weights")?,
+                        &path(&manifest.config, "config")?,
+                    )?;
+                    let info = m.info().clone();
+                    (Box::new(m), info)
+                }
+            };
             Ok((
-                Backend::Embedding(Box::new(model)),
+                Backend::Embedding(model),
                 Frontend {
                     task: Task::Classification,
                     codec: Some(codec),

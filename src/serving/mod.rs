@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod classify;
 mod fleet;
+pub mod heads;
 pub mod params;
 mod shadow;
 pub mod stream;
@@ -174,6 +175,8 @@ pub struct Core {
     pub loading: admin::Loading,
     /// The other replicas, through Redis (none configured: this replica acts alone).
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
+    /// Classification heads being trained or trained (`POST /models/{id}/heads`).
+    pub heads: heads::Trainings,
 }
 
 /// Requests with at most this many bytes of text are validated on the async runtime (a few

@@ -191,6 +191,27 @@ pub struct Manifest {
     /// Free-form labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// A classification head over an embedding model (trained through `POST
+    /// /models/{id}/heads`): the base model's files are this version's `weights`, `config`,
+    /// `tokenizer` and `pooling_config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadSpec>,
+}
+
+/// A linear classification head on an embedding model's (pooled, normalised) vectors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSpec {
+    /// The embedding model the head was trained on.
+    pub base_model: String,
+    pub base_version: String,
+    /// Safetensors with `head.weight` `[classes, dim]` and `head.bias` `[classes]`.
+    pub weights: String,
+    /// Class names, by row of the head.
+    pub classes: Vec<String>,
+    /// What training measured (held-out accuracy, per-class F1, sizes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -289,6 +310,7 @@ impl Manifest {
             pricing: None,
             signature: None,
             labels: BTreeMap::new(),
+            head: None,
         }
     }
 
@@ -364,6 +386,17 @@ impl Manifest {
             (Task::Classification, Format::Safetensors) => {
                 if self.weights.is_none() || self.config.is_none() || self.tokenizer.is_none() {
                     return Err("a classification model needs weights, config and tokenizer".into());
+                }
+                if let Some(h) = &self.head {
+                    if !self.files.iter().any(|f| f.path == h.weights) {
+                        return Err(format!(
+                            "head weights `{}` are not listed under files",
+                            h.weights
+                        ));
+                    }
+                    if h.classes.len() < 2 {
+                        return Err("a head needs at least 2 classes".into());
+                    }
                 }
             }
             (Task::TextGeneration, Format::Gguf) => {

@@ -164,31 +164,7 @@ pub fn mmd2_rbf(x: &[&[f32]], y: &[&[f32]]) -> f64 {
     kxx / (mf * (mf - 1.0)) + kyy / (nf * (nf - 1.0)) - 2.0 * kxy / (mf * nf)
 }
 
-/// Thresholds above which a signal counts as drift (configurable per manifest).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DriftConfig {
-    /// Requests in the reference window and the current window.
-    pub window: usize,
-    pub psi: f64,
-    pub js: f64,
-    pub centroid_cosine: f64,
-    pub mmd2: f64,
-    pub confidence_drop: f64,
-}
-
-impl Default for DriftConfig {
-    fn default() -> Self {
-        Self {
-            window: 200,
-            psi: 0.2,
-            js: 0.1,
-            centroid_cosine: 0.1,
-            mmd2: 0.05,
-            confidence_drop: 0.1,
-        }
-    }
-}
+pub use crate::spec::manifest::DriftConfig;
 
 /// One input as drift sees it.
 #[derive(Debug, Clone, Default)]
@@ -200,7 +176,7 @@ pub struct Sample {
 }
 
 /// One signal's value against its threshold.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Signal {
     pub signal: &'static str,
     pub value: f64,
@@ -318,7 +294,7 @@ impl DriftWindows {
 }
 
 /// A version's drift, as `GET /models/{id}/drift` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct VersionDrift {
     pub version: String,
     pub reference_size: usize,
@@ -359,6 +335,15 @@ impl DriftStore {
             .entry((model.to_string(), version.to_string()))
             .or_insert_with(|| DriftWindows::new(config.clone()));
         w.set_reference(samples);
+    }
+
+    /// Empty a version's windows: the next `window` inputs are its new reference.
+    pub fn reset(&self, model: &str, version: &str, config: &DriftConfig) {
+        let mut map = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(
+            (model.to_string(), version.to_string()),
+            DriftWindows::new(config.clone()),
+        );
     }
 
     /// Forget a version (unloaded).

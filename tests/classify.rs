@@ -525,3 +525,101 @@ async fn heads_match_scikit_learn() {
     let (s, _) = srv.get("/models/topics/heads/no-such-training").await;
     assert_eq!(s, 404);
 }
+
+fn signal(report: &Value, name: &str) -> (f64, f64) {
+    let s = report["versions"][0]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["signal"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {report}"));
+    (
+        s["value"].as_f64().unwrap(),
+        s["threshold"].as_f64().unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn drift_scores_cross_their_thresholds_only_when_the_inputs_shift() {
+    let Some(models) = real_models() else {
+        return;
+    };
+    let repo = repo_with(&models, EMBED);
+    // A drift window of 40 requests' inputs (the manifest is a hard link: replace, not edit).
+    let manifest = repo.path().join(EMBED).join("1.0.0/anya.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}drift:\n  window: 40\n")).unwrap();
+    let srv = start(settings(repo.path()), &[]).await;
+    srv.wait_ready(120).await;
+    let data: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("heads_sentences.json")).unwrap(),
+    )
+    .unwrap();
+    let of = |topic: &str| -> Vec<String> {
+        data["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["label"] == topic)
+            .map(|e| e["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (sports, weather, tech, cooking) =
+        (of("sports"), of("weather"), of("technology"), of("cooking"));
+    let mixed = |from: usize| -> Vec<String> {
+        (from..from + 20)
+            .flat_map(|i| [sports[i].clone(), weather[i].clone()])
+            .collect()
+    };
+    let path = format!("/models/{EMBED}/predict");
+    let drift = format!("/models/{EMBED}/drift");
+    // The reference (the first 40 inputs), then 40 more of the same distribution.
+    for batch in [mixed(0), mixed(20)] {
+        let (s, _, b) = srv.post(&path, json!({"inputs": batch})).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let (s, same) = srv.get(&drift).await;
+    assert_eq!(s, 200, "{same}");
+    assert_eq!(same["versions"][0]["reference_size"], 40, "{same}");
+    assert_eq!(same["versions"][0]["current_size"], 40, "{same}");
+    // Shifted: other topics, three sentences per input (longer).
+    let shifted: Vec<String> = (0..40)
+        .map(|i| format!("{} {} {}", tech[i], cooking[i], tech[(i + 7) % 60]))
+        .collect();
+    let (s, _, b) = srv.post(&path, json!({"inputs": shifted})).await;
+    assert_eq!(s, 200, "{b}");
+    let (_, moved) = srv.get(&drift).await;
+    for name in ["token_length_psi", "centroid_cosine", "mmd2"] {
+        let (before, threshold) = signal(&same, name);
+        let (after, _) = signal(&moved, name);
+        eprintln!("drift {name}: same distribution {before:.4}, shifted {after:.4} (threshold {threshold})");
+        assert!(
+            before < threshold,
+            "{name}: {before} on the same distribution"
+        );
+        assert!(after >= threshold, "{name}: {after} after the shift");
+    }
+    assert_eq!(same["versions"][0]["drift_detected"], false);
+    assert_eq!(moved["versions"][0]["drift_detected"], true);
+    let metrics = srv.metrics_text().await;
+    assert!(
+        metrics.contains(&format!(
+            "anya_ai_drift_detected{{model=\"{EMBED}\",version=\"1.0.0\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("anya_ai_drift_score{model=\"all-minilm-l6-v2\",signal=\"mmd2\""));
+    // A new reference: the shifted inputs; the current window starts empty.
+    let (s, _, r) = srv
+        .post(&format!("{drift}/reference"), json!({"inputs": shifted}))
+        .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(
+        (r["reference_size"].as_u64(), r["current_size"].as_u64()),
+        (Some(40), Some(0)),
+        "{r}"
+    );
+    let (s, _) = srv.get("/models/nope/drift").await;
+    assert_eq!(s, 404);
+}

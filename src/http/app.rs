@@ -18,7 +18,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use super::{
-    cache, console, heads, health, kserve, models, openai, openapi, predict, traffic, usage, ws,
+    cache, console, drift, heads, health, kserve, models, openai, openapi, predict, traffic, usage,
+    ws,
 };
 use crate::admission::{admit, bearer, Admitted, Need, Refused};
 pub use crate::auth::ANONYMOUS;
@@ -153,6 +154,7 @@ impl AppState {
             }),
             fleet,
             heads: Default::default(),
+            drift: Default::default(),
         });
         Ok(Self {
             auth,
@@ -199,6 +201,8 @@ pub fn app(state: AppState) -> Router {
         .route("/models/{id}/metrics", get(usage::model_metrics))
         .route("/usage", get(usage::usage))
         .route("/cache", delete(cache::clear))
+        .route("/models/{id}/drift", get(drift::report))
+        .route("/models/{id}/drift/reference", post(drift::set_reference))
         .route("/models/{id}/heads", post(heads::start))
         .route("/models/{id}/heads/{training}", get(heads::status))
         .route("/models/{id}/predict", post(predict::predict))
@@ -541,6 +545,8 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
         | "/v2/models/{name}/versions/{version}/infer" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
         "/models/{id}/heads" | "/models/{id}/heads/{training}" => Need::Scope(SCOPE_TRAIN),
+        "/models/{id}/drift" => Need::Scope(SCOPE_METRICS),
+        "/models/{id}/drift/reference" => Need::Scope(SCOPE_ADMIN),
         "/models/{id}/versions/{version}"
         | "/models/{id}/versions/{version}/load"
         | "/models/{id}/traffic/promote"

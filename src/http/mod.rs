@@ -5,6 +5,7 @@
 pub mod app;
 pub mod cache;
 pub mod console;
+pub mod drift;
 pub mod extract;
 pub mod heads;
 pub mod health;

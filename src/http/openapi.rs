@@ -13,7 +13,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseB
 use utoipa::{Modify, OpenApi};
 
 use super::app::AppState;
-use super::{cache, console, heads, health, models, openai, predict, traffic, usage};
+use super::{cache, console, drift, heads, health, models, openai, predict, traffic, usage};
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
 
 #[derive(OpenApi)]
@@ -49,6 +49,8 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         traffic::rollback,
         heads::start,
         heads::status,
+        drift::report,
+        drift::set_reference,
     ),
     components(schemas(
         ErrorEnvelope,

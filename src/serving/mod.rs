@@ -177,6 +177,8 @@ pub struct Core {
     pub fleet: Option<Arc<crate::fleet::Fleet>>,
     /// Classification heads being trained or trained (`POST /models/{id}/heads`).
     pub heads: heads::Trainings,
+    /// Drift windows of every model version (fed when monitoring is on).
+    pub drift: Arc<crate::drift::DriftStore>,
 }
 
 /// Requests with at most this many bytes of text are validated on the async runtime (a few
@@ -197,6 +199,8 @@ struct Prepared {
     shadow: Option<shadow::ShadowJob>,
     /// How outputs become the answer (classification, zero-shot).
     shaping: Option<classify::Shaping>,
+    /// Tokens of each input (drift's length histogram).
+    lengths: Vec<usize>,
 }
 
 impl Core {
@@ -266,6 +270,7 @@ impl Core {
         .map_err(fail)?;
         let n = valid.work.items();
         let shaping = valid.shaping.clone();
+        let lengths: Vec<usize> = valid.inputs().iter().map(|ids| ids.len()).collect();
         let prompt_tokens = valid.work.input_tokens();
         let cache = self.cache.as_ref().filter(|_| req.cache && valid.cacheable);
         let (id, version) = (&resolved.manifest.id, resolved.manifest.version.to_string());
@@ -317,6 +322,7 @@ impl Core {
             prompt_tokens,
             shadow,
             shaping,
+            lengths,
         })
     }
 
@@ -358,6 +364,9 @@ impl Core {
             Ok(a) => a,
             Err(e) => return (Some(label), Err(e)),
         };
+        if self.monitoring {
+            self.observe_drift(&p, &answer);
+        }
         if let Some(job) = p.shadow.take() {
             self.start_shadow(job, &answer);
         }
@@ -418,6 +427,50 @@ impl Core {
             cache_hits: hits,
             cache: p.cache_used.then_some(hits == n),
         })
+    }
+
+    /// Feed the version's drift windows: each input's token count, its embedding (embedding
+    /// models), its top label and score (classifiers).
+    fn observe_drift(&self, p: &Prepared, answer: &Answer) {
+        let manifest = &p.resolved.manifest;
+        if !matches!(
+            manifest.task,
+            crate::spec::manifest::Task::Embedding | crate::spec::manifest::Task::Classification
+        ) {
+            return;
+        }
+        let samples = answer
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let vector = match (manifest.task, p.items.get(i)) {
+                    (
+                        crate::spec::manifest::Task::Embedding,
+                        Some(Some(Item::Output(CachedOutput::Vector(v)))),
+                    ) => Some(v.to_vec()),
+                    _ => None,
+                };
+                let label = match item {
+                    Item::Value(Value::Array(ranked)) => ranked.first().and_then(|top| {
+                        Some((top["label"].as_str()?.to_string(), top["score"].as_f64()?))
+                    }),
+                    _ => None,
+                };
+                crate::drift::Sample {
+                    tokens: p.lengths.get(i).copied().unwrap_or(0),
+                    vector,
+                    label,
+                }
+            })
+            .collect();
+        let config = manifest.drift.clone().unwrap_or_default();
+        self.drift.observe(
+            &manifest.id,
+            &manifest.version.to_string(),
+            &config,
+            samples,
+        );
     }
 
     /// Record usage for an answer whose accounting was deferred to its end (streams).

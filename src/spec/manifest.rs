@@ -196,6 +196,35 @@ pub struct Manifest {
     /// `tokenizer` and `pooling_config`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<HeadSpec>,
+    /// Drift windows and thresholds (defaults: `DriftConfig::default()`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftConfig>,
+}
+
+/// Thresholds above which a signal counts as drift (configurable per manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Requests in the reference window and the current window.
+    pub window: usize,
+    pub psi: f64,
+    pub js: f64,
+    pub centroid_cosine: f64,
+    pub mmd2: f64,
+    pub confidence_drop: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            window: 200,
+            psi: 0.2,
+            js: 0.1,
+            centroid_cosine: 0.25,
+            mmd2: 0.05,
+            confidence_drop: 0.1,
+        }
+    }
 }
 
 /// A linear classification head on an embedding model's (pooled, normalised) vectors.
@@ -311,6 +340,7 @@ impl Manifest {
             signature: None,
             labels: BTreeMap::new(),
             head: None,
+            drift: None,
         }
     }
 

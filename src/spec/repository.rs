@@ -181,6 +181,7 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
             signature: None,
             labels: Default::default(),
             head: None,
+            drift: None,
         };
         return Ok(ModelSource { dir, manifest });
     }
@@ -249,6 +250,7 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
                 signature: None,
                 labels: Default::default(),
                 head: None,
+                drift: None,
             };
             return Ok(ModelSource {
                 dir: path.to_path_buf(),

@@ -623,3 +623,76 @@ async fn drift_scores_cross_their_thresholds_only_when_the_inputs_shift() {
     let (s, _) = srv.get("/models/nope/drift").await;
     assert_eq!(s, 404);
 }
+
+/// The benchmark row of docs/benchmarks.md: embedding throughput with drift on against the same
+/// model with `drift: {enabled: false}`, requests of 32 sentences one after another, the two
+/// alternating. A measurement, not a check: `cargo test --test classify -- --ignored
+/// --nocapture drift_overhead`.
+#[tokio::test]
+#[ignore]
+async fn drift_overhead() {
+    let Some(models) = real_models() else {
+        return;
+    };
+    let repo = repo_with(&models, EMBED);
+    let from = repo.path().join(EMBED);
+    let off = repo.path().join("minilm-no-drift");
+    let to = off.join("1.0.0");
+    for entry in walk(&from) {
+        let rel = entry.strip_prefix(from.join("1.0.0")).unwrap();
+        std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+        std::fs::hard_link(&entry, to.join(rel)).unwrap();
+    }
+    let manifest = to.join("anya.yaml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!(
+            "{}drift:\n  enabled: false\n",
+            text.replace(&format!("id: {EMBED}"), "id: minilm-no-drift")
+        ),
+    )
+    .unwrap();
+    let srv = start(settings(repo.path()), &[]).await;
+    srv.wait_ready(120).await;
+    let data: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("heads_sentences.json")).unwrap(),
+    )
+    .unwrap();
+    let texts: Vec<Value> = data["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["text"].clone())
+        .collect();
+    let mut took = [0.0f64; 2];
+    let mut inputs = 0;
+    for round in 0..30 {
+        let batch: Vec<Value> = (0..32)
+            .map(|i| texts[(round * 32 + i) % 240].clone())
+            .collect();
+        for (k, model) in [EMBED, "minilm-no-drift"].iter().enumerate() {
+            // Uncached: each request carries its round number.
+            let inputs_round: Vec<Value> = batch
+                .iter()
+                .map(|t| json!(format!("{} ({round})", t.as_str().unwrap())))
+                .collect();
+            let t0 = std::time::Instant::now();
+            let (s, _, b) = srv
+                .post(
+                    &format!("/models/{model}/predict"),
+                    json!({"inputs": inputs_round, "parameters": {"cache": false}}),
+                )
+                .await;
+            assert_eq!(s, 200, "{b}");
+            took[k] += t0.elapsed().as_secs_f64();
+        }
+        inputs += 32;
+    }
+    let (on, off) = (inputs as f64 / took[0], inputs as f64 / took[1]);
+    eprintln!(
+        "embedding throughput: drift on {on:.1} inputs/s, off {off:.1} inputs/s, ratio {:.3}",
+        on / off
+    );
+}

@@ -433,6 +433,10 @@ impl Core {
     /// models), its top label and score (classifiers).
     fn observe_drift(&self, p: &Prepared, answer: &Answer) {
         let manifest = &p.resolved.manifest;
+        let config = manifest.drift.clone().unwrap_or_default();
+        if !config.enabled {
+            return;
+        }
         if !matches!(
             manifest.task,
             crate::spec::manifest::Task::Embedding | crate::spec::manifest::Task::Classification
@@ -464,7 +468,6 @@ impl Core {
                 }
             })
             .collect();
-        let config = manifest.drift.clone().unwrap_or_default();
         self.drift.observe(
             &manifest.id,
             &manifest.version.to_string(),

@@ -205,7 +205,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriftConfig {
-    /// Requests in the reference window and the current window.
+    /// Feed the windows (false: no drift signals for this version).
+    pub enabled: bool,
+    /// Inputs in the reference window and the current window.
     pub window: usize,
     pub psi: f64,
     pub js: f64,
@@ -217,6 +219,7 @@ pub struct DriftConfig {
 impl Default for DriftConfig {
     fn default() -> Self {
         Self {
+            enabled: true,
             window: 200,
             psi: 0.2,
             js: 0.1,

@@ -3,6 +3,7 @@
 //! and the scores between them:
 //!
 //! - `token_length_psi`: the population stability index of input lengths over fixed bins;
+//!   `unknown_share_rise`: the current share of unknown tokens minus the reference's;
 //! - `centroid_cosine`, `centroid_euclidean`: distance between the windows' mean embeddings;
 //! - `mmd2`: squared maximum mean discrepancy with an RBF kernel, bandwidth by the median
 //!   heuristic, on at most `MAX_MMD_SAMPLES` vectors of each window;
@@ -170,6 +171,8 @@ pub use crate::spec::manifest::DriftConfig;
 #[derive(Debug, Clone, Default)]
 pub struct Sample {
     pub tokens: usize,
+    /// Of those, the tokenizer's unknown token.
+    pub unknown: usize,
     pub vector: Option<Vec<f32>>,
     /// A classifier's top label and its score.
     pub label: Option<(String, f64)>,
@@ -239,6 +242,15 @@ impl DriftWindows {
         let rh = length_histogram(self.reference.iter().map(|s| s.tokens));
         let ch = length_histogram(cur.iter().map(|s| s.tokens));
         push("token_length_psi", psi(&rh, &ch), c.psi);
+        let unknown = |s: &mut dyn Iterator<Item = &Sample>| {
+            let (u, t) = s.fold((0, 0), |(u, t), x| (u + x.unknown, t + x.tokens));
+            u as f64 / t.max(1) as f64
+        };
+        push(
+            "unknown_share_rise",
+            unknown(&mut cur.iter().copied()) - unknown(&mut self.reference.iter()),
+            c.unknown_share,
+        );
         let rv: Vec<&[f32]> = self
             .reference
             .iter()
@@ -433,6 +445,25 @@ mod tests {
     }
 
     #[test]
+    fn unknown_token_share_rise() {
+        let mut w = DriftWindows::new(DriftConfig {
+            window: 2,
+            ..Default::default()
+        });
+        for (tokens, unknown) in [(10, 0), (10, 1), (10, 3), (10, 2)] {
+            w.observe(Sample {
+                tokens,
+                unknown,
+                ..Default::default()
+            });
+        }
+        let s = w.signals();
+        let rise = s.iter().find(|s| s.signal == "unknown_share_rise").unwrap();
+        assert!((rise.value - (5.0 / 20.0 - 1.0 / 20.0)).abs() < 1e-12);
+        assert!(rise.drifted);
+    }
+
+    #[test]
     fn identical_samples_score_zero_and_windows_stay_bounded() {
         let v: Vec<Vec<f32>> = (0..10).map(|i| vec![i as f32, 1.0]).collect();
         let s: Vec<&[f32]> = v.iter().map(Vec::as_slice).collect();
@@ -457,6 +488,8 @@ mod tests {
         );
         let s = w.signals();
         assert_eq!(s[0].signal, "token_length_psi");
+        assert_eq!(s[1].signal, "unknown_share_rise");
+        assert_eq!(s[1].value, 0.0);
         assert!(
             s[0].drifted,
             "lengths 0..3 vs 7..10 fall in other bins: {s:?}"

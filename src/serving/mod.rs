@@ -199,8 +199,9 @@ struct Prepared {
     shadow: Option<shadow::ShadowJob>,
     /// How outputs become the answer (classification, zero-shot).
     shaping: Option<classify::Shaping>,
-    /// Tokens of each input (drift's length histogram).
+    /// Tokens of each input (drift's length histogram), and unknown tokens of each.
     lengths: Vec<usize>,
+    unknown: Vec<usize>,
 }
 
 impl Core {
@@ -254,6 +255,10 @@ impl Core {
         }
         let manifest = resolved.manifest.clone();
         let frontend = resolved.handle.frontend().clone();
+        let unk = frontend
+            .codec
+            .as_ref()
+            .and_then(|c| c.token_id("[UNK]").or_else(|| c.token_id("<unk>")));
         let bytes: usize = req.inputs.iter().map(Input::text_bytes).sum();
         let (inputs, params, logprobs) = (req.inputs, req.params, req.logprobs);
         // Tokenizing and templating a large input takes milliseconds to seconds: off the async
@@ -271,6 +276,14 @@ impl Core {
         let n = valid.work.items();
         let shaping = valid.shaping.clone();
         let lengths: Vec<usize> = valid.inputs().iter().map(|ids| ids.len()).collect();
+        let unknown: Vec<usize> = match unk {
+            Some(u) => valid
+                .inputs()
+                .iter()
+                .map(|ids| ids.iter().filter(|&&t| t == u).count())
+                .collect(),
+            None => vec![],
+        };
         let prompt_tokens = valid.work.input_tokens();
         let cache = self.cache.as_ref().filter(|_| req.cache && valid.cacheable);
         let (id, version) = (&resolved.manifest.id, resolved.manifest.version.to_string());
@@ -323,6 +336,7 @@ impl Core {
             shadow,
             shaping,
             lengths,
+            unknown,
         })
     }
 
@@ -463,6 +477,7 @@ impl Core {
                 };
                 crate::drift::Sample {
                     tokens: p.lengths.get(i).copied().unwrap_or(0),
+                    unknown: p.unknown.get(i).copied().unwrap_or(0),
                     vector,
                     label,
                 }

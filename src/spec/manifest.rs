@@ -214,6 +214,8 @@ pub struct DriftConfig {
     pub centroid_cosine: f64,
     pub mmd2: f64,
     pub confidence_drop: f64,
+    /// Rise of the share of unknown tokens (`[UNK]`, `<unk>`) among input tokens.
+    pub unknown_share: f64,
 }
 
 impl Default for DriftConfig {
@@ -226,6 +228,7 @@ impl Default for DriftConfig {
             centroid_cosine: 0.25,
             mmd2: 0.05,
             confidence_drop: 0.1,
+            unknown_share: 0.05,
         }
     }
 }

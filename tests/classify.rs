@@ -600,6 +600,59 @@ async fn drift_scores_cross_their_thresholds_only_when_the_inputs_shift() {
         );
         assert!(after >= threshold, "{name}: {after} after the shift");
     }
+    // The same scores from numpy/scipy (scripts/reference/drift.py) on the same windows.
+    if let Some(python) = sklearn_python() {
+        let windows = |texts: &[String]| {
+            let texts = texts.to_vec();
+            let srv = &srv;
+            let path = path.clone();
+            async move {
+                let (mut vectors, mut lengths) = (Vec::new(), Vec::new());
+                for t in texts {
+                    let (s, _, b) = srv
+                        .post(
+                            &path,
+                            json!({"inputs": [t], "parameters": {"cache": false}}),
+                        )
+                        .await;
+                    assert_eq!(s, 200, "{b}");
+                    vectors.push(b["outputs"][0].clone());
+                    lengths.push(b["metadata"]["tokens_processed"].clone());
+                }
+                (vectors, lengths)
+            }
+        };
+        let (x, lx) = windows(&mixed(0)).await;
+        let (y, ly) = windows(&shifted).await;
+        let input = repo.path().join("drift.json");
+        std::fs::write(
+            &input,
+            json!({"x": x, "y": y, "lengths_x": lx, "lengths_y": ly}).to_string(),
+        )
+        .unwrap();
+        let out = std::process::Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/drift.py"))
+            .arg("--samples")
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let numpy: Value = serde_json::from_slice(&out.stdout).unwrap();
+        for (name, key) in [
+            ("mmd2", "mmd2"),
+            ("centroid_cosine", "centroid_cosine"),
+            ("token_length_psi", "length_psi"),
+        ] {
+            let (anya, _) = signal(&moved, name);
+            let want = numpy[key].as_f64().unwrap();
+            eprintln!("drift {name}: anya {anya:.6}, numpy/scipy {want:.6}");
+            assert!((anya - want).abs() < 1e-3, "{name}: {anya} vs {want}");
+        }
+    }
     assert_eq!(same["versions"][0]["drift_detected"], false);
     assert_eq!(moved["versions"][0]["drift_detected"], true);
     let metrics = srv.metrics_text().await;

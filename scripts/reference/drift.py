@@ -15,9 +15,11 @@ lengths and label counts, and the scores anya must reproduce within 1e-3:
   over shares, each share at least 1e-4.
 
     python3 scripts/reference/drift.py     (numpy, scipy)
+    python3 scripts/reference/drift.py --samples FILE   (scores of two given samples)
 """
 
 import json
+import sys
 
 import numpy as np
 from scipy.spatial.distance import cosine, jensenshannon, pdist, squareform
@@ -80,7 +82,26 @@ def case(name, rng, shift, spread, lengths_y_scale, labels_y):
     }
 
 
+def scores(path):
+    """`--samples FILE`: the scores of two given samples (tests/classify.rs hands anya's
+    reference and current windows of real sentences over)."""
+    data = json.load(open(path))
+    x = np.asarray(data["x"], dtype=np.float64)
+    y = np.asarray(data["y"], dtype=np.float64)
+    json.dump(
+        {
+            "mmd2": mmd2(x, y),
+            "centroid_cosine": float(cosine(x.mean(0), y.mean(0))),
+            "length_psi": psi(hist(data["lengths_x"]), hist(data["lengths_y"])),
+        },
+        sys.stdout,
+    )
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--samples":
+        scores(sys.argv[2])
+        return
     rng = np.random.default_rng(18)
     cases = [
         case("same", rng, 0.0, 1.0, 1, [19.0, 16.0, 5.0]),

@@ -4,12 +4,14 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 
 use super::app::AppState;
 use super::extract::{ApiJson, ApiPath};
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::serving::heads::{HeadRequest, Training};
+use crate::serving::Caller;
 
 /// Train a classification head on an embedding model's vectors: the examples are checked,
 /// then embedded, fitted (multinomial logistic regression) and written as a new version of
@@ -23,6 +25,7 @@ use crate::serving::heads::{HeadRequest, Training};
     responses(
         (status = 202, description = "Training started", body = Training),
         (status = 400, description = "Invalid examples, base or settings", body = ErrorEnvelope),
+        (status = 403, description = "The token may not use the base model", body = ErrorEnvelope),
         (status = 409, description = "The model exists and is not a classifier, or is training already", body = ErrorEnvelope),
         (status = 413, description = "Too many examples", body = ErrorEnvelope),
         (status = 503, description = "The base is not loaded, or too many trainings run", body = ErrorEnvelope),
@@ -31,10 +34,14 @@ use crate::serving::heads::{HeadRequest, Training};
 )]
 pub async fn start(
     State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<HeadRequest>,
 ) -> Result<(StatusCode, Json<Training>), ApiError> {
-    let training = state.core.start_training(&id, req)?;
+    let caller = Caller {
+        principal: principal.as_ref().map(|p| &p.0),
+    };
+    let training = state.core.start_training(caller, &id, req)?;
     Ok((StatusCode::ACCEPTED, Json(training)))
 }
 

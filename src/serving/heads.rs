@@ -109,13 +109,35 @@ pub struct Training {
     pub error: Option<String>,
 }
 
-/// Trainings of this server, by id (kept in memory).
+/// Most trainings whose status is kept (the oldest finished ones are forgotten first).
+pub const MAX_KEPT: usize = 256;
+
+/// Trainings of this server, by id (kept in memory, at most `MAX_KEPT` finished ones).
 #[derive(Debug, Default)]
 pub struct Trainings {
     map: Mutex<HashMap<String, Training>>,
+    order: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Trainings {
+    fn insert(&self, t: Training) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        order.push_back(t.id.clone());
+        map.insert(t.id.clone(), t);
+        while order.len() > MAX_KEPT {
+            let Some(pos) = order
+                .iter()
+                .position(|id| map.get(id).is_none_or(|t| t.status != "running"))
+            else {
+                break;
+            };
+            if let Some(id) = order.remove(pos) {
+                map.remove(&id);
+            }
+        }
+    }
+
     pub fn get(&self, model: &str, id: &str) -> Option<Training> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id).filter(|t| t.model == model).cloned()
@@ -213,7 +235,12 @@ struct Plan {
     c: f64,
 }
 
-fn check(core: &Core, model: &str, req: HeadRequest) -> Result<Plan, ApiError> {
+fn check(
+    core: &Core,
+    principal: Option<&crate::auth::Principal>,
+    model: &str,
+    req: HeadRequest,
+) -> Result<Plan, ApiError> {
     if !crate::spec::manifest::is_valid_id(model) {
         return Err(ApiError::invalid(
             "id",
@@ -288,6 +315,14 @@ fn check(core: &Core, model: &str, req: HeadRequest) -> Result<Plan, ApiError> {
     if base_id == model {
         return Err(ApiError::invalid("base", "the base must be another model"));
     }
+    if let Some(p) = principal {
+        if !p.may_use(base_id) {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!("this token may not use model `{base_id}`"),
+            ));
+        }
+    }
     let rec = core
         .registry
         .get(base_id)
@@ -357,9 +392,11 @@ fn check(core: &Core, model: &str, req: HeadRequest) -> Result<Plan, ApiError> {
 }
 
 impl Core {
-    /// Check a training request and start it; answers the training's status.
+    /// Check a training request and start it; answers the training's status. The caller must
+    /// be allowed to use the base model.
     pub fn start_training(
         self: &Arc<Self>,
+        caller: Caller<'_>,
         model: &str,
         req: HeadRequest,
     ) -> Result<Training, ApiError> {
@@ -370,7 +407,7 @@ impl Core {
                 "this server's repository is an object store; heads are written to a local one",
             ));
         }
-        let plan = check(self, model, req)?;
+        let plan = check(self, caller.principal, model, req)?;
         let training = Training {
             id: uuid::Uuid::new_v4().to_string(),
             model: plan.model.clone(),
@@ -385,11 +422,7 @@ impl Core {
             metrics: None,
             error: None,
         };
-        self.heads
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(training.id.clone(), training.clone());
+        self.heads.insert(training.clone());
         let core = self.clone();
         let id = training.id.clone();
         tokio::spawn(async move {
@@ -618,6 +651,34 @@ mod tests {
         // At least one held out, and at least one kept.
         let (train, held) = split(&[0, 0, 1, 1], 2, 0.01);
         assert_eq!((train, held), (vec![0, 2], vec![1, 3]));
+    }
+
+    #[test]
+    fn finished_trainings_are_forgotten_oldest_first() {
+        let t = Trainings::default();
+        let training = |i: usize, status| Training {
+            id: format!("t{i}"),
+            model: "m".into(),
+            base_model: "b".into(),
+            base_version: "1.0.0".into(),
+            status,
+            stage: "done",
+            progress: 1.0,
+            examples: 10,
+            classes: vec![],
+            version: None,
+            metrics: None,
+            error: None,
+        };
+        t.insert(training(0, "running"));
+        for i in 1..MAX_KEPT + 10 {
+            t.insert(training(i, "completed"));
+        }
+        assert_eq!(t.map.lock().unwrap().len(), MAX_KEPT);
+        assert!(t.get("m", "t0").is_some(), "a running training is kept");
+        assert!(t.get("m", "t1").is_none() && t.get("m", "t10").is_none());
+        assert!(t.get("m", &format!("t{}", MAX_KEPT + 9)).is_some());
+        assert!(t.get("other", "t0").is_none(), "ids are per model");
     }
 
     #[test]

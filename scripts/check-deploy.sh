@@ -308,6 +308,7 @@ check "docker-compose.yml against the compose spec" \
   check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 check "docker-compose.yml bind mounts exist" compose_files_exist
 check "promtool check config deploy/prometheus.yml" "$PROMTOOL" check config deploy/prometheus.yml
+check "promtool check rules docs/prometheus/drift.rules.yml" "$PROMTOOL" check rules docs/prometheus/drift.rules.yml
 check "Grafana dashboard docs/grafana/anya.json" grafana_dashboard
 check "Grafana provisioning files parse" \
   python -c 'import sys, yaml; [yaml.safe_load(open(f)) for f in sys.argv[1:]]' \

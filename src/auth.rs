@@ -19,6 +19,8 @@ use crate::config::SecuritySection;
 pub const SCOPE_PREDICT: &str = "predict";
 pub const SCOPE_ADMIN: &str = "admin";
 pub const SCOPE_METRICS: &str = "metrics";
+/// Train classification heads (`POST /models/{id}/heads`).
+pub const SCOPE_TRAIN: &str = "train";
 
 /// The account of requests without a principal (and of anonymous principals).
 pub const ANONYMOUS: &str = "anonymous";

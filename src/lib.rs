@@ -32,6 +32,7 @@ pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod conn;
+pub mod drift;
 pub mod engine;
 pub mod error;
 pub mod fleet;

@@ -70,6 +70,9 @@ pub struct Metrics {
     retries: IntCounterVec,
     circuit: IntGaugeVec,
     ratelimit_fallbacks: IntCounterVec,
+    drift_score: GaugeVec,
+    drift_threshold: GaugeVec,
+    drift_detected: IntGaugeVec,
     /// Every `anya_ai_*` family name, registered or not yet observed.
     names: Vec<String>,
 }
@@ -109,6 +112,27 @@ impl Metrics {
                 &["model", "target", "version"],
             )
             .expect("static metric definition"),
+            drift_score: GaugeVec::new(
+                Opts::new(
+                    "anya_ai_drift_score",
+                    "Drift between a version's reference window and its current window, per signal (token_length_psi, centroid_cosine, centroid_euclidean, mmd2, label_psi, label_js, mean_confidence_drop).",
+                ),
+                &["model", "version", "signal"],
+            )
+            .expect("static metric definition"),
+            drift_threshold: GaugeVec::new(
+                Opts::new(
+                    "anya_ai_drift_threshold",
+                    "The score at or above which a drift signal counts as drift.",
+                ),
+                &["model", "version", "signal"],
+            )
+            .expect("static metric definition"),
+            drift_detected: gauge(
+                "anya_ai_drift_detected",
+                "1 when any drift signal of the version is at or above its threshold.",
+                mv,
+            ),
             canary_checks: counter(
                 "anya_ai_canary_checks_total",
                 "Canary analysis checks by verdict (stepped, held, failed, rolled_back, promoted).",
@@ -303,6 +327,9 @@ impl Metrics {
             Box::new(m.retries.clone()),
             Box::new(m.circuit.clone()),
             Box::new(m.ratelimit_fallbacks.clone()),
+            Box::new(m.drift_score.clone()),
+            Box::new(m.drift_threshold.clone()),
+            Box::new(m.drift_detected.clone()),
             Box::new(build),
         ];
         let mut names = Vec::new();
@@ -470,6 +497,29 @@ impl Metrics {
             self.shadow_latency
                 .with_label_values(&[model, version, "shadow"])
                 .observe(shadow.as_secs_f64());
+        }
+    }
+
+    /// Set the drift gauges from a report (at scrape time).
+    pub fn set_drift(&self, report: &[(String, crate::drift::VersionDrift)]) {
+        self.drift_score.reset();
+        self.drift_threshold.reset();
+        self.drift_detected.reset();
+        for (model, d) in report {
+            for s in &d.signals {
+                let labels = [model.as_str(), d.version.as_str(), s.signal];
+                self.drift_score.with_label_values(&labels).set(s.value);
+                if s.threshold.is_finite() {
+                    self.drift_threshold
+                        .with_label_values(&labels)
+                        .set(s.threshold);
+                }
+            }
+            if !d.signals.is_empty() {
+                self.drift_detected
+                    .with_label_values(&[model.as_str(), d.version.as_str()])
+                    .set(i64::from(d.drift_detected));
+            }
         }
     }
 

@@ -416,6 +416,7 @@ impl ModelHandle {
             eos_token_ids: Vec::new(),
             context_length: None,
             device: format!("remote ({})", model.spec().base_url),
+            classes: None,
         };
         ModelHandle {
             inner: Arc::new(Inner {

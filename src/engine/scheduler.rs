@@ -487,6 +487,7 @@ mod tests {
             eos_token_ids: vec![],
             context_length: Some(1024),
             device: "cpu".into(),
+            classes: None,
         }
     }
 

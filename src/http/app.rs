@@ -17,10 +17,15 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use super::{cache, console, health, kserve, models, openai, openapi, predict, traffic, usage, ws};
+use super::{
+    cache, console, drift, heads, health, kserve, models, openai, openapi, predict, traffic, usage,
+    ws,
+};
 use crate::admission::{admit, bearer, Admitted, Need, Refused};
 pub use crate::auth::ANONYMOUS;
-use crate::auth::{Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT};
+use crate::auth::{
+    Authenticator, Principal, SCOPE_ADMIN, SCOPE_METRICS, SCOPE_PREDICT, SCOPE_TRAIN,
+};
 use crate::cache::{CacheError, ResponseCache};
 use crate::config::Settings;
 use crate::error::ErrorCode;
@@ -150,6 +155,8 @@ impl AppState {
             fleet,
             breakers: Default::default(),
             breaker_defaults: settings.model.breaker,
+            heads: Default::default(),
+            drift: Default::default(),
         });
         Ok(Self {
             auth,
@@ -196,6 +203,10 @@ pub fn app(state: AppState) -> Router {
         .route("/models/{id}/metrics", get(usage::model_metrics))
         .route("/usage", get(usage::usage))
         .route("/cache", delete(cache::clear))
+        .route("/models/{id}/drift", get(drift::report))
+        .route("/models/{id}/drift/reference", post(drift::set_reference))
+        .route("/models/{id}/heads", post(heads::start))
+        .route("/models/{id}/heads/{training}", get(heads::status))
         .route("/models/{id}/predict", post(predict::predict))
         .route(
             "/models/{id}/versions/{version}/predict",
@@ -535,6 +546,9 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
         | "/v2/models/{name}/infer"
         | "/v2/models/{name}/versions/{version}/infer" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
+        "/models/{id}/heads" | "/models/{id}/heads/{training}" => Need::Scope(SCOPE_TRAIN),
+        "/models/{id}/drift" => Need::Scope(SCOPE_METRICS),
+        "/models/{id}/drift/reference" => Need::Scope(SCOPE_ADMIN),
         "/models/{id}/versions/{version}"
         | "/models/{id}/versions/{version}/load"
         | "/models/{id}/traffic/promote"

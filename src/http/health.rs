@@ -97,6 +97,7 @@ pub fn is_ready(state: &AppState) -> bool {
     tag = "health"
 )]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.set_drift(&state.core.drift.report(None));
     let body = state.metrics.render(
         &state.registry,
         &state.core.traffic,

@@ -5,7 +5,9 @@
 pub mod app;
 pub mod cache;
 pub mod console;
+pub mod drift;
 pub mod extract;
+pub mod heads;
 pub mod health;
 pub mod kserve;
 pub mod models;

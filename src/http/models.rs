@@ -268,8 +268,7 @@ pub async fn get_model(
         versions,
         input_schema: input_schema(m),
         output_schema: output_schema(m, dimensions),
-        parameters: m
-            .parameters
+        parameters: crate::serving::classify::params_of(m)
             .iter()
             .map(|p| ParameterInfo {
                 name: p.name.clone(),
@@ -324,7 +323,7 @@ pub async fn list_versions(
 
 fn input_schema(m: &Manifest) -> Value {
     let items = match m.task {
-        Task::Embedding => json!({"type": "string"}),
+        Task::Embedding | Task::Classification => json!({"type": "string"}),
         Task::TextGeneration => json!({"oneOf": [
             {"type": "string", "description": "a raw prompt"},
             {"type": "array", "description": "a conversation; the chat template is applied",
@@ -354,6 +353,7 @@ fn output_schema(m: &Manifest, dims: Option<usize>) -> Value {
             json!({"type": "array", "items": vector})
         }
         Task::TextGeneration => json!({"type": "array", "items": {"type": "string"}}),
+        Task::Classification => crate::serving::classify::output_schema(),
         Task::Echo => json!({"type": "array"}),
     }
 }

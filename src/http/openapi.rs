@@ -13,7 +13,7 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseB
 use utoipa::{Modify, OpenApi};
 
 use super::app::AppState;
-use super::{cache, console, health, models, openai, predict, traffic, usage};
+use super::{cache, console, drift, heads, health, models, openai, predict, traffic, usage};
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
 
 #[derive(OpenApi)]
@@ -47,6 +47,10 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         traffic::put_traffic,
         traffic::promote,
         traffic::rollback,
+        heads::start,
+        heads::status,
+        drift::report,
+        drift::set_reference,
     ),
     components(schemas(
         ErrorEnvelope,
@@ -66,6 +70,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         (name = "usage", description = "Usage and cost"),
         (name = "cache", description = "The response cache"),
         (name = "lifecycle", description = "Load, unload and swap model versions; traffic policies (split, sticky A/B, shadow, canary), promote and rollback (scope admin)"),
+        (name = "training", description = "Classification heads trained from labelled examples (scope train or admin)"),
         (name = "openai", description = "OpenAI-compatible API: OpenAI's request and response shapes, errors as {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"),
     )
 )]

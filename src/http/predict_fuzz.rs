@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::{serve_request, PredictRequest};
 use crate::http::extract::parse_json;
+use crate::models::classify::ClassifierInfo;
 use crate::models::{ChatTemplate, Frontend, TextCodec};
 use crate::serving::validate::validate;
 use crate::spec::manifest::{Manifest, ParamSpec, ParamType, Task};
@@ -40,7 +41,9 @@ fn model(task: Task) -> (Manifest, Frontend) {
         description: None,
     };
     m.parameters = match task {
-        Task::Embedding => vec![spec("truncate", ParamType::Boolean, None, None)],
+        Task::Embedding | Task::Classification => {
+            vec![spec("truncate", ParamType::Boolean, None, None)]
+        }
         Task::TextGeneration => vec![
             spec("max_tokens", ParamType::Integer, Some(1.0), Some(64.0)),
             spec("temperature", ParamType::Number, Some(0.0), Some(2.0)),
@@ -63,6 +66,10 @@ fn model(task: Task) -> (Manifest, Frontend) {
         eos_token_ids: vec![],
         context_length: Some(64),
         device: "cpu".into(),
+        classes: (task == Task::Classification).then(|| ClassifierInfo {
+            labels: vec!["neg".into(), "pos".into()],
+            multi_label: false,
+        }),
     };
     (m, f)
 }
@@ -124,6 +131,7 @@ fn any_json() -> impl Strategy<Value = Value> {
 fn tasks() -> impl Strategy<Value = Task> {
     prop_oneof![
         Just(Task::Embedding),
+        Just(Task::Classification),
         Just(Task::TextGeneration),
         Just(Task::Echo)
     ]

@@ -8,6 +8,7 @@
 
 pub mod bert;
 pub mod bert_fast;
+pub mod classify;
 pub mod device;
 pub mod generate;
 pub mod gguf_tokenizer;
@@ -15,6 +16,7 @@ pub mod kernels;
 pub mod llama;
 pub mod llama_candle;
 pub mod llama_cpu;
+pub mod logreg;
 pub mod quant;
 pub mod sampling;
 #[cfg(test)]
@@ -154,6 +156,8 @@ pub struct Frontend {
     pub eos_token_ids: Vec<u32>,
     pub context_length: Option<usize>,
     pub device: String,
+    /// A classifier's labels and problem type.
+    pub classes: Option<classify::ClassifierInfo>,
 }
 
 /// Load a model version from its folder onto `device`. Runs on the worker thread.
@@ -202,6 +206,65 @@ pub fn load(
                     eos_token_ids: vec![],
                     context_length: None,
                     device: device_name,
+                    classes: None,
+                },
+            ))
+        }
+        (Task::Classification, Format::Safetensors) => {
+            // The classifier runs on the CPU encoder whatever the device setting says.
+            if !device.is_cpu() {
+                tracing::warn!(model = %manifest.id, "classification models run on the CPU");
+            }
+            let codec = TextCodec::from_file(
+                &path(&manifest.tokenizer, "tokenizer")?,
+                true,
+                manifest.max_input_length,
+            )?;
+            let (model, classes): (Box<dyn Embedder>, _) = match &manifest.head {
+                // A trained head on an embedding model's vectors.
+                Some(head) => {
+                    let pooling = match &manifest.pooling_config {
+                        Some(_) => bert::Pooling::from_file(&path(
+                            &manifest.pooling_config,
+                            "pooling config",
+                        )?)?,
+                        None => bert::Pooling::Mean,
+                    };
+                    let base = bert::BertEmbedder::load(
+                        &path(&manifest.weights, "weights")?,
+                        &path(&manifest.config, "config")?,
+                        pooling,
+                        manifest.normalize,
+                        &Device::Cpu,
+                    )?;
+                    let m = classify::HeadClassifier::new(
+                        base,
+                        &path(&Some(head.weights.clone()), "head weights")?,
+                        head.classes.clone(),
+                    )?;
+                    let info = m.info().clone();
+                    (Box::new(m), info)
+                }
+                None => {
+                    let m = classify::BertClassifier::load(
+                        &path(&manifest.weights, "weights")?,
+                        &path(&manifest.config, "config")?,
+                    )?;
+                    let info = m.info().clone();
+                    (Box::new(m), info)
+                }
+            };
+            Ok((
+                Backend::Embedding(model),
+                Frontend {
+                    task: Task::Classification,
+                    codec: Some(codec),
+                    chat_template: None,
+                    dimensions: Some(classes.labels.len()),
+                    eos_token_ids: vec![],
+                    context_length: None,
+                    device: "cpu".into(),
+                    classes: Some(classes),
                 },
             ))
         }
@@ -226,6 +289,7 @@ pub fn load(
                 eos_token_ids: loaded.eos_token_ids,
                 context_length: Some(loaded.model.context_length()),
                 device: device_name,
+                classes: None,
             };
             Ok((Backend::Generation(loaded.model), frontend))
         }
@@ -239,6 +303,7 @@ pub fn load(
                 eos_token_ids: vec![],
                 context_length: None,
                 device: "cpu".into(),
+                classes: None,
             },
         )),
         (task, format) => Err(ModelError::Load(format!(

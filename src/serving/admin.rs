@@ -112,7 +112,7 @@ fn parse_version(v: &str) -> Result<Version, ApiError> {
 }
 
 impl Core {
-    fn load_settings(&self) -> Result<&LoadSettings, ApiError> {
+    pub(crate) fn load_settings(&self) -> Result<&LoadSettings, ApiError> {
         self.loading
             .settings
             .as_ref()

@@ -295,9 +295,15 @@ impl Core {
                             core.metrics
                                 .retries(&label.model, u64::from(stats.attempts - 1));
                         }
+                        // The target answered; shaping its outputs may still refuse them.
                         let answer = core.answer(&p, stats, &mut label);
-                        if let Some(job) = p.shadow.take() {
-                            core.start_shadow(job, &answer);
+                        if let Ok(answer) = &answer {
+                            if core.monitoring {
+                                core.observe_drift(&p, answer);
+                            }
+                            if let Some(job) = p.shadow.take() {
+                                core.start_shadow(job, answer);
+                            }
                         }
                         (label, Ok(answer))
                     }
@@ -306,13 +312,13 @@ impl Core {
             })
             .await;
         match outcome {
-            Ok((mut answer, mut route)) => {
+            Ok((Ok(mut answer), mut route)) => {
                 // Retries inside the answering call count as attempts too.
                 route.attempts += answer.stats.attempts.saturating_sub(1);
                 answer.route = route;
                 (label, Ok(answer))
             }
-            Err(e) => (label, Err(e)),
+            Ok((Err(e), _)) | Err(e) => (label, Err(e)),
         }
     }
 

@@ -9,8 +9,10 @@
 
 pub mod admin;
 pub mod breaker;
+pub mod classify;
 mod fallback;
 mod fleet;
+pub mod heads;
 pub mod params;
 mod shadow;
 pub mod stream;
@@ -182,6 +184,10 @@ pub struct Core {
     pub breakers: breaker::Breakers,
     /// Breaker settings where a manifest gives none (`model.breaker`).
     pub breaker_defaults: crate::spec::manifest::BreakerSettings,
+    /// Classification heads being trained or trained (`POST /models/{id}/heads`).
+    pub heads: heads::Trainings,
+    /// Drift windows of every model version (fed when monitoring is on).
+    pub drift: Arc<crate::drift::DriftStore>,
 }
 
 /// Requests with at most this many bytes of text are validated on the async runtime (a few
@@ -200,6 +206,11 @@ struct Prepared {
     prompt_tokens: usize,
     /// A shadow copy of the request, when the policy picked one.
     shadow: Option<shadow::ShadowJob>,
+    /// How outputs become the answer (classification, zero-shot).
+    shaping: Option<classify::Shaping>,
+    /// Tokens of each input (drift's length histogram), and unknown tokens of each.
+    lengths: Vec<usize>,
+    unknown: Vec<usize>,
 }
 
 impl Core {
@@ -254,6 +265,10 @@ impl Core {
         }
         let manifest = resolved.manifest.clone();
         let frontend = resolved.handle.frontend().clone();
+        let unk = frontend
+            .codec
+            .as_ref()
+            .and_then(|c| c.token_id("[UNK]").or_else(|| c.token_id("<unk>")));
         let bytes: usize = req.inputs.iter().map(Input::text_bytes).sum();
         let (inputs, params, logprobs) = (req.inputs, req.params, req.logprobs);
         // Tokenizing and templating a large input takes milliseconds to seconds: off the async
@@ -269,6 +284,16 @@ impl Core {
         }
         .map_err(fail)?;
         let n = valid.work.items();
+        let shaping = valid.shaping.clone();
+        let lengths: Vec<usize> = valid.inputs().iter().map(|ids| ids.len()).collect();
+        let unknown: Vec<usize> = match unk {
+            Some(u) => valid
+                .inputs()
+                .iter()
+                .map(|ids| ids.iter().filter(|&&t| t == u).count())
+                .collect(),
+            None => vec![],
+        };
         let prompt_tokens = valid.work.input_tokens();
         let cache = self.cache.as_ref().filter(|_| req.cache && valid.cacheable);
         let (id, version) = (&resolved.manifest.id, resolved.manifest.version.to_string());
@@ -326,6 +351,9 @@ impl Core {
             arrived,
             prompt_tokens,
             shadow,
+            shaping,
+            lengths,
+            unknown,
         })
     }
 
@@ -391,7 +419,12 @@ impl Core {
         }
     }
 
-    fn answer(&self, p: &Prepared, stats: RunStats, label: &mut ModelLabel) -> Answer {
+    fn answer(
+        &self,
+        p: &Prepared,
+        stats: RunStats,
+        label: &mut ModelLabel,
+    ) -> Result<Answer, ApiError> {
         let manifest = &p.resolved.manifest;
         label.batch_size = Some(stats.batch_size);
         label.tokens_input = stats.tokens_processed as u64;
@@ -417,18 +450,83 @@ impl Core {
         } else {
             p.prompt_tokens
         };
-        Answer {
+        let mut items: Vec<Item> = p.items.iter().flatten().cloned().collect();
+        if let Some(shaping) = &p.shaping {
+            items = shaping.apply(items)?;
+        }
+        Ok(Answer {
             prompt_tokens,
             completion_tokens,
             route: Route::default(),
             model: manifest.id.clone(),
             version: manifest.version.to_string(),
-            items: p.items.iter().flatten().cloned().collect(),
+            items,
             stats,
             latency: p.arrived.elapsed(),
             cache_hits: hits,
             cache: p.cache_used.then_some(hits == n),
+        })
+    }
+
+    /// Feed the version's drift windows: each input's token count, its embedding (embedding
+    /// models), its top label and score (classifiers), its output length and finish reason
+    /// (generation, streamed or not).
+    fn observe_drift(&self, p: &Prepared, answer: &Answer) {
+        let manifest = &p.resolved.manifest;
+        let config = manifest.drift.clone().unwrap_or_default();
+        if !config.enabled {
+            return;
         }
+        if !matches!(
+            manifest.task,
+            crate::spec::manifest::Task::Embedding
+                | crate::spec::manifest::Task::Classification
+                | crate::spec::manifest::Task::TextGeneration
+        ) {
+            return;
+        }
+        let samples = answer
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let vector = match (manifest.task, p.items.get(i)) {
+                    (
+                        crate::spec::manifest::Task::Embedding,
+                        Some(Some(Item::Output(CachedOutput::Vector(v)))),
+                    ) => Some(v.to_vec()),
+                    _ => None,
+                };
+                let label = match item {
+                    Item::Value(Value::Array(ranked)) => ranked.first().and_then(|top| {
+                        Some((top["label"].as_str()?.to_string(), top["score"].as_f64()?))
+                    }),
+                    _ => None,
+                };
+                let output = item.generation().map(|g| {
+                    let why = match g.finish_reason {
+                        FinishReason::Length => "length",
+                        FinishReason::Stop => "stop",
+                        FinishReason::Eos => "eos",
+                        FinishReason::Cancelled => "cancelled",
+                    };
+                    (g.token_count(), why)
+                });
+                crate::drift::Sample {
+                    tokens: p.lengths.get(i).copied().unwrap_or(0),
+                    unknown: p.unknown.get(i).copied().unwrap_or(0),
+                    vector,
+                    label,
+                    output,
+                }
+            })
+            .collect();
+        self.drift.observe(
+            &manifest.id,
+            &manifest.version.to_string(),
+            &config,
+            samples,
+        );
     }
 
     /// Record usage for an answer whose accounting was deferred to its end (streams).

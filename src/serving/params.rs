@@ -171,6 +171,9 @@ impl ValidParams {
     pub fn u64(&self, name: &str) -> Option<u64> {
         self.0.get(name).and_then(Value::as_u64)
     }
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(Value::as_str)
+    }
     pub fn bool(&self, name: &str) -> Option<bool> {
         self.0.get(name).and_then(Value::as_bool)
     }

@@ -212,11 +212,21 @@ impl AnswerStream {
 
     fn finish(&mut self, stats: RunStats) -> StreamItem {
         self.finished = true;
-        let mut answer = self.core.answer(&self.prepared, stats, &mut self.label);
-        answer.route = self.route.clone();
-        answer.route.attempts += stats.attempts.saturating_sub(1);
-        self.close_books(false);
-        StreamItem::Done(answer)
+        match self.core.answer(&self.prepared, stats, &mut self.label) {
+            Ok(mut answer) => {
+                if self.core.monitoring {
+                    self.core.observe_drift(&self.prepared, &answer);
+                }
+                answer.route = self.route.clone();
+                answer.route.attempts += stats.attempts.saturating_sub(1);
+                self.close_books(false);
+                StreamItem::Done(answer)
+            }
+            Err(e) => {
+                self.close_books(true);
+                StreamItem::Error(e)
+            }
+        }
     }
 
     /// Usage for this stream, once.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use super::classify::{self, Shaping};
 use super::params::{self, ValidParams};
 use super::Input;
 use crate::engine::remote::{Prompt, RemoteInput, RemoteWork};
@@ -27,6 +28,8 @@ pub struct Valid {
     pub kind: &'static str,
     /// The parameters that change the output, canonically encoded (for cache keys).
     pub key_params: Vec<u8>,
+    /// How the outputs become the answer (classification, zero-shot).
+    pub shaping: Option<Shaping>,
 }
 
 impl Valid {
@@ -83,15 +86,22 @@ pub fn validate(
             ),
         ));
     }
-    let params = params::validate(&manifest.parameters, parameters)?;
+    let params = params::validate(&classify::params_of(manifest), parameters)?;
     if manifest.provider.is_some() {
+        if !params.strings("candidate_labels").is_empty() {
+            return Err(ApiError::invalid(
+                "parameters.candidate_labels",
+                "zero-shot classification runs on local embedding models only",
+            ));
+        }
         return validate_remote(manifest, inputs, &params, logprobs);
     }
+    let mut shaping = classify::plan(manifest.task, frontend, &params)?;
     let (mut cacheable, mut kind, mut key_params) = (false, "echo", Vec::new());
     let work = match manifest.task {
-        Task::Embedding => {
+        Task::Embedding | Task::Classification => {
             let truncate = params.bool("truncate").unwrap_or(false);
-            let ids = inputs
+            let mut ids = inputs
                 .iter()
                 .enumerate()
                 .map(|(i, input)| match input {
@@ -103,7 +113,24 @@ pub fn validate(
                     )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            (cacheable, kind) = (true, "embed");
+            if let Some(Shaping::ZeroShot { inputs, labels }) = &mut shaping {
+                *inputs = ids.len();
+                let texts = classify::hypotheses(labels, params.str("hypothesis_template"));
+                for (j, text) in texts.iter().enumerate() {
+                    let label_ids = encode(frontend, text, truncate, 0).map_err(|e| {
+                        ApiError::invalid(
+                            format!("parameters.candidate_labels[{j}]"),
+                            e.details.issue.unwrap_or(e.message),
+                        )
+                    })?;
+                    ids.push(label_ids);
+                }
+            }
+            cacheable = true;
+            kind = match manifest.task {
+                Task::Classification => "classify",
+                _ => "embed",
+            };
             Work::Embed { inputs: ids }
         }
         Task::TextGeneration => {
@@ -167,6 +194,7 @@ pub fn validate(
         cacheable,
         kind,
         key_params,
+        shaping,
     })
 }
 
@@ -225,6 +253,7 @@ fn validate_remote(
                 cacheable: true,
                 kind: "embed",
                 key_params: Vec::new(),
+                shaping: None,
             })
         }
         Task::TextGeneration => {
@@ -283,9 +312,12 @@ fn validate_remote(
                 cacheable: greedy || params.u64("seed").is_some(),
                 kind: "generate",
                 key_params: canonical.to_string().into_bytes(),
+                shaping: None,
             })
         }
-        Task::Echo => Err(ApiError::internal("a remote model cannot echo")),
+        Task::Echo | Task::Classification => Err(ApiError::internal(
+            "a remote model is an embedding or text-generation model",
+        )),
     }
 }
 
@@ -299,7 +331,7 @@ fn encode(frontend: &Frontend, text: &str, truncate: bool, i: usize) -> Result<V
             format!("inputs[{i}]"),
             format!(
                 "{tokens} tokens; the limit is {limit} (max_input_length){}",
-                if frontend.task == Task::Embedding {
+                if matches!(frontend.task, Task::Embedding | Task::Classification) {
                     "; set parameters.truncate to true to cut longer inputs"
                 } else {
                     ""
@@ -312,7 +344,7 @@ fn encode(frontend: &Frontend, text: &str, truncate: bool, i: usize) -> Result<V
                 "{bytes} bytes; an input may have at most {limit} bytes (max_input_length {} tokens × {} bytes){}",
                 codec.max_input_length(),
                 crate::models::text::MAX_BYTES_PER_TOKEN,
-                if frontend.task == Task::Embedding {
+                if matches!(frontend.task, Task::Embedding | Task::Classification) {
                     "; set parameters.truncate to true to cut longer inputs"
                 } else {
                     ""

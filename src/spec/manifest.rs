@@ -19,6 +19,8 @@ pub const MANIFEST_FILE: &str = "anya.yaml";
 pub enum Task {
     TextGeneration,
     Embedding,
+    /// A sequence classifier (BERT `*ForSequenceClassification`): labels with scores.
+    Classification,
     /// Returns its inputs unchanged: measures the server without a model, and smoke tests.
     Echo,
 }
@@ -28,6 +30,7 @@ impl Task {
         match self {
             Task::TextGeneration => "text-generation",
             Task::Embedding => "embedding",
+            Task::Classification => "classification",
             Task::Echo => "echo",
         }
     }
@@ -285,6 +288,62 @@ pub struct Manifest {
     /// This version's circuit breaker (else `model.breaker`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerSettings>,
+    /// A classification head over an embedding model (trained through `POST
+    /// /models/{id}/heads`): the base model's files are this version's `weights`, `config`,
+    /// `tokenizer` and `pooling_config`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadSpec>,
+    /// Drift windows and thresholds (defaults: `DriftConfig::default()`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftConfig>,
+}
+
+/// Thresholds above which a signal counts as drift (configurable per manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftConfig {
+    /// Feed the windows (false: no drift signals for this version).
+    pub enabled: bool,
+    /// Inputs in the reference window and the current window.
+    pub window: usize,
+    pub psi: f64,
+    pub js: f64,
+    pub centroid_cosine: f64,
+    pub mmd2: f64,
+    pub confidence_drop: f64,
+    /// Rise of the share of unknown tokens (`[UNK]`, `<unk>`) among input tokens.
+    pub unknown_share: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: 200,
+            psi: 0.2,
+            js: 0.1,
+            centroid_cosine: 0.25,
+            mmd2: 0.05,
+            confidence_drop: 0.1,
+            unknown_share: 0.05,
+        }
+    }
+}
+
+/// A linear classification head on an embedding model's (pooled, normalised) vectors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadSpec {
+    /// The embedding model the head was trained on.
+    pub base_model: String,
+    pub base_version: String,
+    /// Safetensors with `head.weight` `[classes, dim]` and `head.bias` `[classes]`.
+    pub weights: String,
+    /// Class names, by row of the head.
+    pub classes: Vec<String>,
+    /// What training measured (held-out accuracy, per-class F1, sizes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -386,6 +445,8 @@ impl Manifest {
             provider: None,
             fallbacks: vec![],
             breaker: None,
+            head: None,
+            drift: None,
         }
     }
 
@@ -485,6 +546,22 @@ impl Manifest {
             (Task::Embedding, Format::Safetensors) => {
                 if self.weights.is_none() || self.config.is_none() || self.tokenizer.is_none() {
                     return Err("an embedding model needs weights, config and tokenizer".into());
+                }
+            }
+            (Task::Classification, Format::Safetensors) => {
+                if self.weights.is_none() || self.config.is_none() || self.tokenizer.is_none() {
+                    return Err("a classification model needs weights, config and tokenizer".into());
+                }
+                if let Some(h) = &self.head {
+                    if !self.files.iter().any(|f| f.path == h.weights) {
+                        return Err(format!(
+                            "head weights `{}` are not listed under files",
+                            h.weights
+                        ));
+                    }
+                    if h.classes.len() < 2 {
+                        return Err("a head needs at least 2 classes".into());
+                    }
                 }
             }
             (Task::TextGeneration, Format::Gguf) => {

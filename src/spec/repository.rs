@@ -183,6 +183,8 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
             provider: None,
             fallbacks: vec![],
             breaker: None,
+            head: None,
+            drift: None,
         };
         return Ok(ModelSource { dir, manifest });
     }
@@ -205,6 +207,18 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
                 files.push(hash_entry(path, p)?);
             }
             let canonical = path.canonicalize().map_err(io)?;
+            // `BertForSequenceClassification` and kin serve as classifiers.
+            let classifier = std::fs::read_to_string(path.join("config.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v.get("architectures").cloned())
+                .and_then(|a| a.as_array().cloned())
+                .is_some_and(|a| {
+                    a.iter().any(|x| {
+                        x.as_str()
+                            .is_some_and(|x| x.ends_with("ForSequenceClassification"))
+                    })
+                });
             let manifest = Manifest {
                 id: derive_id(
                     canonical
@@ -213,7 +227,11 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
                 ),
                 version: semver::Version::new(1, 0, 0),
                 default: true,
-                task: Task::Embedding,
+                task: if classifier {
+                    Task::Classification
+                } else {
+                    Task::Embedding
+                },
                 format: Format::Safetensors,
                 description: Some(format!(
                     "{} (manifest generated from the path)",
@@ -237,6 +255,8 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
                 provider: None,
                 fallbacks: vec![],
                 breaker: None,
+                head: None,
+                drift: None,
             };
             return Ok(ModelSource {
                 dir: path.to_path_buf(),

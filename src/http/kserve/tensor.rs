@@ -39,6 +39,7 @@ pub struct ModelMeta {
 pub fn io_names(task: Task) -> (&'static str, &'static str) {
     match task {
         Task::Embedding => ("text", "embedding"),
+        Task::Classification => ("text", "labels"),
         Task::TextGeneration => ("text_input", "text_output"),
         Task::Echo => ("input", "output"),
     }
@@ -354,7 +355,13 @@ impl OutTensor {
 pub fn output(task: Task, answer: &Answer, input_shape: &[i64]) -> Result<OutTensor, ApiError> {
     let (_, name) = io_names(task);
     let n = answer.items.len();
-    if task == Task::Embedding {
+    // Embeddings are an FP32 tensor; zero-shot answers (label lists) go as JSON, like a
+    // classifier's.
+    let vectors = answer
+        .items
+        .iter()
+        .all(|i| matches!(i, Item::Output(CachedOutput::Vector(_))));
+    if task == Task::Embedding && vectors {
         let mut dim = None;
         let mut values = Vec::new();
         for item in &answer.items {

@@ -1,0 +1,696 @@
+//! Classification heads trained from labelled examples (`POST /models/{id}/heads`).
+//!
+//! The request is checked first (at least 2 labels, `MIN_PER_LABEL` examples of each, size
+//! limits, an embedding model as the base); then a task off the request path embeds every text
+//! with the base model through the serving core (so cached vectors are reused and the engine's
+//! queue bounds the load), fits a multinomial logistic regression on the blocking pool
+//! (`models::logreg`), measures accuracy and per-class precision, recall and F1 on the held-out
+//! split, and writes a new version of `{id}` into the repository — the base model's files
+//! (hard links where the file system allows), the head in safetensors, a manifest with
+//! `task: classification`, the base's id and version, the classes, the metrics and every
+//! file's sha256, written last — then loads it like any version.
+//!
+//! The split is deterministic: for each label, the last `round(n · validation_split)` of its
+//! examples (at least one when the split is above 0) are held out, in the order given.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map};
+use utoipa::ToSchema;
+
+use super::{Caller, Core, Input, Item, ServeRequest};
+use crate::cache::CachedOutput;
+use crate::error::{ApiError, ErrorKind};
+use crate::models::logreg;
+use crate::registry::VersionState;
+use crate::spec::manifest::{sha256_file, FileEntry, HeadSpec, Manifest, Task, MANIFEST_FILE};
+
+/// Fewest examples per label.
+pub const MIN_PER_LABEL: usize = 5;
+/// Most examples in one training.
+pub const MAX_EXAMPLES: usize = 20_000;
+/// Most labels.
+pub const MAX_LABELS: usize = 256;
+/// Most bytes in one example's text, and characters in a label.
+pub const MAX_TEXT_BYTES: usize = 8192;
+pub const MAX_LABEL_CHARS: usize = 128;
+/// Most trainings running at once on this server.
+pub const MAX_RUNNING: usize = 2;
+
+/// A training request.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeadRequest {
+    /// The embedding model to train on: `id` (its default version) or `id@version`.
+    pub base: String,
+    /// Labelled texts.
+    pub examples: Vec<Example>,
+    /// Share of each label's examples held out for the metrics (0 to 0.5; default 0.2).
+    #[serde(default)]
+    pub validation_split: Option<f64>,
+    /// Inverse L2 regularisation strength, scikit-learn's `C` (default 1.0).
+    #[serde(default)]
+    pub regularization: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Example {
+    pub text: String,
+    pub label: String,
+}
+
+/// Precision, recall and F1 of one class on the held-out split.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct ClassMetrics {
+    pub label: String,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    /// Held-out examples of this class.
+    pub support: usize,
+}
+
+/// What training measured.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq)]
+pub struct HeadMetrics {
+    /// Held-out accuracy (`null` without a held-out split).
+    pub accuracy: Option<f64>,
+    pub per_class: Vec<ClassMetrics>,
+    pub train_examples: usize,
+    pub validation_examples: usize,
+    pub regularization: f64,
+    /// Solver iterations.
+    pub iterations: usize,
+}
+
+/// A training's status.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Training {
+    pub id: String,
+    /// The classifier model this training gives a version.
+    pub model: String,
+    pub base_model: String,
+    pub base_version: String,
+    /// `running`, `completed` or `failed`.
+    pub status: &'static str,
+    /// `embedding`, `fitting`, `writing`, `loading`, `done`.
+    pub stage: &'static str,
+    /// 0 to 1.
+    pub progress: f64,
+    pub examples: usize,
+    pub classes: Vec<String>,
+    /// The version written (once completed).
+    pub version: Option<String>,
+    pub metrics: Option<HeadMetrics>,
+    pub error: Option<String>,
+}
+
+/// Most trainings whose status is kept (the oldest finished ones are forgotten first).
+pub const MAX_KEPT: usize = 256;
+
+/// Trainings of this server, by id (kept in memory, at most `MAX_KEPT` finished ones).
+#[derive(Debug, Default)]
+pub struct Trainings {
+    map: Mutex<HashMap<String, Training>>,
+    order: Mutex<std::collections::VecDeque<String>>,
+}
+
+impl Trainings {
+    fn insert(&self, t: Training) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
+        order.push_back(t.id.clone());
+        map.insert(t.id.clone(), t);
+        while order.len() > MAX_KEPT {
+            let Some(pos) = order
+                .iter()
+                .position(|id| map.get(id).is_none_or(|t| t.status != "running"))
+            else {
+                break;
+            };
+            if let Some(id) = order.remove(pos) {
+                map.remove(&id);
+            }
+        }
+    }
+
+    pub fn get(&self, model: &str, id: &str) -> Option<Training> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(id).filter(|t| t.model == model).cloned()
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut Training)) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = map.get_mut(id) {
+            f(t);
+        }
+    }
+
+    fn running(&self) -> Vec<String> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .filter(|t| t.status == "running")
+            .map(|t| t.model.clone())
+            .collect()
+    }
+}
+
+/// The examples split: indices of the training and held-out examples.
+pub fn split(labels: &[usize], classes: usize, share: f64) -> (Vec<usize>, Vec<usize>) {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+    for (i, &l) in labels.iter().enumerate() {
+        by_class[l].push(i);
+    }
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for idx in by_class {
+        let n = idx.len();
+        let mut h = (n as f64 * share).round() as usize;
+        if share > 0.0 {
+            h = h.max(1);
+        }
+        h = h.min(n.saturating_sub(1));
+        train.extend_from_slice(&idx[..n - h]);
+        held.extend_from_slice(&idx[n - h..]);
+    }
+    train.sort_unstable();
+    held.sort_unstable();
+    (train, held)
+}
+
+/// Accuracy and per-class precision, recall, F1 (0 where undefined, as scikit-learn does).
+pub fn evaluate(
+    truth: &[usize],
+    predicted: &[usize],
+    classes: &[String],
+) -> (f64, Vec<ClassMetrics>) {
+    let n = truth.len().max(1) as f64;
+    let right = truth.iter().zip(predicted).filter(|(a, b)| a == b).count() as f64;
+    let per_class = classes
+        .iter()
+        .enumerate()
+        .map(|(c, label)| {
+            let tp = truth
+                .iter()
+                .zip(predicted)
+                .filter(|&(&t, &p)| t == c && p == c)
+                .count();
+            let fp = truth
+                .iter()
+                .zip(predicted)
+                .filter(|&(&t, &p)| t != c && p == c)
+                .count();
+            let support = truth.iter().filter(|&&t| t == c).count();
+            let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            let (precision, recall) = (ratio(tp, tp + fp), ratio(tp, support));
+            let f1 = if precision + recall == 0.0 {
+                0.0
+            } else {
+                2.0 * precision * recall / (precision + recall)
+            };
+            ClassMetrics {
+                label: label.clone(),
+                precision,
+                recall,
+                f1,
+                support,
+            }
+        })
+        .collect();
+    (right / n, per_class)
+}
+
+/// A checked request: labels as class indices (classes sorted by name).
+struct Plan {
+    model: String,
+    base: Arc<Manifest>,
+    base_dir: std::path::PathBuf,
+    texts: Vec<String>,
+    labels: Vec<usize>,
+    classes: Vec<String>,
+    share: f64,
+    c: f64,
+}
+
+fn check(
+    core: &Core,
+    principal: Option<&crate::auth::Principal>,
+    model: &str,
+    req: HeadRequest,
+) -> Result<Plan, ApiError> {
+    if !crate::spec::manifest::is_valid_id(model) {
+        return Err(ApiError::invalid(
+            "id",
+            "a model id is letters, digits, `.`, `_` or `-`, starting with a letter or digit",
+        ));
+    }
+    let share = req.validation_split.unwrap_or(0.2);
+    if !(0.0..=0.5).contains(&share) {
+        return Err(ApiError::invalid(
+            "validation_split",
+            "must be between 0 and 0.5",
+        ));
+    }
+    let c = req.regularization.unwrap_or(1.0);
+    if !(c.is_finite() && c > 0.0 && c <= 1e6) {
+        return Err(ApiError::invalid(
+            "regularization",
+            "must be above 0 and at most 1000000 (inverse strength, scikit-learn's C)",
+        ));
+    }
+    if req.examples.len() > MAX_EXAMPLES {
+        return Err(ApiError::too_large(
+            "examples",
+            format!("{} examples; at most {MAX_EXAMPLES}", req.examples.len()),
+        ));
+    }
+    for (i, e) in req.examples.iter().enumerate() {
+        if e.text.is_empty() || e.text.len() > MAX_TEXT_BYTES {
+            return Err(ApiError::invalid(
+                format!("examples[{i}].text"),
+                format!("must be 1 to {MAX_TEXT_BYTES} bytes"),
+            ));
+        }
+        let chars = e.label.chars().count();
+        if chars == 0 || chars > MAX_LABEL_CHARS {
+            return Err(ApiError::invalid(
+                format!("examples[{i}].label"),
+                format!("must be 1 to {MAX_LABEL_CHARS} characters"),
+            ));
+        }
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in &req.examples {
+        *counts.entry(e.label.as_str()).or_default() += 1;
+    }
+    if counts.len() < 2 || counts.len() > MAX_LABELS {
+        return Err(ApiError::invalid(
+            "examples",
+            format!(
+                "{} distinct labels; a head needs 2 to {MAX_LABELS}",
+                counts.len()
+            ),
+        ));
+    }
+    if let Some((label, n)) = counts.iter().find(|(_, &n)| n < MIN_PER_LABEL) {
+        return Err(ApiError::invalid(
+            "examples",
+            format!("label `{label}` has {n} examples; each label needs at least {MIN_PER_LABEL}"),
+        ));
+    }
+    let classes: Vec<String> = counts.keys().map(|s| s.to_string()).collect();
+    let labels = req
+        .examples
+        .iter()
+        .map(|e| classes.iter().position(|c| *c == e.label).unwrap_or(0))
+        .collect();
+    // The base: an embedding model, loaded.
+    let (base_id, base_version) = match req.base.split_once('@') {
+        Some((id, v)) => (id, Some(v)),
+        None => (req.base.as_str(), None),
+    };
+    if base_id == model {
+        return Err(ApiError::invalid("base", "the base must be another model"));
+    }
+    if let Some(p) = principal {
+        if !p.may_use(base_id) {
+            return Err(ApiError::new(
+                ErrorKind::Forbidden,
+                format!("this token may not use model `{base_id}`"),
+            ));
+        }
+    }
+    let rec = core
+        .registry
+        .get(base_id)
+        .ok_or_else(|| ApiError::invalid("base", format!("no model `{base_id}`")))?;
+    let version = match base_version {
+        Some(v) => semver::Version::parse(v)
+            .map_err(|_| ApiError::invalid("base", format!("`{v}` is not a version")))?,
+        None => rec.default_version.clone(),
+    };
+    let vr = rec.versions.get(&version).ok_or_else(|| {
+        ApiError::invalid(
+            "base",
+            format!("model `{base_id}` has no version {version}"),
+        )
+    })?;
+    if vr.manifest.task != Task::Embedding
+        || vr.manifest.format != crate::spec::manifest::Format::Safetensors
+    {
+        return Err(ApiError::invalid(
+            "base",
+            format!("`{base_id}` is not an embedding model"),
+        ));
+    }
+    if !matches!(vr.state, VersionState::Ready(_)) {
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            format!("base model `{base_id}` version {version} is not loaded"),
+        ));
+    }
+    // The model to write: new, or a classifier already.
+    if let Some(existing) = core.registry.get(model) {
+        if existing
+            .versions
+            .values()
+            .any(|v| v.manifest.task != Task::Classification)
+        {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!("model `{model}` exists and is not a classifier"),
+            ));
+        }
+    }
+    if core.heads.running().iter().any(|m| m == model) {
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            format!("a head for `{model}` is training already"),
+        ));
+    }
+    if core.heads.running().len() >= MAX_RUNNING {
+        let mut e = ApiError::new(
+            ErrorKind::Unavailable,
+            format!("{MAX_RUNNING} trainings are running; try again later"),
+        );
+        e.retry_after_s = Some(30);
+        return Err(e);
+    }
+    Ok(Plan {
+        model: model.to_string(),
+        base: vr.manifest.clone(),
+        base_dir: vr.dir.clone(),
+        texts: req.examples.into_iter().map(|e| e.text).collect(),
+        labels,
+        classes,
+        share,
+        c,
+    })
+}
+
+impl Core {
+    /// Check a training request and start it; answers the training's status. The caller must
+    /// be allowed to use the base model.
+    pub fn start_training(
+        self: &Arc<Self>,
+        caller: Caller<'_>,
+        model: &str,
+        req: HeadRequest,
+    ) -> Result<Training, ApiError> {
+        let settings = self.load_settings()?;
+        if settings.remote.is_some() {
+            return Err(ApiError::invalid(
+                "id",
+                "this server's repository is an object store; heads are written to a local one",
+            ));
+        }
+        let plan = check(self, caller.principal, model, req)?;
+        let training = Training {
+            id: uuid::Uuid::new_v4().to_string(),
+            model: plan.model.clone(),
+            base_model: plan.base.id.clone(),
+            base_version: plan.base.version.to_string(),
+            status: "running",
+            stage: "embedding",
+            progress: 0.0,
+            examples: plan.texts.len(),
+            classes: plan.classes.clone(),
+            version: None,
+            metrics: None,
+            error: None,
+        };
+        self.heads.insert(training.clone());
+        let core = self.clone();
+        let id = training.id.clone();
+        tokio::spawn(async move {
+            let outcome = core.train(&id, plan).await;
+            core.heads.update(&id, |t| match outcome {
+                Ok((version, metrics)) => {
+                    t.status = "completed";
+                    t.stage = "done";
+                    t.progress = 1.0;
+                    t.version = Some(version);
+                    t.metrics = Some(metrics);
+                }
+                Err(e) => {
+                    tracing::warn!(training = %t.id, error = %e.message, "head training failed");
+                    t.status = "failed";
+                    t.error = Some(e.message);
+                }
+            });
+        });
+        Ok(training)
+    }
+
+    async fn train(
+        self: &Arc<Self>,
+        id: &str,
+        plan: Plan,
+    ) -> Result<(String, HeadMetrics), ApiError> {
+        // 1. Embed every text with the base model, in requests of its max_inputs.
+        let chunk = plan.base.max_inputs.clamp(1, 64);
+        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(plan.texts.len());
+        for (n, texts) in plan.texts.chunks(chunk).enumerate() {
+            let req = ServeRequest {
+                model: plan.base.id.clone(),
+                version: Some(plan.base.version.to_string()),
+                inputs: texts.iter().cloned().map(Input::Text).collect(),
+                params: Map::new(),
+                cache: true,
+                logprobs: None,
+                headers: Default::default(),
+                user: None,
+            };
+            let (_, answer) = self.infer(Caller::default(), req).await;
+            let answer = answer.map_err(|e| {
+                ApiError::new(
+                    e.kind,
+                    format!("embedding examples {}..: {}", n * chunk, e.message),
+                )
+            })?;
+            for item in answer.items {
+                match item {
+                    Item::Output(CachedOutput::Vector(v)) => vectors.push(v.to_vec()),
+                    _ => return Err(ApiError::internal("the base model answered no vector")),
+                }
+            }
+            let done = vectors.len() as f64 / plan.texts.len() as f64;
+            self.heads.update(id, |t| t.progress = 0.8 * done);
+        }
+        // 2. Fit on the training split, off the runtime.
+        self.heads.update(id, |t| t.stage = "fitting");
+        let (train, held) = split(&plan.labels, plan.classes.len(), plan.share);
+        let k = plan.classes.len();
+        let c = plan.c;
+        let (fit, held_x, held_y) = {
+            let x: Vec<Vec<f32>> = train.iter().map(|&i| vectors[i].clone()).collect();
+            let y: Vec<usize> = train.iter().map(|&i| plan.labels[i]).collect();
+            let held_x: Vec<Vec<f32>> = held.iter().map(|&i| vectors[i].clone()).collect();
+            let held_y: Vec<usize> = held.iter().map(|&i| plan.labels[i]).collect();
+            let fit =
+                tokio::task::spawn_blocking(move || logreg::fit(&x, &y, k, c, 1e-9, 5000, |_| {}))
+                    .await
+                    .map_err(ApiError::internal)?;
+            (fit, held_x, held_y)
+        };
+        let predicted: Vec<usize> = held_x
+            .iter()
+            .map(|x| {
+                let p = fit.predict_proba(x);
+                (0..k).fold(0, |best, j| if p[j] > p[best] { j } else { best })
+            })
+            .collect();
+        let (accuracy, per_class) = evaluate(&held_y, &predicted, &plan.classes);
+        let metrics = HeadMetrics {
+            accuracy: (!held.is_empty()).then_some(accuracy),
+            per_class: if held.is_empty() { vec![] } else { per_class },
+            train_examples: train.len(),
+            validation_examples: held.len(),
+            regularization: c,
+            iterations: fit.iterations,
+        };
+        // 3. Write the version, manifest last; 4. load it.
+        self.heads.update(id, |t| {
+            t.stage = "writing";
+            t.progress = 0.9;
+        });
+        let settings = self.load_settings()?.clone();
+        let version = next_version(self, &settings.models_dir, &plan.model);
+        let dir = settings
+            .models_dir
+            .join(&plan.model)
+            .join(version.to_string());
+        let first = self
+            .registry
+            .get(&plan.model)
+            .is_none_or(|r| r.versions.is_empty());
+        let manifest = {
+            let (base, base_dir, dir) = (plan.base.clone(), plan.base_dir.clone(), dir.clone());
+            let (model, classes, metrics) =
+                (plan.model.clone(), plan.classes.clone(), metrics.clone());
+            let (w, b): (Vec<f32>, Vec<f32>) = (
+                fit.weights.iter().map(|&v| v as f32).collect(),
+                fit.bias.iter().map(|&v| v as f32).collect(),
+            );
+            tokio::task::spawn_blocking(move || {
+                write_version(
+                    &base, &base_dir, &dir, &model, version, first, classes, &metrics, &w, &b,
+                )
+            })
+            .await
+            .map_err(ApiError::internal)??
+        };
+        self.heads.update(id, |t| {
+            t.stage = "loading";
+            t.progress = 0.95;
+        });
+        let v = manifest.version.to_string();
+        self.load_version(&plan.model, &v).await?;
+        Ok((v, metrics))
+    }
+}
+
+/// The next version of `model`: 1.0.0 for a new one, else the next minor of the highest seen
+/// (registered or in the repository).
+fn next_version(core: &Core, models_dir: &Path, model: &str) -> semver::Version {
+    let mut seen: Vec<semver::Version> = core
+        .registry
+        .get(model)
+        .map(|r| r.versions.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(models_dir.join(model)) {
+        seen.extend(
+            entries
+                .flatten()
+                .filter_map(|e| semver::Version::parse(&e.file_name().to_string_lossy()).ok()),
+        );
+    }
+    match seen.into_iter().max() {
+        Some(v) => semver::Version::new(v.major, v.minor + 1, 0),
+        None => semver::Version::new(1, 0, 0),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_version(
+    base: &Manifest,
+    base_dir: &Path,
+    dir: &Path,
+    model: &str,
+    version: semver::Version,
+    first: bool,
+    classes: Vec<String>,
+    metrics: &HeadMetrics,
+    weights: &[f32],
+    bias: &[f32],
+) -> Result<Manifest, ApiError> {
+    let io = |e: std::io::Error| ApiError::internal(format!("writing {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    for f in &base.files {
+        let from = base
+            .path_of(base_dir, &f.path)
+            .map_err(ApiError::internal)?;
+        let to = crate::spec::manifest::safe_join(dir, &f.path).map_err(ApiError::internal)?;
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        let _ = std::fs::remove_file(&to);
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(io)?;
+        }
+    }
+    let head_file = "head.safetensors";
+    crate::models::classify::save_head(&dir.join(head_file), weights, bias)
+        .map_err(ApiError::internal)?;
+    let mut files = base.files.clone();
+    files.push(FileEntry {
+        path: head_file.into(),
+        sha256: sha256_file(&dir.join(head_file)).map_err(io)?,
+    });
+    let mut m = base.clone();
+    m.id = model.to_string();
+    m.version = version;
+    m.default = first;
+    m.task = Task::Classification;
+    m.description = Some(format!(
+        "a classification head ({}) on {}@{}, trained through the API",
+        classes.join(", "),
+        base.id,
+        base.version
+    ));
+    m.signature = None;
+    m.files = files;
+    m.head = Some(HeadSpec {
+        base_model: base.id.clone(),
+        base_version: base.version.to_string(),
+        weights: head_file.into(),
+        classes,
+        metrics: Some(json!(metrics)),
+    });
+    m.check().map_err(ApiError::internal)?;
+    std::fs::write(dir.join(MANIFEST_FILE), m.to_yaml()).map_err(io)?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_holds_out_the_last_of_each_label() {
+        let labels = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0];
+        let (train, held) = split(&labels, 2, 0.2);
+        // label 0: 7 examples, round(1.4) = 1 held (index 11); label 1: 5, round(1.0) = 1 (9).
+        assert_eq!(held, vec![9, 11]);
+        assert_eq!(train.len(), 10);
+        let (_, none) = split(&labels, 2, 0.0);
+        assert!(none.is_empty());
+        // At least one held out, and at least one kept.
+        let (train, held) = split(&[0, 0, 1, 1], 2, 0.01);
+        assert_eq!((train, held), (vec![0, 2], vec![1, 3]));
+    }
+
+    #[test]
+    fn finished_trainings_are_forgotten_oldest_first() {
+        let t = Trainings::default();
+        let training = |i: usize, status| Training {
+            id: format!("t{i}"),
+            model: "m".into(),
+            base_model: "b".into(),
+            base_version: "1.0.0".into(),
+            status,
+            stage: "done",
+            progress: 1.0,
+            examples: 10,
+            classes: vec![],
+            version: None,
+            metrics: None,
+            error: None,
+        };
+        t.insert(training(0, "running"));
+        for i in 1..MAX_KEPT + 10 {
+            t.insert(training(i, "completed"));
+        }
+        assert_eq!(t.map.lock().unwrap().len(), MAX_KEPT);
+        assert!(t.get("m", "t0").is_some(), "a running training is kept");
+        assert!(t.get("m", "t1").is_none() && t.get("m", "t10").is_none());
+        assert!(t.get("m", &format!("t{}", MAX_KEPT + 9)).is_some());
+        assert!(t.get("other", "t0").is_none(), "ids are per model");
+    }
+
+    #[test]
+    fn metrics_follow_their_definitions() {
+        let classes = vec!["a".to_string(), "b".into(), "c".into()];
+        let (acc, per) = evaluate(&[0, 0, 1, 1, 2], &[0, 1, 1, 1, 1], &classes);
+        assert!((acc - 0.6).abs() < 1e-12);
+        assert_eq!(per[0].precision, 1.0);
+        assert_eq!(per[0].recall, 0.5);
+        assert!((per[0].f1 - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(per[1].precision, 0.5);
+        assert_eq!(per[1].recall, 1.0);
+        assert_eq!((per[2].f1, per[2].support), (0.0, 1));
+    }
+}

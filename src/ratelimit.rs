@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, MonotonicClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
@@ -27,7 +27,7 @@ use governor::{Quota, RateLimiter};
 use crate::config::{RateLimitSection, RedisFailure};
 
 type Limiter =
-    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+    RateLimiter<String, DefaultKeyedStateStore<String>, MonotonicClock, StateInformationMiddleware>;
 
 /// Prefix of every Redis key; bump the version when the stored value changes meaning.
 const REDIS_PREFIX: &str = "anya:rl:v1";
@@ -79,7 +79,7 @@ struct LocalTier {
 /// In-process limiters for every tier, each limit divided by `divisor`.
 struct Local {
     tiers: BTreeMap<String, LocalTier>,
-    clock: DefaultClock,
+    clock: MonotonicClock,
 }
 
 /// What a limited response says in its headers.
@@ -96,7 +96,13 @@ pub struct Decision {
 
 fn limiter(per_minute: u32) -> Limiter {
     let n = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::keyed(Quota::per_minute(n)).with_middleware::<StateInformationMiddleware>()
+    // The kernel's monotonic clock rather than governor's default TSC clock (`quanta`), whose
+    // readings can disagree between cores on some virtual machines.
+    Limiter::new(
+        Quota::per_minute(n),
+        DefaultKeyedStateStore::default(),
+        MonotonicClock,
+    )
 }
 
 /// A limit shared by `divisor` replicas (never below 1).
@@ -123,7 +129,7 @@ impl Local {
             .collect();
         Self {
             tiers,
-            clock: DefaultClock::default(),
+            clock: MonotonicClock,
         }
     }
 

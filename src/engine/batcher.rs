@@ -37,6 +37,11 @@ pub trait Pending {
     fn piece(&self) -> usize {
         0
     }
+    /// Background work (batch jobs): it leaves only after every interactive entry, filling
+    /// what room a batch has left.
+    fn background(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +57,9 @@ pub enum Next {
 #[derive(Debug)]
 pub struct BatchQueue<T> {
     policy: BatchPolicy,
-    /// Waiting entries by (tag, arrival number): the order they leave in.
-    entries: BTreeMap<(u64, u64), T>,
+    /// Waiting entries by (lane, tag, arrival number): the order they leave in; lane 0 is
+    /// interactive, lane 1 background.
+    entries: BTreeMap<(u8, u64, u64), T>,
     items: usize,
     tokens: usize,
     /// The tag of the entry taken last.
@@ -78,7 +84,8 @@ impl<T: Pending> BatchQueue<T> {
         self.tokens += entry.tokens();
         let tag = self.vtime + entry.piece() as u64;
         self.arrivals += 1;
-        self.entries.insert((tag, self.arrivals), entry);
+        let lane = u8::from(entry.background());
+        self.entries.insert((lane, tag, self.arrivals), entry);
     }
 
     pub fn len(&self) -> usize {
@@ -91,7 +98,7 @@ impl<T: Pending> BatchQueue<T> {
 
     /// Take out the entries whose client has gone; returns them (to be counted and dropped).
     pub fn remove_cancelled(&mut self) -> Vec<T> {
-        let keys: Vec<(u64, u64)> = self
+        let keys: Vec<(u8, u64, u64)> = self
             .entries
             .iter()
             .filter(|(_, e)| e.is_cancelled())
@@ -134,10 +141,12 @@ impl<T: Pending> BatchQueue<T> {
             if !batch.is_empty() && !fits {
                 break;
             }
-            let Some(((tag, _), e)) = self.entries.pop_first() else {
+            let Some(((lane, tag, _), e)) = self.entries.pop_first() else {
                 break;
             };
-            self.vtime = self.vtime.max(tag);
+            if lane == 0 {
+                self.vtime = self.vtime.max(tag);
+            }
             items += e.items();
             tokens += e.tokens();
             batch.push(e);
@@ -160,6 +169,7 @@ mod tests {
         gone: Cell<bool>,
         piece: usize,
         name: &'static str,
+        background: bool,
     }
 
     impl Pending for E {
@@ -178,6 +188,9 @@ mod tests {
         fn piece(&self) -> usize {
             self.piece
         }
+        fn background(&self) -> bool {
+            self.background
+        }
     }
 
     fn e(items: usize, tokens: usize, at: Instant) -> E {
@@ -188,6 +201,7 @@ mod tests {
             gone: Cell::new(false),
             piece: 0,
             name: "",
+            background: false,
         }
     }
 
@@ -349,6 +363,33 @@ mod tests {
             let b = q.take_batch();
             assert_eq!(b.iter().map(|e| e.items).sum::<usize>(), 32);
         }
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn background_work_fills_what_interactive_work_leaves() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(policy(8, 100_000, 0));
+        for piece in 0..4 {
+            q.push(E {
+                piece,
+                name: "job",
+                background: true,
+                ..e(4, 40, t0)
+            });
+        }
+        // Interactive requests arriving later still leave first...
+        request(&mut q, "a", 1, 2, t0 + Duration::from_millis(5));
+        request(&mut q, "b", 1, 3, t0 + Duration::from_millis(6));
+        let first: Vec<&str> = q.take_batch().iter().map(|e| e.name).collect();
+        // ...and the job takes no more room than is left (5 of 8 used, a 4-input piece waits).
+        assert_eq!(first, vec!["a", "b"]);
+        let second: Vec<&str> = q.take_batch().iter().map(|e| e.name).collect();
+        assert_eq!(second, vec!["job", "job"]);
+        request(&mut q, "c", 1, 1, t0 + Duration::from_millis(7));
+        let third: Vec<&str> = q.take_batch().iter().map(|e| e.name).collect();
+        assert_eq!(third, vec!["c", "job"]);
+        assert_eq!(q.take_batch().len(), 1);
         assert!(q.is_empty());
     }
 }

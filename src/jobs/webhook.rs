@@ -408,4 +408,24 @@ mod tests {
         let off = Hooks::new(&JobsSection::default()).unwrap();
         assert!(off.check_url("https://hooks.example.com/x").is_err());
     }
+
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused_at_connect_time() {
+        use reqwest::dns::Resolve;
+        let open = GuardedResolver {
+            allowed: Arc::new(vec![]),
+        };
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let refused = open.resolve(name).await;
+        assert!(refused.is_err(), "localhost resolved for an unlisted host");
+        let listed = GuardedResolver {
+            allowed: Arc::new(vec!["localhost".into()]),
+        };
+        let addrs: Vec<SocketAddr> = listed
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
 }

@@ -30,14 +30,22 @@ fn python(module: &str) -> Option<PathBuf> {
         return Some(p);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("`{module}` is missing in {}: .ci/run installs it", p.display());
+        panic!(
+            "`{module}` is missing in {}: .ci/run installs it",
+            p.display()
+        );
     }
-    eprintln!("\n*** SKIPPING: no Python with `{module}` ({}) ***\n", p.display());
+    eprintln!(
+        "\n*** SKIPPING: no Python with `{module}` ({}) ***\n",
+        p.display()
+    );
     None
 }
 
 fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +77,10 @@ async fn the_sdk_runs_batches_on_both_real_models() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}");
-    assert!(out.status.success(), "the SDK script failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the SDK script failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("checks passed"), "{stdout}");
 }
 
@@ -201,7 +212,10 @@ async fn a_job_survives_kill_9_and_ends_with_exactly_one_result_per_input() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    eprintln!("resumed and finished in {:.1} s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "resumed and finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!(job["counts"]["completed"], N, "{job}");
     assert_eq!(job["counts"]["failed"], 0, "{job}");
     assert!(
@@ -366,7 +380,10 @@ async fn webhooks_are_signed_retried_and_guarded_and_jobs_belong_to_their_owner(
         j["webhook"]["state"] != "pending" && j["status"] == "completed"
     })
     .await;
-    assert_eq!(done["counts"], json!({"total": 50, "completed": 50, "failed": 0}));
+    assert_eq!(
+        done["counts"],
+        json!({"total": 50, "completed": 50, "failed": 0})
+    );
     assert_eq!(done["webhook"]["state"], "delivered", "{done}");
     let statuses: Vec<Value> = done["webhook"]["attempts"]
         .as_array()
@@ -474,4 +491,168 @@ async fn webhooks_are_signed_retried_and_guarded_and_jobs_belong_to_their_owner(
     wait_job(&s, &bob, b, |j| j["status"] == "cancelled").await;
     let _ = rx.kill();
     let _ = rx.wait();
+}
+
+/// Percentile (0..=100) of sorted values.
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// 8 clients sending one sentence each, back to back, for `secs`: sorted latencies (ms).
+async fn interactive(base: &str, secs: u64) -> Vec<f64> {
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_secs(secs);
+    let tasks = (0..8).map(|c| {
+        let (client, base) = (client.clone(), base.to_string());
+        tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut n = 0;
+            while Instant::now() < until {
+                n += 1;
+                let t = Instant::now();
+                let r = client
+                    .post(format!("{base}/models/all-minilm-l6-v2/predict"))
+                    .json(
+                        &json!({"inputs": [format!("client {c} asks question {n} today")],
+                                  "parameters": {"cache": false}}),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200);
+                let _ = r.bytes().await;
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            lat
+        })
+    });
+    let mut all: Vec<f64> = futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(|r| r.unwrap())
+        .collect();
+    all.sort_by(f64::total_cmp);
+    all
+}
+
+/// Interactive p50/p99 at c=8 alone, beside a large embedding job (background lane), and beside
+/// the same inputs sent through the native API (32 per request, 2 at once); the job's and the
+/// native API's inputs/s under that load. A measurement, not a check:
+/// `cargo test --release --test jobs -- --ignored --nocapture bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_interactive_latency_beside_a_large_job() {
+    let Some(models) = real_models() else {
+        return;
+    };
+    let mut st = settings(&models);
+    st.cache.enabled = false;
+    st.model.warmup = true;
+    let server = start(st, &["all-minilm-l6-v2"]).await;
+    server.wait_ready(180).await;
+    let base = server.base.clone();
+    const SECS: u64 = 20;
+    let texts: Vec<String> = (0..50_000)
+        .map(|i| format!("document {i} talks about subject {} at length", i % 211))
+        .collect();
+    interactive(&base, 3).await; // warm up
+
+    let alone = interactive(&base, SECS).await;
+
+    let (_, _, job) = server
+        .post(
+            "/jobs",
+            json!({"model": "all-minilm-l6-v2", "inputs": texts,
+                              "parameters": {"cache": false}}),
+        )
+        .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let count = |s: &TestServer, id: String| {
+        let c = s.client.clone();
+        let url = s.url(&format!("/jobs/{id}"));
+        async move {
+            let j: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+            j["counts"]["completed"].as_u64().unwrap()
+        }
+    };
+    let before = count(&server, id.clone()).await;
+    let t = Instant::now();
+    let with_job = interactive(&base, SECS).await;
+    let job_rate = (count(&server, id.clone()).await - before) as f64 / t.elapsed().as_secs_f64();
+    server
+        .client
+        .post(server.url(&format!("/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The same inputs through the native API, 32 per request, 2 requests at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let feeders: Vec<_> = (0..2)
+        .map(|f| {
+            let (c, url, stop, sent) = (
+                server.client.clone(),
+                server.url("/models/all-minilm-l6-v2/predict"),
+                stop.clone(),
+                sent.clone(),
+            );
+            let texts = texts.clone();
+            tokio::spawn(async move {
+                let mut k = f;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let chunk = &texts[(k * 32) % 49_000..(k * 32) % 49_000 + 32];
+                    let r = c
+                        .post(&url)
+                        .json(&json!({"inputs": chunk, "parameters": {"cache": false}}))
+                        .send()
+                        .await
+                        .unwrap();
+                    if r.status() == 200 {
+                        sent.fetch_add(32, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    let _ = r.bytes().await;
+                    k += 2;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let t = Instant::now();
+    let with_native = interactive(&base, SECS).await;
+    let native_rate = (sent.load(std::sync::atomic::Ordering::Relaxed) - before) as f64
+        / t.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in feeders {
+        let _ = f.await;
+    }
+
+    let row = |name: &str, l: &[f64]| {
+        eprintln!(
+            "{name:<34} p50 {:>7.1} ms  p99 {:>7.1} ms  ({} requests, {:.1}/s)",
+            pct(l, 50.0),
+            pct(l, 99.0),
+            l.len(),
+            l.len() as f64 / SECS as f64
+        )
+    };
+    eprintln!("\ninteractive: 8 clients, 1 sentence per request, {SECS} s each");
+    row("alone", &alone);
+    row("beside a 50,000-input job", &with_job);
+    row("beside native 32-input requests x2", &with_native);
+    eprintln!(
+        "job: {job_rate:.1} inputs/s; native API at the same load: {native_rate:.1} inputs/s"
+    );
+    eprintln!(
+        "p99 ratio beside the job / alone: {:.2}; beside native requests / alone: {:.2}",
+        pct(&with_job, 99.0) / pct(&alone, 99.0),
+        pct(&with_native, 99.0) / pct(&alone, 99.0)
+    );
 }

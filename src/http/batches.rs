@@ -376,17 +376,26 @@ fn batch_object(j: &JobRecord) -> BatchObject {
             failed: j.failed,
         },
         metadata: j.metadata.clone(),
-        errors: j.error.as_ref().map(|e| {
-            json!({"object": "list", "data": [{"code": "batch_failed", "message": e}]})
-        }),
+        errors: j
+            .error
+            .as_ref()
+            .map(|e| json!({"object": "list", "data": [{"code": "batch_failed", "message": e}]})),
     }
 }
 
 /// Check one line of an input file; returns its model.
-fn check_line(line: &[u8], n: usize, endpoint: &str, seen: &mut std::collections::HashSet<String>) -> Result<String, ApiError> {
-    let bad = |issue: String| ApiError::invalid("input_file_id", format!("line {}: {issue}", n + 1));
+fn check_line(
+    line: &[u8],
+    n: usize,
+    endpoint: &str,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<String, ApiError> {
+    let bad =
+        |issue: String| ApiError::invalid("input_file_id", format!("line {}: {issue}", n + 1));
     let v: Value = serde_json::from_slice(line).map_err(|e| bad(format!("not JSON ({e})")))?;
-    let obj = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("not a JSON object".into()))?;
     let custom_id = obj
         .get("custom_id")
         .and_then(Value::as_str)
@@ -481,7 +490,10 @@ pub async fn create(
             lines.push(line.to_vec());
         }
         if lines.is_empty() {
-            return Err(ApiError::invalid("input_file_id", "the file holds no requests"));
+            return Err(ApiError::invalid(
+                "input_file_id",
+                "the file holds no requests",
+            ));
         }
         Ok((lines, model))
     })
@@ -597,10 +609,18 @@ pub async fn list(
         Err(e) => return e.into_response(),
     };
     let start = match &q.after {
-        Some(after) => jobs.iter().position(|j| &j.id == after).map_or(jobs.len(), |p| p + 1),
+        Some(after) => jobs
+            .iter()
+            .position(|j| &j.id == after)
+            .map_or(jobs.len(), |p| p + 1),
         None => 0,
     };
-    let page: Vec<BatchObject> = jobs.iter().skip(start).take(limit).map(batch_object).collect();
+    let page: Vec<BatchObject> = jobs
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(batch_object)
+        .collect();
     let has_more = jobs.len() > start + page.len();
     Json(BatchList {
         object: "list".into(),
@@ -632,19 +652,40 @@ impl OpenAiExecutor {
             let response = match url {
                 "/v1/chat/completions" => match parse_json(&body) {
                     Ok(req) => {
-                        openai::chat(self.state.clone(), Some(owner.clone()), HeaderMap::new(), req, true).await
+                        openai::chat(
+                            self.state.clone(),
+                            Some(owner.clone()),
+                            HeaderMap::new(),
+                            req,
+                            true,
+                        )
+                        .await
                     }
                     Err(e) => e.into_response(),
                 },
                 "/v1/completions" => match parse_json(&body) {
                     Ok(req) => {
-                        openai::complete(self.state.clone(), Some(owner.clone()), HeaderMap::new(), req, true).await
+                        openai::complete(
+                            self.state.clone(),
+                            Some(owner.clone()),
+                            HeaderMap::new(),
+                            req,
+                            true,
+                        )
+                        .await
                     }
                     Err(e) => e.into_response(),
                 },
                 "/v1/embeddings" => match parse_json(&body) {
                     Ok(req) => {
-                        openai::embed(self.state.clone(), Some(owner.clone()), HeaderMap::new(), req, true).await
+                        openai::embed(
+                            self.state.clone(),
+                            Some(owner.clone()),
+                            HeaderMap::new(),
+                            req,
+                            true,
+                        )
+                        .await
                     }
                     Err(e) => e.into_response(),
                 },

@@ -220,7 +220,10 @@ pub async fn create(
     responses((status = 200, description = "The caller's jobs (all jobs for an admin)", body = JobList)),
     tag = "jobs"
 )]
-pub async fn list(State(state): State<AppState>, principal: Option<Extension<Principal>>) -> Response {
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+) -> Response {
     let who = caller(principal);
     match state.jobs.list(&who, JobKind::Native).await {
         Ok(jobs) => {

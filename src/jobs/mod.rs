@@ -47,7 +47,9 @@ pub enum JobError {
 impl From<JobError> for ApiError {
     fn from(e: JobError) -> Self {
         match e {
-            JobError::NotFound(id) => ApiError::new(ErrorKind::NotFound, format!("no job or file `{id}`")),
+            JobError::NotFound(id) => {
+                ApiError::new(ErrorKind::NotFound, format!("no job or file `{id}`"))
+            }
             other => ApiError::internal(other),
         }
     }
@@ -363,7 +365,11 @@ impl Jobs {
     }
 
     /// Ask a job to stop: chunks in flight finish and are kept; the rest is not computed.
-    pub async fn cancel(self: &Arc<Self>, who: &Principal, id: &str) -> Result<JobRecord, ApiError> {
+    pub async fn cancel(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &str,
+    ) -> Result<JobRecord, ApiError> {
         let job = self.get(who, id).await?;
         if job.status.is_final() {
             return Ok(job);
@@ -624,9 +630,14 @@ impl Jobs {
         record(None, None).await;
         let delivered = self
             .hooks
-            .deliver(&hook.url, &message_id, event_type, data, hook.attempts.len(), |a| {
-                record(Some(a), None)
-            })
+            .deliver(
+                &hook.url,
+                &message_id,
+                event_type,
+                data,
+                hook.attempts.len(),
+                |a| record(Some(a), None),
+            )
             .await;
         record(None, Some(if delivered { "delivered" } else { "failed" })).await;
     }

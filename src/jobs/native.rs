@@ -26,7 +26,10 @@ pub async fn validate_native(
     inputs: &[Value],
     parameters: &Map<String, Value>,
 ) -> Result<(), ApiError> {
-    let resolved = core.registry.resolve(model, version).map_err(ApiError::from)?;
+    let resolved = core
+        .registry
+        .resolve(model, version)
+        .map_err(ApiError::from)?;
     if !who.may_use(&resolved.manifest.id) {
         return Err(ApiError::new(
             ErrorKind::Forbidden,
@@ -75,7 +78,10 @@ const MAX_TRIES: u32 = 40;
 pub fn worth_waiting(e: &ApiError) -> bool {
     matches!(
         e.kind,
-        ErrorKind::Unavailable | ErrorKind::RateLimited | ErrorKind::Timeout | ErrorKind::BadGateway
+        ErrorKind::Unavailable
+            | ErrorKind::RateLimited
+            | ErrorKind::Timeout
+            | ErrorKind::BadGateway
     )
 }
 
@@ -172,7 +178,12 @@ impl Executor for NativeExecutor {
                     .collect(),
                 Ok(_) => indices
                     .into_iter()
-                    .map(|i| line(i, Err(&ApiError::internal("the model answered too few outputs"))))
+                    .map(|i| {
+                        line(
+                            i,
+                            Err(&ApiError::internal("the model answered too few outputs")),
+                        )
+                    })
                     .collect(),
                 // One bad input fails its request: run the chunk's inputs one by one so only
                 // that one is an error.

@@ -90,7 +90,9 @@ impl Store {
         let txn = self.db.begin_read().map_err(db_err)?;
         let jobs = txn.open_table(JOBS).map_err(db_err)?;
         match jobs.get(id).map_err(db_err)? {
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(json_err),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(json_err),
             None => Ok(None),
         }
     }
@@ -198,7 +200,12 @@ impl Store {
     }
 
     /// Up to `limit` stored results from index `from` on, in index order.
-    pub fn results(&self, id: &str, from: u64, limit: usize) -> Result<Vec<StoredResult>, JobError> {
+    pub fn results(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredResult>, JobError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let table = txn.open_table(RESULTS).map_err(db_err)?;
         let mut out = Vec::new();
@@ -242,7 +249,9 @@ impl Store {
         let txn = self.db.begin_read().map_err(db_err)?;
         let files = txn.open_table(FILES).map_err(db_err)?;
         match files.get(id).map_err(db_err)? {
-            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(json_err),
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(json_err),
             None => Ok(None),
         }
     }

@@ -321,7 +321,11 @@ impl Hooks {
                 let refused = msg.contains("resolves to no public address");
                 (
                     None,
-                    Some(if refused { format!("refused: {msg}") } else { msg }),
+                    Some(if refused {
+                        format!("refused: {msg}")
+                    } else {
+                        msg
+                    }),
                     None,
                 )
             }
@@ -358,7 +362,10 @@ mod tests {
 
     #[test]
     fn hosts_match_exactly_or_by_suffix() {
-        let allowed = vec!["hooks.example.com".to_string(), "*.corp.example".to_string()];
+        let allowed = vec![
+            "hooks.example.com".to_string(),
+            "*.corp.example".to_string(),
+        ];
         assert!(host_listed(&allowed, "hooks.example.com"));
         assert!(host_listed(&allowed, "HOOKS.example.com."));
         assert!(host_listed(&allowed, "a.b.corp.example"));

@@ -563,13 +563,14 @@ async fn bench_interactive_latency_beside_a_large_job() {
 
     let alone = interactive(&base, SECS).await;
 
-    let (_, _, job) = server
+    let (st, _, job) = server
         .post(
             "/jobs",
             json!({"model": "all-minilm-l6-v2", "inputs": texts,
                               "parameters": {"cache": false}}),
         )
         .await;
+    assert_eq!(st, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let count = |s: &TestServer, id: String| {
@@ -584,6 +585,12 @@ async fn bench_interactive_latency_beside_a_large_job() {
     let t = Instant::now();
     let with_job = interactive(&base, SECS).await;
     let job_rate = (count(&server, id.clone()).await - before) as f64 / t.elapsed().as_secs_f64();
+    // The job alone: once interactive traffic has been quiet for a second, full batches.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = count(&server, id.clone()).await;
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let job_alone = (count(&server, id.clone()).await - before) as f64 / t.elapsed().as_secs_f64();
     server
         .client
         .post(server.url(&format!("/jobs/{id}/cancel")))
@@ -626,6 +633,11 @@ async fn bench_interactive_latency_beside_a_large_job() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = sent.load(std::sync::atomic::Ordering::Relaxed);
     let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let native_alone = (sent.load(std::sync::atomic::Ordering::Relaxed) - before) as f64
+        / t.elapsed().as_secs_f64();
+    let before = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let t = Instant::now();
     let with_native = interactive(&base, SECS).await;
     let native_rate = (sent.load(std::sync::atomic::Ordering::Relaxed) - before) as f64
         / t.elapsed().as_secs_f64();
@@ -648,7 +660,8 @@ async fn bench_interactive_latency_beside_a_large_job() {
     row("beside a 50,000-input job", &with_job);
     row("beside native 32-input requests x2", &with_native);
     eprintln!(
-        "job: {job_rate:.1} inputs/s; native API at the same load: {native_rate:.1} inputs/s"
+        "job: {job_rate:.1} inputs/s beside the clients, {job_alone:.1} alone; \
+         native API (32/request, 2 at once): {native_rate:.1} beside the clients, {native_alone:.1} alone"
     );
     eprintln!(
         "p99 ratio beside the job / alone: {:.2}; beside native requests / alone: {:.2}",

@@ -557,7 +557,14 @@ impl ModelHandle {
                 });
             }
         }
-        let pieces = cut(work, inner.piece_items);
+        // Background work in pieces of a few inputs, so a batch of it can stay small while
+        // interactive requests are about (see `batcher`).
+        let piece_items = if background {
+            batcher::BACKGROUND_BUSY_ITEMS.min(inner.piece_items).max(1)
+        } else {
+            inner.piece_items
+        };
+        let pieces = cut(work, piece_items);
         let count = pieces.len();
         let enqueued = Instant::now();
         let mut replies = Vec::with_capacity(count);

@@ -38,7 +38,27 @@ pub async fn validate_native(
     }
     let manifest = resolved.manifest.clone();
     let frontend = resolved.handle.frontend().clone();
-    let (inputs, params) = (inputs.to_vec(), parameters.clone());
+    // The request options of the predict API, not model parameters.
+    let mut params = parameters.clone();
+    match params.remove("cache") {
+        None | Some(Value::Bool(_)) => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "parameters.cache",
+                "must be true or false",
+            ))
+        }
+    }
+    match params.remove("stream") {
+        None | Some(Value::Bool(false)) => {}
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "parameters.stream",
+                "a job's results are read from GET /jobs/{id}/results, not streamed",
+            ))
+        }
+    }
+    let inputs = inputs.to_vec();
     tokio::task::spawn_blocking(move || {
         let step = manifest.max_inputs.max(1);
         for (n, chunk) in inputs.chunks(step).enumerate() {

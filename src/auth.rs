@@ -25,8 +25,8 @@ pub const SCOPE_TRAIN: &str = "train";
 /// The account of requests without a principal (and of anonymous principals).
 pub const ANONYMOUS: &str = "anonymous";
 
-/// Who is calling.
-#[derive(Debug, Clone, PartialEq)]
+/// Who is calling (stored with a batch job, which runs as its owner).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Principal {
     pub sub: String,
     pub scopes: Vec<String>,

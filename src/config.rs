@@ -19,6 +19,56 @@ pub struct Settings {
     pub cache: CacheSection,
     pub security: SecuritySection,
     pub rate_limits: RateLimitSection,
+    pub jobs: JobsSection,
+}
+
+/// Batch jobs (native `/jobs`, OpenAI `/v1/batches`) and their webhooks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobsSection {
+    /// Where jobs, their inputs and results are stored (an embedded database, fsync at each
+    /// commit). `None`: in memory only, lost at exit.
+    pub dir: Option<PathBuf>,
+    /// Jobs a principal may have queued or running at once.
+    pub max_active_per_principal: usize,
+    /// Inputs (or lines) one job may hold.
+    pub max_inputs: usize,
+    /// Largest file `POST /v1/files` takes.
+    pub max_file_bytes: usize,
+    /// Inputs per background request of a native job.
+    pub chunk: usize,
+    /// Background requests of one job in flight at once.
+    pub concurrency: usize,
+    /// Webhook signing secrets (`whsec_` + base64); each signs every event, so a receiver can
+    /// rotate. Empty: webhooks are refused.
+    pub webhook_secrets: Vec<String>,
+    /// Or a file holding them, one per line.
+    pub webhook_secrets_file: Option<PathBuf>,
+    /// Hosts webhooks may go to (exact, or `*.example.com`). Empty: any public host. A host
+    /// listed here may resolve to a private address; any other may not.
+    pub webhook_allowed_hosts: Vec<String>,
+    /// One delivery attempt's time-out.
+    pub webhook_timeout_ms: u64,
+    /// Waits before each retry (ms); their count bounds the attempts.
+    pub webhook_retry_delays_ms: Vec<u64>,
+}
+
+impl Default for JobsSection {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            max_active_per_principal: 8,
+            max_inputs: 1_000_000,
+            max_file_bytes: 200 * 1024 * 1024,
+            chunk: 32,
+            concurrency: 2,
+            webhook_secrets: Vec::new(),
+            webhook_secrets_file: None,
+            webhook_allowed_hosts: Vec::new(),
+            webhook_timeout_ms: 10_000,
+            webhook_retry_delays_ms: vec![1_000, 5_000, 30_000, 120_000, 600_000],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -400,6 +450,15 @@ impl Settings {
                 issue: issue.to_string(),
             })
         };
+        if self.jobs.chunk == 0 || self.jobs.concurrency == 0 || self.jobs.max_inputs == 0 {
+            return bad(
+                "jobs.chunk",
+                "jobs.chunk, jobs.concurrency and jobs.max_inputs must be at least 1",
+            );
+        }
+        if self.jobs.webhook_retry_delays_ms.len() > 20 {
+            return bad("jobs.webhook_retry_delays_ms", "at most 20 retries");
+        }
         if !["trace", "debug", "info", "warn", "error"].contains(&self.server.log_level.as_str()) {
             return bad(
                 "server.log_level",

@@ -38,6 +38,7 @@ pub mod error;
 pub mod fleet;
 pub mod grpc;
 pub mod http;
+pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod models;

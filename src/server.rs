@@ -158,10 +158,20 @@ impl Server {
         let lifecycle_core = core.clone();
         tokio::spawn(lifecycle_core.clone().run_lifecycle(shutdown_rx.clone()));
         tokio::spawn(lifecycle_core.run_fleet(shutdown_rx.clone()));
+        let jobs = state.jobs.clone();
+        jobs.set_openai_executor(crate::http::batches::OpenAiExecutor::new(state.clone()));
+        let stop_jobs = jobs.clone();
+        let mut jobs_stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let _ = jobs_stop.wait_for(|stop| *stop).await;
+            stop_jobs.stop();
+        });
         let loading = tokio::spawn(async move {
             let loads = sources.iter().map(|s| core.load_source(s));
             futures::future::join_all(loads).await;
             core.mark_started();
+            // Jobs left unfinished by the last run resume once their models are loaded.
+            jobs.resume().await;
             let r = loader.readiness();
             if r.ready {
                 tracing::info!(models = sources.len(), "ready");

@@ -11,9 +11,20 @@
 //! pieces of concurrent requests interleave, and a small request that arrives behind a queue
 //! of large ones runs in the next batch or the one after, whatever is queued. Entries that are
 //! not cut (piece 0 each) keep their arrival order.
+//!
+//! Lanes: background entries (batch jobs, head training) never share a batch with interactive
+//! ones and leave only when no interactive entry waits. While interactive requests have arrived
+//! within `BACKGROUND_QUIET` a background batch holds at most `BACKGROUND_BUSY_ITEMS` inputs, so
+//! an interactive request that arrives during one waits for a few inputs' compute, not a full
+//! batch; once interactive traffic has been quiet that long, background batches are full.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+
+/// How long after the last interactive arrival background batches stay small.
+pub const BACKGROUND_QUIET: Duration = Duration::from_secs(1);
+/// Most inputs of a background batch while interactive traffic is recent.
+pub const BACKGROUND_BUSY_ITEMS: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPolicy {
@@ -37,6 +48,11 @@ pub trait Pending {
     fn piece(&self) -> usize {
         0
     }
+    /// Background work (batch jobs): it leaves only after every interactive entry, filling
+    /// what room a batch has left.
+    fn background(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +68,16 @@ pub enum Next {
 #[derive(Debug)]
 pub struct BatchQueue<T> {
     policy: BatchPolicy,
-    /// Waiting entries by (tag, arrival number): the order they leave in.
-    entries: BTreeMap<(u64, u64), T>,
+    /// Waiting entries by (lane, tag, arrival number): the order they leave in; lane 0 is
+    /// interactive, lane 1 background.
+    entries: BTreeMap<(u8, u64, u64), T>,
     items: usize,
     tokens: usize,
     /// The tag of the entry taken last.
     vtime: u64,
     arrivals: u64,
+    /// When the latest interactive entry arrived.
+    last_interactive: Option<Instant>,
 }
 
 impl<T: Pending> BatchQueue<T> {
@@ -70,6 +89,7 @@ impl<T: Pending> BatchQueue<T> {
             tokens: 0,
             vtime: 0,
             arrivals: 0,
+            last_interactive: None,
         }
     }
 
@@ -78,7 +98,12 @@ impl<T: Pending> BatchQueue<T> {
         self.tokens += entry.tokens();
         let tag = self.vtime + entry.piece() as u64;
         self.arrivals += 1;
-        self.entries.insert((tag, self.arrivals), entry);
+        let lane = u8::from(entry.background());
+        if lane == 0 {
+            let at = entry.enqueued();
+            self.last_interactive = Some(self.last_interactive.map_or(at, |l| l.max(at)));
+        }
+        self.entries.insert((lane, tag, self.arrivals), entry);
     }
 
     pub fn len(&self) -> usize {
@@ -91,7 +116,7 @@ impl<T: Pending> BatchQueue<T> {
 
     /// Take out the entries whose client has gone; returns them (to be counted and dropped).
     pub fn remove_cancelled(&mut self) -> Vec<T> {
-        let keys: Vec<(u64, u64)> = self
+        let keys: Vec<(u8, u64, u64)> = self
             .entries
             .iter()
             .filter(|(_, e)| e.is_cancelled())
@@ -126,18 +151,36 @@ impl<T: Pending> BatchQueue<T> {
     /// The next batch: entries in fair order while they fit both limits; always at least one
     /// (an entry larger than a batch runs alone, and the worker splits it).
     pub fn take_batch(&mut self) -> Vec<T> {
+        self.take_batch_at(Instant::now())
+    }
+
+    /// `take_batch` at `now` (which decides whether interactive traffic is recent).
+    pub fn take_batch_at(&mut self, now: Instant) -> Vec<T> {
         let mut batch = Vec::new();
         let (mut items, mut tokens) = (0usize, 0usize);
-        while let Some(next) = self.entries.first_key_value().map(|(_, e)| e) {
-            let fits = items + next.items() <= self.policy.max_batch_size
+        let Some(&(first_lane, _, _)) = self.entries.keys().next() else {
+            return batch;
+        };
+        let busy = self
+            .last_interactive
+            .is_some_and(|at| now.saturating_duration_since(at) < BACKGROUND_QUIET);
+        let max_items = if first_lane == 1 && busy {
+            BACKGROUND_BUSY_ITEMS.min(self.policy.max_batch_size)
+        } else {
+            self.policy.max_batch_size
+        };
+        while let Some((&(lane, _, _), next)) = self.entries.first_key_value() {
+            let fits = items + next.items() <= max_items
                 && tokens + next.tokens() <= self.policy.max_batch_tokens;
-            if !batch.is_empty() && !fits {
+            if lane != first_lane || (!batch.is_empty() && !fits) {
                 break;
             }
-            let Some(((tag, _), e)) = self.entries.pop_first() else {
+            let Some(((lane, tag, _), e)) = self.entries.pop_first() else {
                 break;
             };
-            self.vtime = self.vtime.max(tag);
+            if lane == 0 {
+                self.vtime = self.vtime.max(tag);
+            }
             items += e.items();
             tokens += e.tokens();
             batch.push(e);
@@ -160,6 +203,7 @@ mod tests {
         gone: Cell<bool>,
         piece: usize,
         name: &'static str,
+        background: bool,
     }
 
     impl Pending for E {
@@ -178,6 +222,9 @@ mod tests {
         fn piece(&self) -> usize {
             self.piece
         }
+        fn background(&self) -> bool {
+            self.background
+        }
     }
 
     fn e(items: usize, tokens: usize, at: Instant) -> E {
@@ -188,6 +235,7 @@ mod tests {
             gone: Cell::new(false),
             piece: 0,
             name: "",
+            background: false,
         }
     }
 
@@ -349,6 +397,41 @@ mod tests {
             let b = q.take_batch();
             assert_eq!(b.iter().map(|e| e.items).sum::<usize>(), 32);
         }
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn background_work_waits_for_interactive_work_and_stays_small_while_it_is_recent() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(policy(8, 100_000, 0));
+        let job = |q: &mut BatchQueue<E>, n: usize| {
+            for piece in 0..n {
+                q.push(E {
+                    piece,
+                    name: "job",
+                    background: true,
+                    ..e(1, 10, t0)
+                });
+            }
+        };
+        job(&mut q, 14);
+        // Interactive requests arriving later leave first, alone in their batch.
+        request(&mut q, "a", 1, 2, t0 + Duration::from_millis(5));
+        request(&mut q, "b", 1, 3, t0 + Duration::from_millis(6));
+        let at = t0 + Duration::from_millis(10);
+        let first: Vec<&str> = q.take_batch_at(at).iter().map(|e| e.name).collect();
+        assert_eq!(first, vec!["a", "b"]);
+        // Interactive traffic is recent: background batches are small.
+        let second = q.take_batch_at(at);
+        assert_eq!(second.len(), BACKGROUND_BUSY_ITEMS);
+        assert!(second.iter().all(|e| e.background));
+        request(&mut q, "c", 1, 1, t0 + Duration::from_millis(20));
+        let third: Vec<&str> = q.take_batch_at(at).iter().map(|e| e.name).collect();
+        assert_eq!(third, vec!["c"]);
+        // A second after the last interactive arrival, background batches are full again.
+        let quiet = t0 + Duration::from_millis(20) + BACKGROUND_QUIET;
+        assert_eq!(q.take_batch_at(quiet).len(), 8);
+        assert_eq!(q.take_batch_at(quiet).len(), 14 - BACKGROUND_BUSY_ITEMS - 8);
         assert!(q.is_empty());
     }
 }

@@ -278,6 +278,9 @@ struct Job {
     piece: usize,
     /// Whether this is its request's last piece: the queue count drops when it leaves.
     last: bool,
+    /// Batch-job work: not counted against the queue's capacity, and behind every interactive
+    /// request in the batcher.
+    background: bool,
 }
 
 impl Pending for Job {
@@ -296,11 +299,14 @@ impl Pending for Job {
     fn piece(&self) -> usize {
         self.piece
     }
+    fn background(&self) -> bool {
+        self.background
+    }
 }
 
 /// Requests leaving the queue among `jobs` (each counts once, with its last piece).
 fn requests_in(jobs: &[Job]) -> usize {
-    jobs.iter().filter(|j| j.last).count()
+    jobs.iter().filter(|j| j.last && !j.background).count()
 }
 
 struct Batch {
@@ -515,6 +521,18 @@ impl ModelHandle {
     /// other requests (see `batcher`), so it cannot hold the model for long stretches while
     /// small requests wait; its answer is the pieces' outputs in order.
     pub async fn infer(&self, work: Work, timeout: Duration) -> Result<Completed, EngineError> {
+        self.infer_lane(work, timeout, false).await
+    }
+
+    /// `infer` on the interactive lane or, with `background`, on the background lane: behind
+    /// every interactive request, and never refused for a full queue (the caller bounds what
+    /// it has in flight).
+    pub async fn infer_lane(
+        &self,
+        work: Work,
+        timeout: Duration,
+        background: bool,
+    ) -> Result<Completed, EngineError> {
         let inner = &self.inner;
         if let Some(model) = &inner.remote {
             let events = self.submit_remote(model, work, false, timeout)?;
@@ -529,15 +547,24 @@ impl ModelHandle {
         if !self.is_alive() {
             return Err(EngineError::Stopped(inner.name.clone()));
         }
-        let prev = inner.queued.fetch_add(1, Ordering::AcqRel);
-        if prev >= inner.capacity {
-            inner.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(EngineError::Overloaded {
-                model: inner.name.clone(),
-                capacity: inner.capacity,
-            });
+        if !background {
+            let prev = inner.queued.fetch_add(1, Ordering::AcqRel);
+            if prev >= inner.capacity {
+                inner.queued.fetch_sub(1, Ordering::AcqRel);
+                return Err(EngineError::Overloaded {
+                    model: inner.name.clone(),
+                    capacity: inner.capacity,
+                });
+            }
         }
-        let pieces = cut(work, inner.piece_items);
+        // Background work in pieces of a few inputs, so a batch of it can stay small while
+        // interactive requests are about (see `batcher`).
+        let piece_items = if background {
+            batcher::BACKGROUND_BUSY_ITEMS.min(inner.piece_items).max(1)
+        } else {
+            inner.piece_items
+        };
+        let pieces = cut(work, piece_items);
         let count = pieces.len();
         let enqueued = Instant::now();
         let mut replies = Vec::with_capacity(count);
@@ -549,9 +576,10 @@ impl ModelHandle {
                 reply,
                 piece,
                 last: piece + 1 == count,
+                background,
             };
             if inner.tx.send(job).is_err() {
-                if piece == 0 {
+                if piece == 0 && !background {
                     inner.queued.fetch_sub(1, Ordering::AcqRel);
                 }
                 return Err(EngineError::Stopped(inner.name.clone()));
@@ -611,6 +639,7 @@ impl ModelHandle {
             reply,
             piece: 0,
             last: true,
+            background: false,
         };
         if inner.tx.send(job).is_err() {
             inner.queued.fetch_sub(1, Ordering::AcqRel);

@@ -518,6 +518,7 @@ mod tests {
             reply,
             piece: 0,
             last: true,
+            background: false,
         };
         (job, rx)
     }

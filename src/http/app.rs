@@ -18,8 +18,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::TraceLayer;
 
 use super::{
-    cache, console, drift, heads, health, kserve, models, openai, openapi, predict, traffic, usage,
-    ws,
+    batches, cache, console, drift, heads, health, jobs, kserve, models, openai, openapi, predict,
+    traffic, usage, ws,
 };
 use crate::admission::{admit, bearer, Admitted, Need, Refused};
 pub use crate::auth::ANONYMOUS;
@@ -50,6 +50,8 @@ pub enum StateError {
     Fleet(#[from] crate::fleet::FleetError),
     #[error("{0}")]
     RateLimits(#[from] crate::ratelimit::RateLimitError),
+    #[error("{0}")]
+    Jobs(#[from] crate::jobs::JobError),
 }
 
 use axum::extract::MatchedPath;
@@ -76,6 +78,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// The serving core every protocol adapter calls.
     pub core: Arc<crate::serving::Core>,
+    /// Batch jobs (native and OpenAI batches).
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 impl AppState {
@@ -158,7 +162,9 @@ impl AppState {
             heads: Default::default(),
             drift: Default::default(),
         });
+        let jobs = crate::jobs::Jobs::open(&settings.jobs, core.clone())?;
         Ok(Self {
+            jobs,
             auth,
             limits,
             trusted_proxies,
@@ -177,6 +183,7 @@ impl AppState {
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
+    let upload_limit = upload_limit(&state.settings);
     let mut router = Router::new();
     if state.settings.monitoring.enabled {
         router = router.route("/metrics", get(health::metrics));
@@ -207,6 +214,15 @@ pub fn app(state: AppState) -> Router {
         .route("/models/{id}/drift/reference", post(drift::set_reference))
         .route("/models/{id}/heads", post(heads::start))
         .route("/models/{id}/heads/{training}", get(heads::status))
+        .route(
+            "/jobs",
+            post(jobs::create)
+                .layer(DefaultBodyLimit::max(upload_limit))
+                .get(jobs::list),
+        )
+        .route("/jobs/{id}", get(jobs::get))
+        .route("/jobs/{id}/results", get(jobs::results))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/models/{id}/predict", post(predict::predict))
         .route(
             "/models/{id}/versions/{version}/predict",
@@ -218,6 +234,15 @@ pub fn app(state: AppState) -> Router {
                 .route("/v1/chat/completions", post(openai::chat_completions))
                 .route("/v1/completions", post(openai::completions))
                 .route("/v1/embeddings", post(openai::embeddings))
+                .route(
+                    "/v1/files",
+                    post(batches::upload).layer(DefaultBodyLimit::max(upload_limit)),
+                )
+                .route("/v1/files/{id}", get(batches::file))
+                .route("/v1/files/{id}/content", get(batches::content))
+                .route("/v1/batches", post(batches::create).get(batches::list))
+                .route("/v1/batches/{id}", get(batches::get))
+                .route("/v1/batches/{id}/cancel", post(batches::cancel))
                 .route("/v1/ws", get(ws::ws)),
         )
         .merge(
@@ -457,6 +482,14 @@ pub(crate) fn record_request(
     );
 }
 
+/// The body limit of the routes that take a job's inputs or a batch file.
+fn upload_limit(settings: &crate::config::Settings) -> usize {
+    settings
+        .server
+        .max_body_bytes
+        .max(settings.jobs.max_file_bytes)
+}
+
 /// The limits every request meets before routing: header size (431), a declared body over
 /// `server.max_body_bytes` (413 at once, without waiting for the bytes), and a body encoding
 /// other than identity (415).
@@ -478,7 +511,10 @@ fn refuse_early(state: &AppState, req: &Request<Body>) -> Option<Response> {
             .into_response(),
         );
     }
-    let max_body = state.settings.server.max_body_bytes;
+    let max_body = match req.uri().path() {
+        "/jobs" | "/v1/files" => upload_limit(&state.settings),
+        _ => state.settings.server.max_body_bytes,
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -544,7 +580,17 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
         | "/v1/embeddings"
         | "/v1/ws"
         | "/v2/models/{name}/infer"
-        | "/v2/models/{name}/versions/{version}/infer" => Need::Scope(SCOPE_PREDICT),
+        | "/v2/models/{name}/versions/{version}/infer"
+        | "/jobs"
+        | "/jobs/{id}"
+        | "/jobs/{id}/results"
+        | "/jobs/{id}/cancel"
+        | "/v1/files"
+        | "/v1/files/{id}"
+        | "/v1/files/{id}/content"
+        | "/v1/batches"
+        | "/v1/batches/{id}"
+        | "/v1/batches/{id}/cancel" => Need::Scope(SCOPE_PREDICT),
         "/cache" if method == Method::DELETE => Need::Scope(SCOPE_ADMIN),
         "/models/{id}/heads" | "/models/{id}/heads/{training}" => Need::Scope(SCOPE_TRAIN),
         "/models/{id}/drift" => Need::Scope(SCOPE_METRICS),

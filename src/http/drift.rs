@@ -103,6 +103,7 @@ pub async fn set_reference(
         logprobs: None,
         headers: Default::default(),
         user: None,
+        background: false,
     };
     let caller = Caller {
         principal: principal.as_ref().map(|p| &p.0),

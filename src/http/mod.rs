@@ -3,12 +3,14 @@
 //! answer out in the protocol's own shape. All errors are `ApiError`, rendered per protocol.
 
 pub mod app;
+pub mod batches;
 pub mod cache;
 pub mod console;
 pub mod drift;
 pub mod extract;
 pub mod heads;
 pub mod health;
+pub mod jobs;
 pub mod kserve;
 pub mod models;
 pub mod openai;

@@ -425,7 +425,11 @@ pub async fn errors(req: Request<Body>, next: Next) -> Response {
     if !req.uri().path().starts_with("/v1/") {
         return next.run(req).await;
     }
-    let mut response = next.run(req).await;
+    openai_error(next.run(req).await)
+}
+
+/// A response whose error (in our envelope) is rendered in OpenAI's error shape.
+pub(crate) fn openai_error(mut response: Response) -> Response {
     let Some(e) = response.extensions_mut().remove::<RenderedError>() else {
         return response;
     };
@@ -703,7 +707,17 @@ pub async fn chat_completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Response {
-    let principal = principal.map(|e| e.0);
+    chat(state, principal.map(|e| e.0), headers, req, false).await
+}
+
+/// `chat_completions`, for a caller in process (a batch line runs with `background`).
+pub(crate) async fn chat(
+    state: AppState,
+    principal: Option<Principal>,
+    headers: HeaderMap,
+    req: ChatRequest,
+    background: bool,
+) -> Response {
     let prepared = (|| {
         refuse_unsupported(&req.other)?;
         let messages = req
@@ -740,6 +754,7 @@ pub async fn chat_completions(
         logprobs: top,
         headers: headers.clone(),
         user: req.sampling.user.clone(),
+        background,
     };
     let caller = Caller {
         principal: principal.as_ref(),
@@ -823,7 +838,17 @@ pub async fn completions(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Response {
-    let principal = principal.map(|e| e.0);
+    complete(state, principal.map(|e| e.0), headers, req, false).await
+}
+
+/// `completions`, for a caller in process (a batch line runs with `background`).
+pub(crate) async fn complete(
+    state: AppState,
+    principal: Option<Principal>,
+    headers: HeaderMap,
+    req: CompletionRequest,
+    background: bool,
+) -> Response {
     let prepared = (|| {
         refuse_unsupported(&req.other)?;
         if req.echo == Some(true) {
@@ -881,6 +906,7 @@ pub async fn completions(
         logprobs: None,
         headers: headers.clone(),
         user: req.sampling.user.clone(),
+        background,
     };
     let caller = Caller {
         principal: principal.as_ref(),
@@ -1236,7 +1262,17 @@ pub async fn embeddings(
     headers: HeaderMap,
     ApiJson(req): ApiJson<EmbeddingRequest>,
 ) -> Response {
-    let principal = principal.map(|e| e.0);
+    embed(state, principal.map(|e| e.0), headers, req, false).await
+}
+
+/// `embeddings`, for a caller in process (a batch line runs with `background`).
+pub(crate) async fn embed(
+    state: AppState,
+    principal: Option<Principal>,
+    headers: HeaderMap,
+    req: EmbeddingRequest,
+    background: bool,
+) -> Response {
     let inputs: Result<Vec<Input>, ApiError> = match &req.input {
         Value::String(s) => Ok(vec![Input::Text(s.clone())]),
         Value::Array(items) if !items.is_empty() && items.iter().all(Value::is_string) => Ok(items
@@ -1289,6 +1325,7 @@ pub async fn embeddings(
         logprobs: None,
         headers: headers.clone(),
         user: req.user.clone(),
+        background,
     };
     let (label, outcome) = state
         .core

@@ -13,7 +13,9 @@ use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseB
 use utoipa::{Modify, OpenApi};
 
 use super::app::AppState;
-use super::{cache, console, drift, heads, health, models, openai, predict, traffic, usage};
+use super::{
+    batches, cache, console, drift, heads, health, jobs, models, openai, predict, traffic, usage,
+};
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
 
 #[derive(OpenApi)]
@@ -51,6 +53,18 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         heads::status,
         drift::report,
         drift::set_reference,
+        jobs::create,
+        jobs::list,
+        jobs::get,
+        jobs::results,
+        jobs::cancel,
+        batches::upload,
+        batches::file,
+        batches::content,
+        batches::create,
+        batches::get,
+        batches::cancel,
+        batches::list,
     ),
     components(schemas(
         ErrorEnvelope,
@@ -70,6 +84,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         (name = "usage", description = "Usage and cost"),
         (name = "cache", description = "The response cache"),
         (name = "lifecycle", description = "Load, unload and swap model versions; traffic policies (split, sticky A/B, shadow, canary), promote and rollback (scope admin)"),
+        (name = "jobs", description = "Batch jobs: many inputs answered in the background, stored as they finish, resumed after a restart; a signed webhook when they end"),
         (name = "training", description = "Classification heads trained from labelled examples (scope train or admin)"),
         (name = "openai", description = "OpenAI-compatible API: OpenAI's request and response shapes, errors as {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"),
     )

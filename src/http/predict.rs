@@ -222,6 +222,7 @@ pub(crate) fn serve_request(
             logprobs: None,
             headers: HeaderMap::new(),
             user: None,
+            background: false,
         },
         stream,
     ))

@@ -463,6 +463,7 @@ impl Core {
                 logprobs: None,
                 headers: Default::default(),
                 user: None,
+                background: true,
             };
             let (_, answer) = self.infer(Caller::default(), req).await;
             let answer = answer.map_err(|e| {

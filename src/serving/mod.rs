@@ -106,6 +106,9 @@ pub struct ServeRequest {
     pub headers: http::HeaderMap,
     /// The client's end-user id (OpenAI's `user`), the sticky key when the header is absent.
     pub user: Option<String>,
+    /// Run on the engine's background lane (batch jobs, head training): behind interactive
+    /// requests, never refused for a full queue.
+    pub background: bool,
 }
 
 impl ServeRequest {
@@ -190,6 +193,10 @@ pub struct Core {
     pub drift: Arc<crate::drift::DriftStore>,
 }
 
+/// How long a background request may wait for the engine: behind interactive traffic it can
+/// wait long, but a worker that never answers must not hold a job forever.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Requests with at most this many bytes of text are validated on the async runtime (a few
 /// microseconds of tokenization); larger ones on the blocking pool.
 const INLINE_VALIDATION_BYTES: usize = 4096;
@@ -211,6 +218,8 @@ struct Prepared {
     /// Tokens of each input (drift's length histogram), and unknown tokens of each.
     lengths: Vec<usize>,
     unknown: Vec<usize>,
+    /// The request runs on the background lane.
+    background: bool,
 }
 
 impl Core {
@@ -271,6 +280,7 @@ impl Core {
             .and_then(|c| c.token_id("[UNK]").or_else(|| c.token_id("<unk>")));
         let bytes: usize = req.inputs.iter().map(Input::text_bytes).sum();
         let (inputs, params, logprobs) = (req.inputs, req.params, req.logprobs);
+        let background = req.background;
         // Tokenizing and templating a large input takes milliseconds to seconds: off the async
         // runtime, so /health and small requests never wait behind it.
         let valid = if bytes <= INLINE_VALIDATION_BYTES {
@@ -354,6 +364,7 @@ impl Core {
             shaping,
             lengths,
             unknown,
+            background,
         })
     }
 
@@ -381,7 +392,17 @@ impl Core {
         let label = Self::label(&p.resolved);
         let mut stats = RunStats::default();
         if let Some(work) = p.valid_work.take() {
-            match p.resolved.handle.infer(work, self.request_timeout).await {
+            let timeout = if p.background {
+                BACKGROUND_TIMEOUT
+            } else {
+                self.request_timeout
+            };
+            match p
+                .resolved
+                .handle
+                .infer_lane(work, timeout, p.background)
+                .await
+            {
                 Ok(done) => {
                     stats = done.stats;
                     let computed = items_of(done.output);

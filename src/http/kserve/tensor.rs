@@ -311,6 +311,7 @@ pub fn serve_request(
         logprobs: None,
         headers: Default::default(),
         user: None,
+        background: false,
     })
 }
 

@@ -1,0 +1,644 @@
+//! Batch jobs: many inputs answered in the background, stored as they finish, resumed after a
+//! restart. One runner serves both protocols: a native job (`/jobs`, inputs of one model) and an
+//! OpenAI batch (`/v1/batches`, lines each holding a `/v1` request); what differs is the
+//! `Executor` that turns stored inputs into result lines. Native inputs run through the serving
+//! core here; OpenAI lines through the `/v1` adapter, which registers its executor at start.
+//!
+//! A job is validated whole before it is stored (nothing is stored for a bad input), then runs
+//! in chunks on the engine's background lane (behind interactive requests, never refused for a
+//! full queue). Each chunk's results are committed (fsync) together with the job's counts; at
+//! start every job still `queued` or `running` resumes from the indices without a result, so no
+//! input is lost and none appears twice. On completion, failure or cancellation a signed
+//! webhook goes out (see `webhook`).
+
+mod native;
+pub mod store;
+pub mod webhook;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::auth::{Principal, SCOPE_ADMIN};
+use crate::config::JobsSection;
+use crate::error::{ApiError, ErrorKind};
+use crate::serving::Core;
+use crate::usage::now_unix;
+use store::{Store, StoredResult};
+
+pub use native::validate_native;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job store: {0}")]
+    Store(String),
+    #[error("no job or file `{0}`")]
+    NotFound(String),
+    #[error("the job store task failed: {0}")]
+    Task(String),
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::NotFound(id) => {
+                ApiError::new(ErrorKind::NotFound, format!("no job or file `{id}`"))
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Stored; its runner has not started yet.
+    Queued,
+    Running,
+    /// Every input has a result (some may be errors: see `failed`).
+    Completed,
+    /// The job could not run (its model went away, the store failed).
+    Failed,
+    /// Cancellation asked; the chunks in flight finish.
+    Cancelling,
+    Cancelled,
+}
+
+impl Status {
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// Which protocol's inputs a job holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// Inputs of the native predict API, all for `model`.
+    Native,
+    /// Lines of the OpenAI Batch API (`{custom_id, method, url, body}`).
+    Openai,
+}
+
+/// One delivery attempt of a webhook.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// Unix seconds.
+    pub at: u64,
+    /// The receiver's status code, when it answered.
+    pub status: Option<u16>,
+    /// Why the attempt failed, when it did not get an answer or was refused.
+    pub error: Option<String>,
+    pub ms: u64,
+}
+
+/// A job's webhook and its deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookState {
+    pub url: String,
+    /// `pending` (not sent, or retrying), `delivered`, `failed` (every attempt failed).
+    pub state: String,
+    /// The `webhook-id` of the event (the same on each retry, so receivers can deduplicate).
+    pub message_id: Option<String>,
+    pub attempts: Vec<Attempt>,
+}
+
+/// A job, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: JobKind,
+    /// Who created it: the job runs as this principal, and only it (or an admin) sees it.
+    pub owner: Principal,
+    /// The model (native jobs; for OpenAI batches the first line's).
+    pub model: Option<String>,
+    pub version: Option<String>,
+    #[serde(default)]
+    pub parameters: Map<String, Value>,
+    /// OpenAI: the endpoint every line calls, and the batch's own fields.
+    pub endpoint: Option<String>,
+    pub input_file_id: Option<String>,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    pub completion_window: Option<String>,
+    pub metadata: Option<Value>,
+    pub status: Status,
+    pub total: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub created_at: u64,
+    pub started_at: Option<u64>,
+    pub finished_at: Option<u64>,
+    pub cancelling_at: Option<u64>,
+    /// Why the job failed (status `failed`).
+    pub error: Option<String>,
+    pub webhook: Option<WebhookState>,
+}
+
+impl JobRecord {
+    /// Whether `who` may see and cancel this job.
+    pub fn visible_to(&self, who: &Principal) -> bool {
+        who.sub == self.owner.sub || who.scopes.iter().any(|s| s == SCOPE_ADMIN)
+    }
+}
+
+/// A stored file of the OpenAI Batch API: an upload, or a batch's output or error file (whose
+/// bytes are its job's results, read when asked).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub id: String,
+    pub owner: String,
+    pub filename: String,
+    pub purpose: String,
+    pub bytes: u64,
+    pub created_at: u64,
+    /// A batch's output (`ok: true`) or error file (`ok: false`).
+    pub job: Option<String>,
+    pub ok: Option<bool>,
+}
+
+/// What a new job holds, validated by its adapter.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub kind: Option<JobKind>,
+    pub model: Option<String>,
+    pub version: Option<String>,
+    pub parameters: Map<String, Value>,
+    /// Each input, serialized (JSON).
+    pub inputs: Vec<Vec<u8>>,
+    pub webhook: Option<String>,
+    pub endpoint: Option<String>,
+    pub input_file_id: Option<String>,
+    pub completion_window: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Turns a chunk of a job's stored inputs into result lines, one per input, in order. It
+/// waits (never fails an input) while the model is busy or over a budget.
+pub trait Executor: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        job: &'a JobRecord,
+        inputs: Vec<(u64, Vec<u8>)>,
+    ) -> BoxFuture<'a, Vec<StoredResult>>;
+
+    /// Inputs per call.
+    fn chunk(&self, cfg: &JobsSection) -> usize;
+}
+
+/// Run blocking store work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, JobError> + Send + 'static,
+) -> Result<T, JobError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| JobError::Task(e.to_string()))?
+}
+
+/// The jobs of this replica.
+pub struct Jobs {
+    store: Arc<Store>,
+    cfg: JobsSection,
+    core: Arc<Core>,
+    native: Arc<native::NativeExecutor>,
+    openai: OnceLock<Arc<dyn Executor>>,
+    /// Cancellation flags of the jobs running here.
+    running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    hooks: webhook::Hooks,
+    /// Set at shutdown: runners stop between chunks and leave their jobs to the next start.
+    stopping: AtomicBool,
+}
+
+impl Jobs {
+    pub fn open(cfg: &JobsSection, core: Arc<Core>) -> Result<Arc<Self>, JobError> {
+        let store = Store::open(cfg.dir.as_deref())?;
+        if cfg.dir.is_none() {
+            tracing::info!("jobs are kept in memory (set jobs.dir to keep them across restarts)");
+        }
+        let hooks = webhook::Hooks::new(cfg).map_err(JobError::Store)?;
+        Ok(Arc::new(Self {
+            store: Arc::new(store),
+            cfg: cfg.clone(),
+            native: Arc::new(native::NativeExecutor::new(core.clone())),
+            core,
+            openai: OnceLock::new(),
+            running: Mutex::new(HashMap::new()),
+            hooks,
+            stopping: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn config(&self) -> &JobsSection {
+        &self.cfg
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub fn hooks(&self) -> &webhook::Hooks {
+        &self.hooks
+    }
+
+    /// The executor of OpenAI batch lines (registered by the `/v1` adapter at start).
+    pub fn set_openai_executor(&self, e: Arc<dyn Executor>) {
+        let _ = self.openai.set(e);
+    }
+
+    fn executor(&self, kind: JobKind) -> Option<Arc<dyn Executor>> {
+        match kind {
+            JobKind::Native => Some(self.native.clone() as Arc<dyn Executor>),
+            JobKind::Openai => self.openai.get().cloned(),
+        }
+    }
+
+    /// Store a validated job and start it. Refuses a principal over its quota (429).
+    pub async fn submit(
+        self: &Arc<Self>,
+        owner: &Principal,
+        new: NewJob,
+    ) -> Result<JobRecord, ApiError> {
+        if new.inputs.is_empty() {
+            return Err(ApiError::invalid("inputs", "must not be empty"));
+        }
+        if new.inputs.len() > self.cfg.max_inputs {
+            return Err(ApiError::too_large(
+                "inputs",
+                format!(
+                    "{} inputs; a job holds at most {} (jobs.max_inputs)",
+                    new.inputs.len(),
+                    self.cfg.max_inputs
+                ),
+            ));
+        }
+        if let Some(url) = &new.webhook {
+            self.hooks
+                .check_url(url)
+                .map_err(|issue| ApiError::invalid("webhook", issue))?;
+        }
+        let store = self.store.clone();
+        let sub = owner.sub.clone();
+        let active = blocking(move || {
+            Ok(store
+                .jobs()?
+                .iter()
+                .filter(|j| j.owner.sub == sub && !j.status.is_final())
+                .count())
+        })
+        .await?;
+        if active >= self.cfg.max_active_per_principal {
+            let mut e = ApiError::new(
+                ErrorKind::RateLimited,
+                format!(
+                    "{active} jobs of this principal are queued or running; at most {} (jobs.max_active_per_principal)",
+                    self.cfg.max_active_per_principal
+                ),
+            );
+            e.retry_after_s = Some(10);
+            return Err(e);
+        }
+        let kind = new.kind.unwrap_or(JobKind::Native);
+        let prefix = match kind {
+            JobKind::Native => "job_",
+            JobKind::Openai => "batch_",
+        };
+        let record = JobRecord {
+            id: format!("{prefix}{}", uuid::Uuid::new_v4().simple()),
+            kind,
+            owner: owner.clone(),
+            model: new.model,
+            version: new.version,
+            parameters: new.parameters,
+            endpoint: new.endpoint,
+            input_file_id: new.input_file_id,
+            output_file_id: None,
+            error_file_id: None,
+            completion_window: new.completion_window,
+            metadata: new.metadata,
+            status: Status::Queued,
+            total: new.inputs.len() as u64,
+            completed: 0,
+            failed: 0,
+            created_at: now_unix(),
+            started_at: None,
+            finished_at: None,
+            cancelling_at: None,
+            error: None,
+            webhook: new.webhook.map(|url| WebhookState {
+                url,
+                state: "pending".into(),
+                message_id: None,
+                attempts: Vec::new(),
+            }),
+        };
+        let (store, stored, inputs) = (self.store.clone(), record.clone(), new.inputs);
+        blocking(move || store.create_job(&stored, &inputs)).await?;
+        self.spawn(record.id.clone());
+        Ok(record)
+    }
+
+    /// A job `who` may see (404 otherwise: ids of others' jobs are not confirmed).
+    pub async fn get(&self, who: &Principal, id: &str) -> Result<JobRecord, ApiError> {
+        let (store, key) = (self.store.clone(), id.to_string());
+        match blocking(move || store.job(&key)).await? {
+            Some(j) if j.visible_to(who) => Ok(j),
+            _ => Err(ApiError::new(ErrorKind::NotFound, format!("no job `{id}`"))),
+        }
+    }
+
+    /// The jobs `who` may see, newest first.
+    pub async fn list(&self, who: &Principal, kind: JobKind) -> Result<Vec<JobRecord>, ApiError> {
+        let store = self.store.clone();
+        let mut jobs = blocking(move || store.jobs()).await?;
+        jobs.retain(|j| j.kind == kind && j.visible_to(who));
+        jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(jobs)
+    }
+
+    /// Ask a job to stop: chunks in flight finish and are kept; the rest is not computed.
+    pub async fn cancel(
+        self: &Arc<Self>,
+        who: &Principal,
+        id: &str,
+    ) -> Result<JobRecord, ApiError> {
+        let job = self.get(who, id).await?;
+        if job.status.is_final() {
+            return Ok(job);
+        }
+        let (store, key) = (self.store.clone(), id.to_string());
+        let record = blocking(move || {
+            store.update_job(&key, |j| {
+                if !j.status.is_final() {
+                    j.status = Status::Cancelling;
+                    j.cancelling_at = Some(now_unix());
+                }
+            })
+        })
+        .await?;
+        let flag = self.running.lock().ok().and_then(|m| m.get(id).cloned());
+        match flag {
+            Some(f) => f.store(true, Ordering::Relaxed),
+            // Not running here (queued behind a restart): it ends now.
+            None => {
+                self.spawn(id.to_string());
+            }
+        }
+        Ok(record)
+    }
+
+    /// Stored results of `job` from index `from` (`ok`: only successes or only errors).
+    pub async fn results(
+        &self,
+        job: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredResult>, JobError> {
+        let (store, key) = (self.store.clone(), job.to_string());
+        blocking(move || store.results(&key, from, limit)).await
+    }
+
+    /// Every result line of `job` in input order (`ok`: only successes, or only errors), as a
+    /// stream of newline-terminated lines read from the store in pages.
+    pub fn result_lines(
+        self: &Arc<Self>,
+        job: String,
+        ok: Option<bool>,
+    ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static {
+        let me = self.clone();
+        futures::stream::unfold(Some(0u64), move |from| {
+            let (me, job) = (me.clone(), job.clone());
+            async move {
+                let from = from?;
+                match me.results(&job, from, 512).await {
+                    Ok(page) if page.is_empty() => None,
+                    Ok(page) => {
+                        let next = page.last().map(|r| r.index + 1);
+                        let mut out = Vec::new();
+                        for r in page.into_iter().filter(|r| ok.is_none_or(|ok| r.ok == ok)) {
+                            out.extend_from_slice(&r.line);
+                            out.push(b'\n');
+                        }
+                        Some((Ok(out), next))
+                    }
+                    Err(e) => Some((Err(std::io::Error::other(e.to_string())), None)),
+                }
+            }
+        })
+    }
+
+    pub async fn put_file(&self, file: FileRecord, data: Vec<u8>) -> Result<(), JobError> {
+        let store = self.store.clone();
+        blocking(move || store.put_file(&file, &data)).await
+    }
+
+    pub async fn file(&self, id: &str) -> Result<Option<FileRecord>, JobError> {
+        let (store, key) = (self.store.clone(), id.to_string());
+        blocking(move || store.file(&key)).await
+    }
+
+    pub async fn files(&self) -> Result<Vec<FileRecord>, JobError> {
+        let store = self.store.clone();
+        blocking(move || store.files()).await
+    }
+
+    /// Bytes of an uploaded file, chunk by chunk.
+    pub async fn file_chunk(&self, id: &str, n: u64) -> Result<Option<Vec<u8>>, JobError> {
+        let (store, key) = (self.store.clone(), id.to_string());
+        blocking(move || store.file_chunk(&key, n)).await
+    }
+
+    /// At start: resume every unfinished job and every webhook not yet delivered.
+    pub async fn resume(self: &Arc<Self>) {
+        let store = self.store.clone();
+        let jobs = match blocking(move || store.jobs()).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the stored jobs");
+                return;
+            }
+        };
+        for j in jobs {
+            if !j.status.is_final() {
+                tracing::info!(job = %j.id, done = j.completed + j.failed, total = j.total, "resuming job");
+                self.spawn(j.id);
+            } else if j.webhook.as_ref().is_some_and(|w| w.state == "pending") {
+                let me = self.clone();
+                tokio::spawn(async move { me.notify(j).await });
+            }
+        }
+    }
+
+    /// Stop the runners between chunks (shutdown); their jobs resume at the next start.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Ok(m) = self.running.lock() {
+            for f in m.values() {
+                f.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn spawn(self: &Arc<Self>, id: String) {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut m) = self.running.lock() {
+            if m.contains_key(&id) {
+                return;
+            }
+            m.insert(id.clone(), flag.clone());
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let outcome = me.run(&id, &flag).await;
+            if let Ok(mut m) = me.running.lock() {
+                m.remove(&id);
+            }
+            match outcome {
+                Ok(Some(job)) => me.notify(job).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "job failed");
+                    let (store, key, msg) = (me.store.clone(), id.clone(), e.to_string());
+                    let failed = blocking(move || {
+                        store.update_job(&key, |j| {
+                            j.status = Status::Failed;
+                            j.error = Some(msg);
+                            j.finished_at = Some(now_unix());
+                        })
+                    })
+                    .await;
+                    if let Ok(job) = failed {
+                        me.notify(job).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Run job `id` to its end. `Ok(Some(job))`: it ended (completed or cancelled);
+    /// `Ok(None)`: stopped for shutdown, left to resume.
+    async fn run(&self, id: &str, cancel: &AtomicBool) -> Result<Option<JobRecord>, JobError> {
+        let (store, key) = (self.store.clone(), id.to_string());
+        let job = blocking(move || {
+            store.update_job(&key, |j| {
+                if j.status == Status::Queued {
+                    j.status = Status::Running;
+                    j.started_at = Some(now_unix());
+                }
+            })
+        })
+        .await?;
+        if job.status.is_final() {
+            return Ok(None);
+        }
+        let cancelled = job.status == Status::Cancelling;
+        let Some(exec) = self.executor(job.kind) else {
+            return Err(JobError::Store(
+                "no executor for this kind of job".to_string(),
+            ));
+        };
+        if !cancelled {
+            let (store, key, total) = (self.store.clone(), id.to_string(), job.total);
+            let missing = blocking(move || store.missing(&key, total)).await?;
+            let chunk = exec.chunk(&self.cfg).max(1);
+            let chunks: Vec<Vec<u64>> = missing.chunks(chunk).map(<[u64]>::to_vec).collect();
+            let job = &job;
+            let exec = &exec;
+            let mut runs = futures::stream::iter(chunks)
+                .map(|indices| async move {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Ok(false);
+                    }
+                    let (store, key) = (self.store.clone(), id.to_string());
+                    let inputs = blocking(move || store.inputs(&key, &indices)).await?;
+                    let results = exec.run(job, inputs).await;
+                    let (store, key) = (self.store.clone(), id.to_string());
+                    blocking(move || store.put_results(&key, &results)).await?;
+                    Ok::<bool, JobError>(true)
+                })
+                .buffer_unordered(self.cfg.concurrency.max(1));
+            while let Some(r) = runs.next().await {
+                r?;
+            }
+        }
+        if self.stopping.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let (store, key) = (self.store.clone(), id.to_string());
+        let finished = blocking(move || {
+            store.update_job(&key, |j| {
+                j.status = if j.status == Status::Cancelling {
+                    Status::Cancelled
+                } else {
+                    Status::Completed
+                };
+                j.finished_at = Some(now_unix());
+            })
+        })
+        .await?;
+        Ok(Some(finished))
+    }
+
+    /// Send a finished job's webhook (if it has one), recording each attempt on the job.
+    async fn notify(self: &Arc<Self>, job: JobRecord) {
+        let Some(hook) = job.webhook.clone().filter(|w| w.state == "pending") else {
+            return;
+        };
+        let message_id = hook
+            .message_id
+            .clone()
+            .unwrap_or_else(|| format!("msg_{}", uuid::Uuid::new_v4().simple()));
+        let event_type = match job.status {
+            Status::Completed => "job.completed",
+            Status::Cancelled => "job.cancelled",
+            _ => "job.failed",
+        };
+        let data = serde_json::json!({
+            "id": job.id,
+            "status": job.status,
+            "counts": {"total": job.total, "completed": job.completed, "failed": job.failed},
+        });
+        let me = self.clone();
+        let (id, mid) = (job.id.clone(), message_id.clone());
+        let record = move |attempt: Option<Attempt>, state: Option<&'static str>| {
+            let (store, key, mid) = (me.store.clone(), id.clone(), mid.clone());
+            async move {
+                let _ = blocking(move || {
+                    store.update_job(&key, |j| {
+                        if let Some(w) = j.webhook.as_mut() {
+                            w.message_id = Some(mid);
+                            if let Some(a) = attempt {
+                                w.attempts.push(a);
+                            }
+                            if let Some(s) = state {
+                                w.state = s.to_string();
+                            }
+                        }
+                    })
+                })
+                .await;
+            }
+        };
+        record(None, None).await;
+        let delivered = self
+            .hooks
+            .deliver(
+                &hook.url,
+                &message_id,
+                event_type,
+                data,
+                hook.attempts.len(),
+                |a| record(Some(a), None),
+            )
+            .await;
+        record(None, Some(if delivered { "delivered" } else { "failed" })).await;
+    }
+}

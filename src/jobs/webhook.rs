@@ -1,0 +1,438 @@
+//! Webhooks of finished jobs, signed per the Standard Webhooks specification: headers
+//! `webhook-id`, `webhook-timestamp` (unix seconds) and `webhook-signature` (`v1,` + base64 of
+//! HMAC-SHA256 over `id.timestamp.body` with each configured secret, space-separated, so a
+//! receiver can rotate secrets).
+//!
+//! Delivery: one POST per attempt, a time-out each, no redirects followed; 2xx delivers; 5xx,
+//! 408, 429 and transport errors are retried after the configured waits (or the receiver's
+//! `Retry-After`, capped by the wait after it); any other status gives up at once.
+//!
+//! SSRF guard: a webhook's host must match `jobs.webhook_allowed_hosts` when that is set; a host
+//! not listed there may not be, or resolve to, a loopback, private, link-local, shared, multicast
+//! or unspecified address (cloud metadata lives at link-local 169.254.169.254). The check runs
+//! on the addresses the connection uses (reqwest's resolver is ours), so a name that re-resolves
+//! to a private address after submission (DNS rebinding) is still refused.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use serde_json::Value;
+
+use super::Attempt;
+use crate::config::JobsSection;
+use crate::usage::now_unix;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Whether `ip` is an address a webhook may not reach unless its host is allowed explicitly.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => private_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return private_v4(v4);
+            }
+            let seg = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (seg[0] == 0x64 && seg[1] == 0xff9b) // NAT64 64:ff9b::/96 (embeds v4)
+                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) // AWS metadata v6
+        }
+    }
+}
+
+fn private_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local() // 169.254/16: cloud metadata
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || o[0] == 0
+        || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared 100.64/10
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF 192.0.0/24
+        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
+        || o[0] >= 240 // reserved
+}
+
+/// Whether `host` matches a pattern of `jobs.webhook_allowed_hosts` (exact, or `*.suffix`).
+pub fn host_listed(allowed: &[String], host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    allowed.iter().any(|p| {
+        let p = p.trim().to_ascii_lowercase();
+        match p.strip_prefix("*.") {
+            Some(suffix) => host.ends_with(&format!(".{suffix}")),
+            None => host == p,
+        }
+    })
+}
+
+/// The `webhook-signature` header of a message: `v1,<base64>` per secret, space-separated.
+pub fn sign(secrets: &[Vec<u8>], id: &str, timestamp: u64, body: &[u8]) -> String {
+    secrets
+        .iter()
+        .filter_map(|key| {
+            let mut mac = HmacSha256::new_from_slice(key).ok()?;
+            mac.update(id.as_bytes());
+            mac.update(b".");
+            mac.update(timestamp.to_string().as_bytes());
+            mac.update(b".");
+            mac.update(body);
+            let sig = mac.finalize().into_bytes();
+            Some(format!(
+                "v1,{}",
+                base64::engine::general_purpose::STANDARD.encode(sig)
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A `whsec_…` secret's key bytes.
+pub fn parse_secret(s: &str) -> Result<Vec<u8>, String> {
+    let s = s.trim();
+    let b64 = s.strip_prefix("whsec_").unwrap_or(s);
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| "a webhook secret must be `whsec_` followed by base64".to_string())
+        .and_then(|k| {
+            if k.len() < 16 {
+                Err("a webhook secret must hold at least 16 bytes".to_string())
+            } else {
+                Ok(k)
+            }
+        })
+}
+
+/// The resolver of the webhook client: refuses private addresses for hosts not listed.
+struct GuardedResolver {
+    allowed: Arc<Vec<String>>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let listed = host_listed(&self.allowed, &host);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| listed || !is_private(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!(
+                    "`{host}` resolves to no public address (list it in jobs.webhook_allowed_hosts to allow a private one)"
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+pub struct Hooks {
+    client: reqwest::Client,
+    secrets: Vec<Vec<u8>>,
+    allowed: Arc<Vec<String>>,
+    delays: Vec<Duration>,
+}
+
+impl Hooks {
+    pub fn new(cfg: &JobsSection) -> Result<Self, String> {
+        let mut raw = cfg.webhook_secrets.clone();
+        if let Some(path) = &cfg.webhook_secrets_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("jobs.webhook_secrets_file {}: {e}", path.display()))?;
+            raw.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string),
+            );
+        }
+        let secrets = raw
+            .iter()
+            .map(|s| parse_secret(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("jobs.webhook_secrets: {e}"))?;
+        let allowed = Arc::new(cfg.webhook_allowed_hosts.clone());
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_millis(cfg.webhook_timeout_ms.max(1)))
+            .dns_resolver(Arc::new(GuardedResolver {
+                allowed: allowed.clone(),
+            }))
+            .user_agent(concat!("anya/", env!("CARGO_PKG_VERSION"), " (webhooks)"))
+            .build()
+            .map_err(|e| format!("the webhook client: {e}"))?;
+        Ok(Self {
+            client,
+            secrets,
+            allowed,
+            delays: cfg
+                .webhook_retry_delays_ms
+                .iter()
+                .map(|&ms| Duration::from_millis(ms))
+                .collect(),
+        })
+    }
+
+    /// Whether a webhook may go to `url` (checked at submission, and again at each attempt).
+    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, String> {
+        if self.secrets.is_empty() {
+            return Err(
+                "webhooks are off on this server (no jobs.webhook_secrets to sign them)".into(),
+            );
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err("must be an http or https URL".into());
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err("must not carry credentials".into());
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| "must name a host".to_string())?;
+        let listed = host_listed(&self.allowed, host);
+        if !self.allowed.is_empty() && !listed {
+            return Err(format!(
+                "host `{host}` is not in jobs.webhook_allowed_hosts"
+            ));
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            if !listed && is_private(ip) {
+                return Err(format!(
+                    "`{host}` is a private, loopback, link-local or reserved address"
+                ));
+            }
+        }
+        Ok(parsed)
+    }
+
+    /// Deliver one event, retrying on the schedule; `on_attempt` records each attempt.
+    /// `previous` attempts were made before a restart (they count against the schedule).
+    /// Returns whether the receiver took it.
+    pub async fn deliver<F, Fut>(
+        &self,
+        url: &str,
+        message_id: &str,
+        event_type: &str,
+        data: Value,
+        previous: usize,
+        on_attempt: F,
+    ) -> bool
+    where
+        F: Fn(Attempt) -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let body = serde_json::json!({
+            "type": event_type,
+            "timestamp": time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            "data": data,
+        });
+        let body = match serde_json::to_vec(&body) {
+            Ok(b) => b,
+            Err(_) => return false,
+        };
+        let attempts = self.delays.len() + 1;
+        let mut wait = Duration::ZERO;
+        for n in previous..attempts {
+            tokio::time::sleep(wait).await;
+            let started = Instant::now();
+            let (status, error, retry_after) = self.attempt(url, message_id, &body).await;
+            on_attempt(Attempt {
+                at: now_unix(),
+                status,
+                error: error.clone(),
+                ms: started.elapsed().as_millis() as u64,
+            })
+            .await;
+            match status {
+                Some(s) if (200..300).contains(&s) => return true,
+                Some(s) if s == 408 || s == 429 || s >= 500 => {}
+                Some(_) => return false,
+                None if error.as_deref().is_some_and(|e| e.starts_with("refused:")) => {
+                    return false
+                }
+                None => {}
+            }
+            let Some(&next) = self.delays.get(n) else {
+                break;
+            };
+            wait = match retry_after {
+                Some(ra) => ra.min(next.max(Duration::from_secs(1)) * 10),
+                None => next,
+            };
+        }
+        false
+    }
+
+    /// One POST: (status, error, Retry-After).
+    async fn attempt(
+        &self,
+        url: &str,
+        message_id: &str,
+        body: &[u8],
+    ) -> (Option<u16>, Option<String>, Option<Duration>) {
+        if let Err(e) = self.check_url(url) {
+            return (None, Some(format!("refused: {e}")), None);
+        }
+        let ts = now_unix();
+        let signature = sign(&self.secrets, message_id, ts, body);
+        let sent = self
+            .client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("webhook-id", message_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body.to_vec())
+            .send()
+            .await;
+        match sent {
+            Ok(r) => {
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                (Some(r.status().as_u16()), None, retry_after)
+            }
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg = format!("{msg}: {s}");
+                    src = s.source();
+                }
+                let refused = msg.contains("resolves to no public address");
+                (
+                    None,
+                    Some(if refused {
+                        format!("refused: {msg}")
+                    } else {
+                        msg
+                    }),
+                    None,
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_and_metadata_addresses_are_refused_public_ones_pass() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "fd00:ec2::254",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn hosts_match_exactly_or_by_suffix() {
+        let allowed = vec![
+            "hooks.example.com".to_string(),
+            "*.corp.example".to_string(),
+        ];
+        assert!(host_listed(&allowed, "hooks.example.com"));
+        assert!(host_listed(&allowed, "HOOKS.example.com."));
+        assert!(host_listed(&allowed, "a.b.corp.example"));
+        assert!(!host_listed(&allowed, "corp.example"));
+        assert!(!host_listed(&allowed, "evilhooks.example.com"));
+    }
+
+    #[test]
+    fn the_signature_is_the_standard_webhooks_one() {
+        // The example of the Standard Webhooks specification's test vectors.
+        let key = parse_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sig = sign(
+            &[key],
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn urls_are_checked_before_anything_is_stored() {
+        let cfg = JobsSection {
+            webhook_secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+            ..JobsSection::default()
+        };
+        let hooks = Hooks::new(&cfg).unwrap();
+        assert!(hooks.check_url("https://hooks.example.com/x").is_ok());
+        for bad in [
+            "http://127.0.0.1:9/x",
+            "http://10.0.0.5/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[::1]/x",
+            "ftp://example.com/x",
+            "https://user:pw@example.com/x",
+            "not a url",
+        ] {
+            assert!(hooks.check_url(bad).is_err(), "{bad}");
+        }
+        let listed = Hooks::new(&JobsSection {
+            webhook_allowed_hosts: vec!["127.0.0.1".into()],
+            ..cfg.clone()
+        })
+        .unwrap();
+        assert!(listed.check_url("http://127.0.0.1:9/x").is_ok());
+        assert!(listed.check_url("https://hooks.example.com/x").is_err());
+        let off = Hooks::new(&JobsSection::default()).unwrap();
+        assert!(off.check_url("https://hooks.example.com/x").is_err());
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused_at_connect_time() {
+        use reqwest::dns::Resolve;
+        let open = GuardedResolver {
+            allowed: Arc::new(vec![]),
+        };
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let refused = open.resolve(name).await;
+        assert!(refused.is_err(), "localhost resolved for an unlisted host");
+        let listed = GuardedResolver {
+            allowed: Arc::new(vec!["localhost".into()]),
+        };
+        let addrs: Vec<SocketAddr> = listed
+            .resolve("localhost".parse().unwrap())
+            .await
+            .unwrap()
+            .collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
+    }
+}

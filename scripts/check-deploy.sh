@@ -143,10 +143,10 @@ declare -A PROFILE=(
           --set autoscaling.queueSize.enabled=true --set metrics.serviceMonitor.enabled=true
           --set ingress.enabled=true --set ingress.host=anya.internal
           --set model.name=all-minilm-l6-v2 --set model.version=1.0.0
-          --set cache.redis.existingSecret=anya-redis"
+          --set cache.redis.existingSecret=anya-redis --set jobs.redis.existingSecret=anya-jobs"
   [pvc]="--set models.existingClaim=anya-models --set models.subPath=repo
          --set auth.enabled=true --set auth.existingSecret=anya-jwt
-         --set cache.redis.url=redis://redis.cache:6379/0
+         --set cache.redis.url=redis://redis.cache:6379/0 --set jobs.redis.url=redis://redis.jobs:6379/0
          --set podDisruptionBudget.minAvailable=50% --set metrics.enabled=false"
   [fleet]="--set models.s3.url=s3://anya-models/repo --set models.s3.existingSecret=anya-s3
            --set models.s3.endpoint=http://minio.storage:9000 --set models.s3.allowHttp=true
@@ -164,6 +164,7 @@ declare -A EXPECT=(
           --expect-config security.auth_required=true
           --expect-config security.jwt_secret_file=/etc/anya/secrets/jwt.key"
   [pvc]="--expect-config cache.redis_url=redis://redis.cache:6379/0
+         --expect-config jobs.redis_url=redis://redis.jobs:6379/0
          --expect-config monitoring.enabled=false"
   [fleet]="--expect-kind HorizontalPodAutoscaler
            --expect-config model.models_dir=s3://anya-models/repo

@@ -29,6 +29,14 @@ pub struct JobsSection {
     /// Where jobs, their inputs and results are stored (an embedded database, fsync at each
     /// commit). `None`: in memory only, lost at exit.
     pub dir: Option<PathBuf>,
+    /// Fleet mode: keep jobs in this Redis (`redis://…`, `rediss://…` or `unix://…`) instead of
+    /// `dir`, and let every replica work their chunks from one Redis Stream consumer group.
+    pub redis_url: Option<String>,
+    /// Prefix of the jobs' Redis keys.
+    pub redis_prefix: String,
+    /// A chunk taken by a replica and left idle this long (the replica died) is claimed by
+    /// another. Live replicas refresh their chunks in flight well within it.
+    pub claim_idle_ms: u64,
     /// Jobs a principal may have queued or running at once.
     pub max_active_per_principal: usize,
     /// Inputs (or lines) one job may hold.
@@ -57,6 +65,9 @@ impl Default for JobsSection {
     fn default() -> Self {
         Self {
             dir: None,
+            redis_url: None,
+            redis_prefix: "anya:jobs:".into(),
+            claim_idle_ms: 30_000,
             max_active_per_principal: 8,
             max_inputs: 1_000_000,
             max_file_bytes: 200 * 1024 * 1024,
@@ -454,6 +465,23 @@ impl Settings {
             return bad(
                 "jobs.chunk",
                 "jobs.chunk, jobs.concurrency and jobs.max_inputs must be at least 1",
+            );
+        }
+        if let Some(url) = &self.jobs.redis_url {
+            if !["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return bad(
+                    "jobs.redis_url",
+                    "must start with redis://, rediss:// or unix://",
+                );
+            }
+        }
+        if !(1_000..=3_600_000).contains(&self.jobs.claim_idle_ms) {
+            return bad(
+                "jobs.claim_idle_ms",
+                "must be between 1000 and 3600000 (one hour)",
             );
         }
         if self.jobs.webhook_retry_delays_ms.len() > 20 {

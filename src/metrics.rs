@@ -70,6 +70,8 @@ pub struct Metrics {
     retries: IntCounterVec,
     circuit: IntGaugeVec,
     ratelimit_fallbacks: IntCounterVec,
+    job_chunks: IntCounterVec,
+    job_inputs: IntCounterVec,
     drift_score: GaugeVec,
     drift_threshold: GaugeVec,
     drift_detected: IntGaugeVec,
@@ -197,6 +199,16 @@ impl Metrics {
                 "anya_ai_ratelimit_fallbacks_total",
                 "Rate-limit checks the shared Redis did not answer, by what was done instead (rate_limits.redis_failure: local, open, closed).",
                 &["mode"],
+            ),
+            job_chunks: counter(
+                "anya_ai_job_chunks_total",
+                "Chunks of batch jobs settled by this replica, by how: computed here, skipped (job cancelled or chunk already settled), or claimed from a replica that left them idle.",
+                &["outcome"],
+            ),
+            job_inputs: counter(
+                "anya_ai_job_inputs_total",
+                "Inputs of batch jobs computed by this replica, by result (ok or error).",
+                &["result"],
             ),
             registry: Registry::new(),
             requests: counter(
@@ -327,6 +339,8 @@ impl Metrics {
             Box::new(m.retries.clone()),
             Box::new(m.circuit.clone()),
             Box::new(m.ratelimit_fallbacks.clone()),
+            Box::new(m.job_chunks.clone()),
+            Box::new(m.job_inputs.clone()),
             Box::new(m.drift_score.clone()),
             Box::new(m.drift_threshold.clone()),
             Box::new(m.drift_detected.clone()),
@@ -477,6 +491,18 @@ impl Metrics {
     /// A target's circuit state (0 closed, 1 half-open, 2 open).
     pub fn circuit_state(&self, target: &str, state: i64) {
         self.circuit.with_label_values(&[target]).set(state);
+    }
+
+    /// A chunk of a batch job settled here (`computed`, `skipped`) or taken over (`claimed`).
+    pub fn job_chunk(&self, outcome: &str) {
+        self.job_chunks.with_label_values(&[outcome]).inc();
+    }
+
+    /// Inputs of batch jobs computed here (`ok`, `error`).
+    pub fn job_inputs(&self, result: &str, n: u64) {
+        if n > 0 {
+            self.job_inputs.with_label_values(&[result]).inc_by(n);
+        }
     }
 
     /// One shadowed request: its result and, when both ran, both latencies.

@@ -73,6 +73,12 @@ impl Replica {
         }
     }
 
+    /// `kill -9`.
+    fn kill(&mut self) {
+        let _ = self._proc.0.kill();
+        let _ = self._proc.0.wait();
+    }
+
     async fn wait_up(&self, client: &reqwest::Client, secs: u64) {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
@@ -698,4 +704,180 @@ async fn redis_failure_closed_is_503_and_open_admits() {
             .unwrap_or_else(|| panic!("{mode:?}: {series} missing"));
         assert!(n >= 3.0, "{mode:?}: {n}");
     }
+}
+
+/// A counter's value in `/metrics` (summed over the lines starting with `prefix`).
+async fn metric(client: &reqwest::Client, base: &str, prefix: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn job_state(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    let r = client
+        .get(format!("{base}/jobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{base}");
+    r.json().await.unwrap()
+}
+
+async fn wait_job(client: &reqwest::Client, base: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let j = job_state(client, base, id).await;
+        if j["status"] == status {
+            return j;
+        }
+        assert!(Instant::now() < deadline, "never {status}: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn submit(client: &reqwest::Client, base: &str, inputs: &[String]) -> String {
+    let r = client
+        .post(format!("{base}/jobs"))
+        .json(&json!({"model": "echo", "inputs": inputs, "parameters": {"delay_ms": 100}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let job: Value = r.json().await.unwrap();
+    job["id"].as_str().unwrap().to_string()
+}
+
+/// Issue 17's fleet mode: with `jobs.redis_url` the replicas share the jobs and work one queue
+/// (a Redis Stream consumer group); a replica killed with `kill -9` leaves its chunks pending,
+/// another claims them, and the job ends with exactly one result per input. A job submitted to
+/// one replica is seen, cancelled and read on another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_works_one_job_queue_and_takes_over_a_dead_replicas_chunks() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let repo = common::EchoRepo::new();
+    repo.add("echo", "1.0.0", common::DELAY_PARAM);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "model:\n  models_dir: {}\n  device: cpu\n  warmup: false\n\
+         jobs:\n  redis_url: {}\n  chunk: 4\n  concurrency: 2\n  claim_idle_ms: 1500\n",
+        repo.path().display(),
+        redis.url(),
+    );
+    let mut a = Replica::start(dir.path(), "a", &config, &[]);
+    let b = Replica::start(dir.path(), "b", &config, &[]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    a.wait_up(&client, 60).await;
+    b.wait_up(&client, 60).await;
+
+    // 200 chunks of 4 inputs, 100 ms each: seconds of work for two replicas.
+    const N: usize = 800;
+    let inputs: Vec<String> = (0..N).map(|i| format!("doc-{i}")).collect();
+    let id = submit(&client, &a.base, &inputs).await;
+    // One store: the job submitted to `a` is on `b` too.
+    let j = job_state(&client, &b.base, &id).await;
+    assert_eq!(j["counts"]["total"], N, "{j}");
+    let killed_at = loop {
+        let j = job_state(&client, &b.base, &id).await;
+        let done = j["counts"]["completed"].as_u64().unwrap();
+        if done >= 200 {
+            assert!(done < N as u64, "the job ended before the kill: {j}");
+            break done;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let a_computed = metric(
+        &client,
+        &a.base,
+        "anya_ai_job_chunks_total{outcome=\"computed\"}",
+    )
+    .await;
+    a.kill();
+    eprintln!("killed `a` with {killed_at} of {N} done; it had computed {a_computed} chunks");
+    assert!(a_computed >= 1.0, "`a` took no part in the job");
+
+    let started = Instant::now();
+    let job = wait_job(&client, &b.base, &id, "completed").await;
+    eprintln!(
+        "`b` finished the job {:.1} s after the kill",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(job["counts"]["completed"], N, "{job}");
+    assert_eq!(job["counts"]["failed"], 0, "{job}");
+    let claimed = metric(
+        &client,
+        &b.base,
+        "anya_ai_job_chunks_total{outcome=\"claimed\"}",
+    )
+    .await;
+    assert!(claimed >= 1.0, "`b` claimed none of `a`'s chunks");
+    let text = client
+        .get(format!("{}/jobs/{id}/results", b.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), N, "one line per input");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["index"], i, "{l}");
+        assert_eq!(l["output"], inputs[i], "{l}");
+    }
+
+    // A replica that joins later works the queue too; a job submitted to it and cancelled
+    // through another ends `cancelled` with the results computed so far, each once.
+    let c = Replica::start(dir.path(), "c", &config, &[]);
+    c.wait_up(&client, 60).await;
+    let id = submit(&client, &c.base, &inputs).await;
+    loop {
+        let j = job_state(&client, &c.base, &id).await;
+        if j["counts"]["completed"].as_u64().unwrap() >= 40 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = client
+        .post(format!("{}/jobs/{id}/cancel", b.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let job = wait_job(&client, &c.base, &id, "cancelled").await;
+    let done = job["counts"]["completed"].as_u64().unwrap();
+    assert!(done < N as u64, "{job}");
+    let text = client
+        .get(format!("{}/jobs/{id}/results", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        let i = v["index"].as_u64().unwrap() as usize;
+        assert!(seen.insert(i), "index {i} twice");
+        assert_eq!(v["output"], inputs[i], "{v}");
+    }
+    assert_eq!(seen.len() as u64, done, "{job}");
+    drop(redis);
 }

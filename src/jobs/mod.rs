@@ -12,8 +12,10 @@
 //! webhook goes out (see `webhook`).
 
 mod native;
+pub mod shared;
 pub mod store;
 pub mod webhook;
+mod worker;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +32,7 @@ use crate::config::JobsSection;
 use crate::error::{ApiError, ErrorKind};
 use crate::serving::Core;
 use crate::usage::now_unix;
+use shared::Shared;
 use store::{Store, StoredResult};
 
 pub use native::validate_native;
@@ -204,9 +207,107 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| JobError::Task(e.to_string()))?
 }
 
+/// A change to a job's record (may run more than once: a shared store retries it when another
+/// replica changed the record meanwhile).
+type Change = Arc<dyn Fn(&mut JobRecord) + Send + Sync>;
+
+/// Where jobs are kept: this replica's embedded store, or a Redis shared by the fleet.
+#[derive(Clone)]
+enum Backend {
+    Local(Arc<Store>),
+    Shared(Arc<Shared>),
+}
+
+impl Backend {
+    async fn job(&self, id: &str) -> Result<Option<JobRecord>, JobError> {
+        match self {
+            Backend::Local(store) => {
+                let (store, key) = (store.clone(), id.to_string());
+                blocking(move || store.job(&key)).await
+            }
+            Backend::Shared(shared) => shared.job(id).await,
+        }
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobRecord>, JobError> {
+        match self {
+            Backend::Local(store) => {
+                let store = store.clone();
+                blocking(move || store.jobs()).await
+            }
+            Backend::Shared(shared) => shared.jobs().await,
+        }
+    }
+
+    async fn update_job(&self, id: &str, change: Change) -> Result<JobRecord, JobError> {
+        match self {
+            Backend::Local(store) => {
+                let (store, key) = (store.clone(), id.to_string());
+                blocking(move || store.update_job(&key, |j| change(j))).await
+            }
+            Backend::Shared(shared) => Ok(shared.update_job(id, &*change).await?.1),
+        }
+    }
+
+    async fn results(
+        &self,
+        id: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredResult>, JobError> {
+        match self {
+            Backend::Local(store) => {
+                let (store, key) = (store.clone(), id.to_string());
+                blocking(move || store.results(&key, from, limit)).await
+            }
+            Backend::Shared(shared) => shared.results(id, from, limit).await,
+        }
+    }
+
+    async fn put_file(&self, file: FileRecord, data: Vec<u8>) -> Result<(), JobError> {
+        match self {
+            Backend::Local(store) => {
+                let store = store.clone();
+                blocking(move || store.put_file(&file, &data)).await
+            }
+            Backend::Shared(shared) => shared.put_file(&file, &data).await,
+        }
+    }
+
+    async fn file(&self, id: &str) -> Result<Option<FileRecord>, JobError> {
+        match self {
+            Backend::Local(store) => {
+                let (store, key) = (store.clone(), id.to_string());
+                blocking(move || store.file(&key)).await
+            }
+            Backend::Shared(shared) => shared.file(id).await,
+        }
+    }
+
+    async fn files(&self) -> Result<Vec<FileRecord>, JobError> {
+        match self {
+            Backend::Local(store) => {
+                let store = store.clone();
+                blocking(move || store.files()).await
+            }
+            Backend::Shared(shared) => shared.files().await,
+        }
+    }
+
+    async fn file_chunk(&self, id: &str, n: u64) -> Result<Option<Vec<u8>>, JobError> {
+        match self {
+            Backend::Local(store) => {
+                let (store, key) = (store.clone(), id.to_string());
+                blocking(move || store.file_chunk(&key, n)).await
+            }
+            Backend::Shared(shared) => shared.file_chunk(id, n).await,
+        }
+    }
+}
+
 /// The jobs of this replica.
 pub struct Jobs {
-    store: Arc<Store>,
+    store: Backend,
     cfg: JobsSection,
     core: Arc<Core>,
     native: Arc<native::NativeExecutor>,
@@ -220,13 +321,27 @@ pub struct Jobs {
 
 impl Jobs {
     pub fn open(cfg: &JobsSection, core: Arc<Core>) -> Result<Arc<Self>, JobError> {
-        let store = Store::open(cfg.dir.as_deref())?;
-        if cfg.dir.is_none() {
-            tracing::info!("jobs are kept in memory (set jobs.dir to keep them across restarts)");
-        }
+        let store = match &cfg.redis_url {
+            Some(url) => {
+                let shared = Shared::connect(url, &cfg.redis_prefix)?;
+                tracing::info!(
+                    consumer = shared.consumer(),
+                    "jobs are shared by the fleet through Redis (jobs.redis_url)"
+                );
+                Backend::Shared(Arc::new(shared))
+            }
+            None => {
+                if cfg.dir.is_none() {
+                    tracing::info!(
+                        "jobs are kept in memory (set jobs.dir to keep them across restarts)"
+                    );
+                }
+                Backend::Local(Arc::new(Store::open(cfg.dir.as_deref())?))
+            }
+        };
         let hooks = webhook::Hooks::new(cfg).map_err(JobError::Store)?;
         Ok(Arc::new(Self {
-            store: Arc::new(store),
+            store,
             cfg: cfg.clone(),
             native: Arc::new(native::NativeExecutor::new(core.clone())),
             core,
@@ -285,16 +400,13 @@ impl Jobs {
                 .check_url(url)
                 .map_err(|issue| ApiError::invalid("webhook", issue))?;
         }
-        let store = self.store.clone();
-        let sub = owner.sub.clone();
-        let active = blocking(move || {
-            Ok(store
-                .jobs()?
-                .iter()
-                .filter(|j| j.owner.sub == sub && !j.status.is_final())
-                .count())
-        })
-        .await?;
+        let active = self
+            .store
+            .jobs()
+            .await?
+            .iter()
+            .filter(|j| j.owner.sub == owner.sub && !j.status.is_final())
+            .count();
         if active >= self.cfg.max_active_per_principal {
             let mut e = ApiError::new(
                 ErrorKind::RateLimited,
@@ -340,16 +452,25 @@ impl Jobs {
                 attempts: Vec::new(),
             }),
         };
-        let (store, stored, inputs) = (self.store.clone(), record.clone(), new.inputs);
-        blocking(move || store.create_job(&stored, &inputs)).await?;
-        self.spawn(record.id.clone());
+        match &self.store {
+            Backend::Local(store) => {
+                let (store, stored, inputs) = (store.clone(), record.clone(), new.inputs);
+                blocking(move || store.create_job(&stored, &inputs)).await?;
+                self.spawn(record.id.clone());
+            }
+            Backend::Shared(shared) => {
+                let chunk = self
+                    .executor(kind)
+                    .map_or(self.cfg.chunk, |e| e.chunk(&self.cfg));
+                shared.create_job(&record, &new.inputs, chunk).await?;
+            }
+        }
         Ok(record)
     }
 
     /// A job `who` may see (404 otherwise: ids of others' jobs are not confirmed).
     pub async fn get(&self, who: &Principal, id: &str) -> Result<JobRecord, ApiError> {
-        let (store, key) = (self.store.clone(), id.to_string());
-        match blocking(move || store.job(&key)).await? {
+        match self.store.job(id).await? {
             Some(j) if j.visible_to(who) => Ok(j),
             _ => Err(ApiError::new(ErrorKind::NotFound, format!("no job `{id}`"))),
         }
@@ -357,8 +478,7 @@ impl Jobs {
 
     /// The jobs `who` may see, newest first.
     pub async fn list(&self, who: &Principal, kind: JobKind) -> Result<Vec<JobRecord>, ApiError> {
-        let store = self.store.clone();
-        let mut jobs = blocking(move || store.jobs()).await?;
+        let mut jobs = self.store.jobs().await?;
         jobs.retain(|j| j.kind == kind && j.visible_to(who));
         jobs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
         Ok(jobs)
@@ -374,16 +494,26 @@ impl Jobs {
         if job.status.is_final() {
             return Ok(job);
         }
-        let (store, key) = (self.store.clone(), id.to_string());
-        let record = blocking(move || {
-            store.update_job(&key, |j| {
-                if !j.status.is_final() {
-                    j.status = Status::Cancelling;
-                    j.cancelling_at = Some(now_unix());
-                }
-            })
-        })
-        .await?;
+        let record = self
+            .store
+            .update_job(
+                id,
+                Arc::new(|j: &mut JobRecord| {
+                    if !j.status.is_final() {
+                        j.status = Status::Cancelling;
+                        j.cancelling_at = Some(now_unix());
+                    }
+                }),
+            )
+            .await?;
+        if let Backend::Shared(shared) = &self.store {
+            // The replicas skip its chunks still queued; if none is left, it ends here.
+            let (settled, chunks) = shared.progress(id).await?;
+            if settled >= chunks {
+                return Ok(self.finish_shared(shared, id).await?.unwrap_or(record));
+            }
+            return Ok(record);
+        }
         let flag = self.running.lock().ok().and_then(|m| m.get(id).cloned());
         match flag {
             Some(f) => f.store(true, Ordering::Relaxed),
@@ -402,8 +532,7 @@ impl Jobs {
         from: u64,
         limit: usize,
     ) -> Result<Vec<StoredResult>, JobError> {
-        let (store, key) = (self.store.clone(), job.to_string());
-        blocking(move || store.results(&key, from, limit)).await
+        self.store.results(job, from, limit).await
     }
 
     /// Every result line of `job` in input order (`ok`: only successes, or only errors), as a
@@ -436,30 +565,32 @@ impl Jobs {
     }
 
     pub async fn put_file(&self, file: FileRecord, data: Vec<u8>) -> Result<(), JobError> {
-        let store = self.store.clone();
-        blocking(move || store.put_file(&file, &data)).await
+        self.store.put_file(file, data).await
     }
 
     pub async fn file(&self, id: &str) -> Result<Option<FileRecord>, JobError> {
-        let (store, key) = (self.store.clone(), id.to_string());
-        blocking(move || store.file(&key)).await
+        self.store.file(id).await
     }
 
     pub async fn files(&self) -> Result<Vec<FileRecord>, JobError> {
-        let store = self.store.clone();
-        blocking(move || store.files()).await
+        self.store.files().await
     }
 
     /// Bytes of an uploaded file, chunk by chunk.
     pub async fn file_chunk(&self, id: &str, n: u64) -> Result<Option<Vec<u8>>, JobError> {
-        let (store, key) = (self.store.clone(), id.to_string());
-        blocking(move || store.file_chunk(&key, n)).await
+        self.store.file_chunk(id, n).await
     }
 
-    /// At start: resume every unfinished job and every webhook not yet delivered.
+    /// At start: resume every unfinished job and every webhook not yet delivered. In fleet
+    /// mode: join the fleet's workers instead (they take queued chunks, and claim those a dead
+    /// replica left), and look after undelivered webhooks.
     pub async fn resume(self: &Arc<Self>) {
-        let store = self.store.clone();
-        let jobs = match blocking(move || store.jobs()).await {
+        if let Backend::Shared(shared) = &self.store {
+            let (me, shared) = (self.clone(), shared.clone());
+            tokio::spawn(me.work(shared));
+            return;
+        }
+        let jobs = match self.store.jobs().await {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the stored jobs");
@@ -506,15 +637,18 @@ impl Jobs {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::error!(job = %id, error = %e, "job failed");
-                    let (store, key, msg) = (me.store.clone(), id.clone(), e.to_string());
-                    let failed = blocking(move || {
-                        store.update_job(&key, |j| {
-                            j.status = Status::Failed;
-                            j.error = Some(msg);
-                            j.finished_at = Some(now_unix());
-                        })
-                    })
-                    .await;
+                    let msg = e.to_string();
+                    let failed = me
+                        .store
+                        .update_job(
+                            &id,
+                            Arc::new(move |j: &mut JobRecord| {
+                                j.status = Status::Failed;
+                                j.error = Some(msg.clone());
+                                j.finished_at = Some(now_unix());
+                            }),
+                        )
+                        .await;
                     if let Ok(job) = failed {
                         me.notify(job).await;
                     }
@@ -526,9 +660,14 @@ impl Jobs {
     /// Run job `id` to its end. `Ok(Some(job))`: it ended (completed or cancelled);
     /// `Ok(None)`: stopped for shutdown, left to resume.
     async fn run(&self, id: &str, cancel: &AtomicBool) -> Result<Option<JobRecord>, JobError> {
-        let (store, key) = (self.store.clone(), id.to_string());
+        let Backend::Local(store) = &self.store else {
+            return Err(JobError::Store(
+                "a shared job runs on the fleet's workers".into(),
+            ));
+        };
+        let (st, key) = (store.clone(), id.to_string());
         let job = blocking(move || {
-            store.update_job(&key, |j| {
+            st.update_job(&key, |j| {
                 if j.status == Status::Queued {
                     j.status = Status::Running;
                     j.started_at = Some(now_unix());
@@ -546,22 +685,25 @@ impl Jobs {
             ));
         };
         if !cancelled {
-            let (store, key, total) = (self.store.clone(), id.to_string(), job.total);
-            let missing = blocking(move || store.missing(&key, total)).await?;
+            let (st, key, total) = (store.clone(), id.to_string(), job.total);
+            let missing = blocking(move || st.missing(&key, total)).await?;
             let chunk = exec.chunk(&self.cfg).max(1);
             let chunks: Vec<Vec<u64>> = missing.chunks(chunk).map(<[u64]>::to_vec).collect();
             let job = &job;
             let exec = &exec;
+            let metrics = &self.core.metrics;
             let mut runs = futures::stream::iter(chunks)
                 .map(|indices| async move {
                     if cancel.load(Ordering::Relaxed) {
                         return Ok(false);
                     }
-                    let (store, key) = (self.store.clone(), id.to_string());
-                    let inputs = blocking(move || store.inputs(&key, &indices)).await?;
+                    let (st, key) = (store.clone(), id.to_string());
+                    let inputs = blocking(move || st.inputs(&key, &indices)).await?;
                     let results = exec.run(job, inputs).await;
-                    let (store, key) = (self.store.clone(), id.to_string());
-                    blocking(move || store.put_results(&key, &results)).await?;
+                    count_results(metrics, &results);
+                    let (st, key) = (store.clone(), id.to_string());
+                    blocking(move || st.put_results(&key, &results)).await?;
+                    metrics.job_chunk("computed");
                     Ok::<bool, JobError>(true)
                 })
                 .buffer_unordered(self.cfg.concurrency.max(1));
@@ -572,9 +714,9 @@ impl Jobs {
         if self.stopping.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let (store, key) = (self.store.clone(), id.to_string());
+        let (st, key) = (store.clone(), id.to_string());
         let finished = blocking(move || {
-            store.update_job(&key, |j| {
+            st.update_job(&key, |j| {
                 j.status = if j.status == Status::Cancelling {
                     Status::Cancelled
                 } else {
@@ -587,11 +729,56 @@ impl Jobs {
         Ok(Some(finished))
     }
 
-    /// Send a finished job's webhook (if it has one), recording each attempt on the job.
+    /// Fleet mode: end job `id` if no other replica did (its last chunk is settled, or it was
+    /// cancelled with none in flight); the replica that ends it sends its webhook. Answers the
+    /// ended record when this call ended it.
+    async fn finish_shared(
+        self: &Arc<Self>,
+        shared: &Shared,
+        id: &str,
+    ) -> Result<Option<JobRecord>, JobError> {
+        let (before, after) = shared
+            .update_job(id, &|j: &mut JobRecord| {
+                if !j.status.is_final() {
+                    j.status = if j.status == Status::Cancelling {
+                        Status::Cancelled
+                    } else {
+                        Status::Completed
+                    };
+                    j.started_at.get_or_insert_with(now_unix);
+                    j.finished_at = Some(now_unix());
+                }
+            })
+            .await?;
+        if before.status.is_final() || !after.status.is_final() {
+            return Ok(None);
+        }
+        tracing::info!(job = %id, status = ?after.status, completed = after.completed, failed = after.failed, "job finished");
+        let me = self.clone();
+        let job = after.clone();
+        tokio::spawn(async move { me.notify(job).await });
+        Ok(Some(after))
+    }
+
+    /// Send a finished job's webhook (if it has one), recording each attempt on the job. In
+    /// fleet mode one replica at a time holds the delivery (a lease outliving every retry).
     async fn notify(self: &Arc<Self>, job: JobRecord) {
         let Some(hook) = job.webhook.clone().filter(|w| w.state == "pending") else {
             return;
         };
+        if let Backend::Shared(shared) = &self.store {
+            let schedule: u64 = self.cfg.webhook_retry_delays_ms.iter().sum::<u64>()
+                + (self.cfg.webhook_retry_delays_ms.len() as u64 + 1) * self.cfg.webhook_timeout_ms;
+            let lease = std::time::Duration::from_millis(schedule + 60_000);
+            match shared.lease_webhook(&job.id, lease).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, error = %e, "cannot take the webhook lease; a later sweep retries");
+                    return;
+                }
+            }
+        }
         let message_id = hook
             .message_id
             .clone()
@@ -611,20 +798,20 @@ impl Jobs {
         let record = move |attempt: Option<Attempt>, state: Option<&'static str>| {
             let (store, key, mid) = (me.store.clone(), id.clone(), mid.clone());
             async move {
-                let _ = blocking(move || {
-                    store.update_job(&key, |j| {
-                        if let Some(w) = j.webhook.as_mut() {
-                            w.message_id = Some(mid);
-                            if let Some(a) = attempt {
-                                w.attempts.push(a);
-                            }
-                            if let Some(s) = state {
-                                w.state = s.to_string();
+                let change: Change = Arc::new(move |j: &mut JobRecord| {
+                    if let Some(w) = j.webhook.as_mut() {
+                        w.message_id = Some(mid.clone());
+                        if let Some(a) = &attempt {
+                            if !w.attempts.contains(a) {
+                                w.attempts.push(a.clone());
                             }
                         }
-                    })
-                })
-                .await;
+                        if let Some(s) = state {
+                            w.state = s.to_string();
+                        }
+                    }
+                });
+                let _ = store.update_job(&key, change).await;
             }
         };
         record(None, None).await;
@@ -640,5 +827,15 @@ impl Jobs {
             )
             .await;
         record(None, Some(if delivered { "delivered" } else { "failed" })).await;
+        if let Backend::Shared(shared) = &self.store {
+            let _ = shared.release_webhook(&job.id).await;
+        }
     }
+}
+
+/// Count a chunk's computed inputs by result.
+fn count_results(metrics: &crate::metrics::Metrics, results: &[StoredResult]) {
+    let ok = results.iter().filter(|r| r.ok).count() as u64;
+    metrics.job_inputs("ok", ok);
+    metrics.job_inputs("error", results.len() as u64 - ok);
 }

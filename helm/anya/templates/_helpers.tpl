@@ -159,11 +159,13 @@ ANYA__SECTION__KEY environment variables (extraEnv).
   "enabled" .Values.rateLimits.enabled
   "redis_failure" .Values.rateLimits.redisFailure
   "expected_replicas" (int $expected) }}
+{{- $jobs := dict "claim_idle_ms" (int64 .Values.jobs.claimIdleMs) }}
+{{- with .Values.jobs.redis.url }}{{- $_ := set $jobs "redis_url" . }}{{- end }}
 {{- $security := dict
   "auth_required" .Values.auth.enabled
   "allowed_origins" .Values.security.allowedOrigins }}
 {{- if .Values.auth.enabled }}{{- $_ := set $security "jwt_secret_file" (include "anya.jwtKeyPath" .) }}{{- end }}
-{{- $config := dict "model" $model "server" $server "monitoring" $monitoring "cache" $cache "security" $security "rate_limits" $rateLimits -}}
+{{- $config := dict "model" $model "server" $server "monitoring" $monitoring "cache" $cache "security" $security "rate_limits" $rateLimits "jobs" $jobs -}}
 # anya configuration rendered by the {{ include "anya.chart" . }} Helm chart from its values:
 # change the values, not this file. Environment ANYA__SECTION__KEY overrides it.
 {{ toYaml $config }}
@@ -181,6 +183,9 @@ Value combinations the schema cannot express. Included once, from the Deployment
 {{- end }}
 {{- if and .Values.cache.redis.bundled.enabled (or .Values.cache.redis.url .Values.cache.redis.existingSecret) }}
 {{- fail "cache.redis: bundled.enabled runs its own Redis; leave url and existingSecret empty" }}
+{{- end }}
+{{- if and .Values.jobs.redis.url .Values.jobs.redis.existingSecret }}
+{{- fail "jobs.redis: set url or existingSecret, not both" }}
 {{- end }}
 {{- if and .Values.cache.redis.url .Values.cache.redis.existingSecret }}
 {{- fail "cache.redis: set url or existingSecret, not both" }}

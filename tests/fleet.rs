@@ -881,3 +881,65 @@ async fn the_fleet_works_one_job_queue_and_takes_over_a_dead_replicas_chunks() {
     assert_eq!(seen.len() as u64, done, "{job}");
     drop(redis);
 }
+
+/// The official `openai` SDK runs a batch on the real embedding model through a fleet whose
+/// jobs live in Redis: the file is uploaded and the batch created on one replica, then polled,
+/// listed and read back (input, output file) on the other; the vectors equal direct answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_runs_a_batch_across_two_replicas_sharing_redis() {
+    let Some(models) = common::real_models() else {
+        return;
+    };
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python");
+    let has_sdk = Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_sdk {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "the openai SDK is missing in .cache/venv: .ci/run installs it"
+        );
+        eprintln!("\n*** SKIPPING: no openai SDK in .cache/venv ***\n");
+        return;
+    }
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "model:\n  models_dir: {}\n  name: {EMBED}\n  device: cpu\n  warmup: false\n\
+         cache:\n  enabled: false\n\
+         jobs:\n  redis_url: {}\n",
+        models.display(),
+        redis.url(),
+    );
+    let a = Replica::start(dir.path(), "a", &config, &[]);
+    let b = Replica::start(dir.path(), "b", &config, &[]);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    a.wait_up(&client, 120).await;
+    b.wait_up(&client, 120).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/batch_sdk.py");
+    let (a_base, b_base) = (a.base.clone(), b.base.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .args([a_base, b_base, "--embeddings-only".into()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "the SDK script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+    drop(redis);
+}

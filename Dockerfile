@@ -94,7 +94,8 @@ RUN apt-get update \
     && groupadd --system --gid "$ANYA_GID" anya \
     && useradd --system --uid "$ANYA_UID" --gid anya --no-create-home \
                --home-dir /nonexistent --shell /usr/sbin/nologin anya \
-    && mkdir -p /models /etc/anya
+    && mkdir -p /models /etc/anya /var/lib/anya/jobs \
+    && chown anya:anya /var/lib/anya/jobs
 
 COPY --from=build /out/anya /usr/local/bin/anya
 COPY deploy/anya.docker.yaml /etc/anya/anya.yaml
@@ -104,6 +105,9 @@ COPY scripts/fetch-models.sh /usr/local/share/anya/fetch-models.sh
 
 # The model repository: models/<id>/<version>/anya.yaml + artifacts, mounted read-only.
 VOLUME ["/models"]
+# Batch jobs (jobs.dir in /etc/anya/anya.yaml): unfinished jobs resume after a restart when this
+# outlives the container (a named volume, as docker-compose.yml mounts).
+VOLUME ["/var/lib/anya/jobs"]
 
 # 8000: HTTP API (also /metrics, KServe v2 REST under /v2); 8001: KServe v2 gRPC
 # (server.grpc_port); 9090: /metrics only (monitoring.metrics_port).

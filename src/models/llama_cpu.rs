@@ -44,14 +44,27 @@ struct Layer {
 /// Positions per block of the K cache.
 const KB: usize = 8;
 
-/// One sequence's KV cache. Per layer, V holds `len` rows of `kv_dim` values; K is kept in
-/// blocks of [`KB`] positions, laid out `[block][kv_dim][KB]`, so the scores of eight positions
-/// are computed side by side, each summed over the head in order like a plain dot product.
+/// One sequence's KV cache, stored as IEEE half floats (the bits of `half::f16`, as llama.cpp's
+/// default f16 cache keeps them: 2 bytes per value). Per layer, V holds `len` rows of `kv_dim`
+/// values; K is kept in blocks of [`KB`] positions, laid out `[block][kv_dim][KB]`, so the
+/// scores of eight positions are computed side by side (one F16C conversion per head dimension),
+/// each summed over the head in order like a plain dot product.
 #[derive(Default)]
 struct Slot {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: Vec<Vec<u16>>,
+    v: Vec<Vec<u16>>,
     len: usize,
+}
+
+/// A value as stored in the KV cache.
+#[inline]
+fn to_f16_bits(x: f32) -> u16 {
+    half::f16::from_f32(x).to_bits()
+}
+
+#[inline]
+fn from_f16_bits(b: u16) -> f32 {
+    half::f16::from_bits(b).to_f32()
 }
 
 /// Buffers reused across steps.
@@ -333,13 +346,13 @@ impl CpuLlama {
                     let sl = &mut slots[slot];
                     let (kc, vc) = (&mut sl.k[l], &mut sl.v[l]);
                     let (block, lane) = (pos / KB, pos % KB);
-                    kc.resize((block + 1) * kv_dim * KB, 0.0);
+                    kc.resize((block + 1) * kv_dim * KB, 0);
                     let kb = &mut kc[block * kv_dim * KB..];
                     for (c, &v) in kv[..kv_dim].iter().enumerate() {
-                        kb[c * KB + lane] = round_f16(v);
+                        kb[c * KB + lane] = to_f16_bits(v);
                     }
                     vc.truncate(pos * kv_dim);
-                    vc.extend(kv[kv_dim..].iter().map(|&v| round_f16(v)));
+                    vc.extend(kv[kv_dim..].iter().map(|&v| to_f16_bits(v)));
                     for v in q.iter_mut() {
                         *v = round_f16(*v);
                     }
@@ -486,20 +499,21 @@ fn quantize_rows(x: &[f32], width: usize, out: &mut Vec<BlockQ8>) {
 /// `off..off + head size` of each row).
 struct Head<'a> {
     q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    k: &'a [u16],
+    v: &'a [u16],
     kv_dim: usize,
     off: usize,
     len: usize,
     scale: f32,
 }
 
-/// The same code compiled for AVX2 where the CPU has it (wider vectors; no FMA contraction, so
-/// the results are the same bits).
+/// With AVX2 and F16C: the same arithmetic in the same order on 8 lanes, converting the cache's
+/// halves with F16C (separate multiply and add, no FMA contraction, so the results are the
+/// same bits as the portable code).
 fn attend(kernel: Kernel, head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if matches!(kernel, Kernel::Avx2 | Kernel::Avx512) {
-        // SAFETY: both are only detected on CPUs with AVX2 and FMA.
+        // SAFETY: both are only detected on CPUs with AVX2, FMA and F16C (`Kernel::pick`).
         unsafe { attend_avx2(head, scores, out) };
         return;
     }
@@ -507,10 +521,67 @@ fn attend(kernel: Kernel, head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32
     attend_generic(head, scores, out);
 }
 
+/// Softmax of the scores in place; answers `1 / sum` (the weights are `score * inv`).
+#[inline(always)]
+fn softmax_unnormalized(scores: &mut [f32]) -> f32 {
+    let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        sum += *s as f64;
+    }
+    (1.0 / sum) as f32
+}
+
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn attend_avx2(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
-    attend_generic(head, scores, out)
+    use std::arch::x86_64::*;
+    let Head {
+        q,
+        k,
+        v,
+        kv_dim,
+        off,
+        len,
+        scale,
+    } = *head;
+    let hd = q.len();
+    scores.clear();
+    let mut lanes = [0.0f32; KB];
+    for block in k.chunks_exact(kv_dim * KB).take(len.div_ceil(KB)) {
+        let rows = &block[off * KB..(off + hd) * KB];
+        let mut acc = _mm256_setzero_ps();
+        for (&qd, kd) in q.iter().zip(rows.chunks_exact(KB)) {
+            // SAFETY: `kd` holds KB = 8 halves (16 bytes); unaligned loads are allowed.
+            let kf = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(kd.as_ptr().cast()) });
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(qd), kf));
+        }
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        scores.extend(lanes.iter().map(|a| a * scale));
+    }
+    scores.truncate(len);
+    let inv = softmax_unnormalized(scores);
+    out.fill(0.0);
+    for (p, &w) in scores.iter().enumerate() {
+        let w = round_f16(w * inv);
+        let vr = &v[p * kv_dim + off..p * kv_dim + off + hd];
+        let wv = _mm256_set1_ps(w);
+        let mut o8 = out.chunks_exact_mut(8);
+        let mut v8 = vr.chunks_exact(8);
+        for (o, x) in (&mut o8).zip(&mut v8) {
+            // SAFETY: both chunks hold 8 elements; unaligned loads and stores are allowed.
+            unsafe {
+                let xf = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().cast()));
+                let cur = _mm256_loadu_ps(o.as_ptr());
+                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(cur, _mm256_mul_ps(wv, xf)));
+            }
+        }
+        for (o, &x) in o8.into_remainder().iter_mut().zip(v8.remainder()) {
+            *o += w * from_f16_bits(x);
+        }
+    }
 }
 
 #[inline(always)]
@@ -531,25 +602,19 @@ fn attend_generic(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
         for (d, &qd) in q.iter().enumerate() {
             let kd = &block[(off + d) * KB..(off + d + 1) * KB];
             for (a, &kv) in acc.iter_mut().zip(kd) {
-                *a += qd * kv;
+                *a += qd * from_f16_bits(kv);
             }
         }
         scores.extend(acc.iter().map(|a| a * scale));
     }
     scores.truncate(len);
-    let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s as f64;
-    }
-    let inv = (1.0 / sum) as f32;
+    let inv = softmax_unnormalized(scores);
     out.fill(0.0);
     for (p, &w) in scores.iter().enumerate() {
         let w = round_f16(w * inv);
         let vr = &v[p * kv_dim + off..p * kv_dim + off + hd];
         for (o, &x) in out.iter_mut().zip(vr) {
-            *o += w * x;
+            *o += w * from_f16_bits(x);
         }
     }
 }
@@ -592,6 +657,44 @@ mod tests {
             start,
             tokens,
             logits: true,
+        }
+    }
+
+    /// The F16C attention equals the portable one bit for bit, over whole and partial blocks
+    /// and a head that is not the first.
+    #[test]
+    fn attention_on_the_half_float_cache_is_the_same_bits_on_every_kernel() {
+        let (hd, kv_dim) = (64, 128);
+        let mut seed = 0x2545_f491_u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % 2001) as f32 / 1000.0 - 1.0
+        };
+        for len in [1usize, 7, 8, 9, 33, 100] {
+            let blocks = len.div_ceil(KB);
+            let k: Vec<u16> = (0..blocks * kv_dim * KB)
+                .map(|_| to_f16_bits(rnd()))
+                .collect();
+            let v: Vec<u16> = (0..len * kv_dim).map(|_| to_f16_bits(rnd())).collect();
+            let q: Vec<f32> = (0..hd).map(|_| round_f16(rnd())).collect();
+            let head = Head {
+                q: &q,
+                k: &k,
+                v: &v,
+                kv_dim,
+                off: hd,
+                len,
+                scale: 0.125,
+            };
+            let (mut s1, mut s2) = (Vec::new(), Vec::new());
+            let (mut portable, mut best) = (vec![0.0; hd], vec![0.0; hd]);
+            attend(Kernel::Scalar, &head, &mut s1, &mut portable);
+            attend(Kernel::detect(), &head, &mut s2, &mut best);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&portable), bits(&best), "len {len}");
+            assert!(portable.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
         }
     }
 

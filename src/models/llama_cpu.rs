@@ -56,6 +56,18 @@ struct Slot {
     len: usize,
 }
 
+/// Positions the KV cache of a sequence grows by at least (then by a quarter of what it holds):
+/// a sequence's cache is not left with up to twice the room it uses, as `Vec`'s doubling would.
+const KV_STEP: usize = 128;
+
+/// Make room for `len` values in `c`, growing by `step` values or a quarter, whichever is more.
+fn reserve_kv(c: &mut Vec<u16>, len: usize, step: usize) {
+    if len > c.capacity() {
+        let target = len.max(c.capacity() + step).max(c.capacity() + c.capacity() / 4);
+        c.reserve_exact(target - c.len());
+    }
+}
+
 /// A value as stored in the KV cache.
 #[inline]
 fn to_f16_bits(x: f32) -> u16 {
@@ -346,12 +358,14 @@ impl CpuLlama {
                     let sl = &mut slots[slot];
                     let (kc, vc) = (&mut sl.k[l], &mut sl.v[l]);
                     let (block, lane) = (pos / KB, pos % KB);
+                    reserve_kv(kc, (block + 1) * kv_dim * KB, KV_STEP * kv_dim);
                     kc.resize((block + 1) * kv_dim * KB, 0);
                     let kb = &mut kc[block * kv_dim * KB..];
                     for (c, &v) in kv[..kv_dim].iter().enumerate() {
                         kb[c * KB + lane] = to_f16_bits(v);
                     }
                     vc.truncate(pos * kv_dim);
+                    reserve_kv(vc, (pos + 1) * kv_dim, KV_STEP * kv_dim);
                     vc.extend(kv[kv_dim..].iter().map(|&v| to_f16_bits(v)));
                     for v in q.iter_mut() {
                         *v = round_f16(*v);

@@ -40,6 +40,7 @@ pub mod grpc;
 pub mod http;
 pub mod jobs;
 pub mod lifecycle;
+pub mod loadgen;
 pub mod metrics;
 pub mod models;
 pub mod net;

@@ -32,6 +32,9 @@ enum Command {
     },
     /// Mint a development token with the configured HS256 secret.
     Token(TokenArgs),
+    /// Load-test a running server (anya or any OpenAI-compatible one): requests/s, tokens/s,
+    /// time to first token, inter-token latency, p50/p99, with a progress bar.
+    Bench(Box<BenchArgs>),
     /// Check configuration.
     Config {
         #[command(subcommand)]
@@ -110,6 +113,30 @@ enum ModelsCommand {
 }
 
 #[derive(clap::Args)]
+#[command(after_help = "Examples:
+  anya bench --model all-minilm-l6-v2 -c 8 -d 10
+  anya bench --model smollm2-135m-instruct -c 4 -n 16 --max-tokens 128
+  anya bench http://127.0.0.1:8000/models/echo/predict -c 32 -d 5 --body '{\"inputs\": [\"$SENTENCE\"]}'")]
+struct BenchArgs {
+    /// Benchmark this model of the server: its task picks the request (embeddings: POST
+    /// /v1/embeddings; generation: streamed /v1/chat/completions; others: the predict API).
+    /// Without it, give the URL and the body yourself.
+    #[arg(long)]
+    model: Option<String>,
+    /// The server `--model` is on.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    server: String,
+    /// Tokens per generation request (with --model).
+    #[arg(long, default_value_t = 128)]
+    max_tokens: u64,
+    /// Print only the JSON summary.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    load: anya::loadgen::Args,
+}
+
+#[derive(clap::Args)]
 struct TokenArgs {
     #[arg(long)]
     sub: String,
@@ -148,6 +175,7 @@ fn main() -> ExitCode {
             command: ModelsCommand::Verify { models_dir, config },
         } => verify_models(models_dir, config),
         Command::Token(args) => token(args),
+        Command::Bench(args) => bench(*args),
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Settings::load(config.as_deref(), &Overrides::default())
@@ -161,6 +189,117 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn bench(mut b: BenchArgs) -> anyhow::Result<()> {
+    if let Some(n) = b.load.print_prompt {
+        println!(
+            "{}",
+            serde_json::json!(anya::loadgen::prompt(n, b.load.prompt_words))
+        );
+        return Ok(());
+    }
+    if b.load.requests.is_none() && b.load.requests_pos.is_none() && b.load.duration.is_none() {
+        b.load.duration = Some(10.0);
+    }
+    let threads = b.load.threads.max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let json_only = b.json;
+    let summary = runtime.block_on(async move {
+        if let Some(model) = b.model.clone() {
+            pick_request(&mut b, &model).await?;
+        }
+        anyhow::Ok(anya::loadgen::run(b.load).await?)
+    })?;
+    if !json_only {
+        print!("{}", anya::loadgen::render(&summary));
+    }
+    println!("{summary}");
+    Ok(())
+}
+
+/// Fill in the URL and body that benchmark `model` on `b.server`, by its task (anya's
+/// `GET /models/{id}`; a server without it is taken as OpenAI-compatible, for chat).
+async fn pick_request(b: &mut BenchArgs, model: &str) -> anyhow::Result<()> {
+    let base = b.server.trim_end_matches('/').to_string();
+    let mut headers = reqwest::header::HeaderMap::new();
+    for h in &b.load.headers {
+        if let Some((k, v)) = h.split_once(':') {
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()),
+                reqwest::header::HeaderValue::from_str(v.trim()),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+    }
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?;
+    let r = client
+        .get(format!("{base}/models/{model}"))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach {base}"))?;
+    let task = if r.status().is_success() {
+        let v: serde_json::Value = r.json().await?;
+        v["task"].as_str().unwrap_or_default().to_string()
+    } else {
+        let models: serde_json::Value = client
+            .get(format!("{base}/v1/models"))
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        let listed = models["data"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|m| m["id"] == model));
+        anyhow::ensure!(listed, "{base} has no model `{model}`");
+        "text-generation".to_string()
+    };
+    let input = if b.load.batch > 1 {
+        "$SENTENCES"
+    } else {
+        "$SENTENCE"
+    };
+    let (path, body) = match task.as_str() {
+        "embedding" => (
+            "/v1/embeddings".to_string(),
+            serde_json::json!({"model": model, "input": input}),
+        ),
+        "text-generation" => {
+            b.load.stream = true;
+            (
+                "/v1/chat/completions".to_string(),
+                serde_json::json!({
+                    "model": model,
+                    "messages": [{"role": "user", "content": "$PROMPT"}],
+                    "max_tokens": b.max_tokens,
+                    "temperature": 0,
+                    "stream": true,
+                    "stream_options": {"include_usage": true},
+                }),
+            )
+        }
+        _ => (
+            format!("/models/{model}/predict"),
+            serde_json::json!({"inputs": [input]}),
+        ),
+    };
+    b.load.url = Some(format!("{base}{path}"));
+    if b.load.body.is_none() {
+        b.load.body = Some(body.to_string());
+    }
+    if b.load.label.is_none() {
+        b.load.label = Some(model.to_string());
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

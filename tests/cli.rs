@@ -139,9 +139,45 @@ fn serve_answers_and_models_list_verifies() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // `anya bench` picks the request by the model's task (echo: the predict API), runs the
+    // load, and prints its summary; an unknown model exits 2 naming it.
+    let server = format!("http://127.0.0.1:{port}");
+    let out = anya()
+        .args([
+            "bench", "--server", &server, "--model", "echo", "-c", "4", "-n", "20",
+        ])
+        .args(["--body", r#"{"inputs": ["short"]}"#, "--json"])
+        .output()
+        .unwrap();
+    let bench_stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let bench_stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let missing = anya()
+        .args(["bench", "--server", &server, "--model", "nope", "-n", "1"])
+        .output()
+        .unwrap();
     let _ = child.kill();
     let _ = child.wait();
     assert!(ready, "anya serve never became ready");
+    assert!(out.status.success(), "{bench_stdout}\n{bench_stderr}");
+    let summary: serde_json::Value = serde_json::from_str(bench_stdout.trim()).unwrap();
+    assert_eq!(summary["ok"], 20, "{summary}");
+    assert_eq!(summary["requests"], 20, "{summary}");
+    assert_eq!(summary["concurrency"], 4, "{summary}");
+    assert_eq!(summary["errors"], serde_json::json!({}), "{summary}");
+    assert!(summary["rps"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(
+        summary["url"]
+            .as_str()
+            .unwrap()
+            .ends_with("/models/echo/predict"),
+        "{summary}"
+    );
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("has no model `nope`"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
     let lines = lines.join().unwrap();
     assert!(
         lines.iter().any(|l| l.contains("model loaded")

@@ -63,7 +63,9 @@ const KV_STEP: usize = 128;
 /// Make room for `len` values in `c`, growing by `step` values or a quarter, whichever is more.
 fn reserve_kv(c: &mut Vec<u16>, len: usize, step: usize) {
     if len > c.capacity() {
-        let target = len.max(c.capacity() + step).max(c.capacity() + c.capacity() / 4);
+        let target = len
+            .max(c.capacity() + step)
+            .max(c.capacity() + c.capacity() / 4);
         c.reserve_exact(target - c.len());
     }
 }

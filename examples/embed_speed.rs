@@ -12,7 +12,8 @@
 //! With `old` or `new`, only that path runs (at batch `BATCH`, default 32, `ROUNDS` times over
 //! the sentences), for a profiler.
 //!
-//! `ANYA_MODELS_DIR` names another model repository; `RAYON_NUM_THREADS` pins the threads.
+//! `ANYA_MODELS_DIR` names another model repository; `RAYON_NUM_THREADS` pins the threads;
+//! `EMBED_SET=uniform` swaps the mixed-length sentences for 16-word ones (about 18 tokens).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -74,8 +75,9 @@ const WORDS: &[&str] = &[
     "unbelievable",
 ];
 
-/// Sentence `i`: 8 to 40 words, deterministic.
-fn sentence(i: u64) -> String {
+/// Sentence `i`: 8 to 40 words, deterministic; with `uniform`, 16 words (about 18 tokens), the
+/// "uniform" set of `scripts/bench/ort_embed.py` (same generator).
+fn sentence(i: u64, uniform: bool) -> String {
     let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
     let mut next = move || {
         x ^= x << 13;
@@ -84,6 +86,7 @@ fn sentence(i: u64) -> String {
         x
     };
     let n = 8 + (next() % 33) as usize;
+    let n = if uniform { 16 } else { n };
     (0..n)
         .map(|_| WORDS[(next() % WORDS.len() as u64) as usize])
         .collect::<Vec<_>>()
@@ -122,8 +125,10 @@ fn main() {
     let mut old = BertEmbedder::load_candle(&w, &c, Pooling::Mean, true, &cpu).expect("loads");
     let mut new = BertEmbedder::load(&w, &c, Pooling::Mean, true, &cpu).expect("loads");
 
+    // EMBED_SET=uniform: the 16-word set instead of the mixed-length one.
+    let uniform = std::env::var("EMBED_SET").is_ok_and(|v| v == "uniform");
     let seqs: Vec<Vec<u32>> = (0..128)
-        .map(|i| codec.encode(&sentence(i), false).expect("encodes"))
+        .map(|i| codec.encode(&sentence(i, uniform), false).expect("encodes"))
         .collect();
     if let Some(only) = std::env::args().nth(2) {
         let m = match only.as_str() {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Storage, Tensor};
 
 use super::kernels::{self, AttentionScratch, AttentionShape};
+use super::sgemm::{self, PackedLinear};
 use super::ModelError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,19 +90,19 @@ struct Norm {
 }
 
 struct Layer {
-    /// [hidden, 3 * hidden] (a transposed view of the checkpoint's [3 * hidden, hidden]): query,
-    /// key, value side by side.
-    qkv_w: Tensor,
+    /// The checkpoint's query, key and value weights stacked, [3 * hidden, hidden]: one fused
+    /// projection with query, key and value side by side in its output.
+    qkv_w: PackedLinear,
     qkv_b: Vec<f32>,
     /// [hidden, hidden]
-    attn_out_w: Tensor,
+    attn_out_w: PackedLinear,
     attn_out_b: Vec<f32>,
     attn_norm: Norm,
-    /// [hidden, intermediate]
-    up_w: Tensor,
-    up_b: Vec<f32>,
     /// [intermediate, hidden]
-    down_w: Tensor,
+    up_w: PackedLinear,
+    up_b: Vec<f32>,
+    /// [hidden, intermediate]
+    down_w: PackedLinear,
     down_b: Vec<f32>,
     out_norm: Norm,
 }
@@ -147,10 +148,17 @@ impl Weights {
         Ok(self.get(name, &[len])?.to_vec1()?)
     }
 
-    /// A `[out, in]` linear weight, transposed (a view) for `x.matmul(w)`; gemm reads it as
-    /// fast as a contiguous `[in, out]` copy.
-    fn linear_t(&self, name: &str, out: usize, inp: usize) -> Result<Tensor, ModelError> {
-        Ok(self.get(name, &[out, inp])?.t()?)
+    /// A `[out, in]` linear weight: packed for [`sgemm`] where the CPU runs it (and `pack`),
+    /// else a transposed view for candle's `x.matmul(w)` (gemm reads it as fast as a contiguous
+    /// `[in, out]` copy).
+    fn linear(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        pack: bool,
+    ) -> Result<PackedLinear, ModelError> {
+        Ok(PackedLinear::new(&self.get(name, &[out, inp])?, pack)?)
     }
 
     fn norm(&self, name: &str, len: usize) -> Result<Norm, ModelError> {
@@ -248,9 +256,11 @@ fn attention_split(
 /// are the same (measured with all four of MiniLM's projection shapes).
 const TRANSPOSED_MATMUL_TOKENS: usize = 128;
 
-/// `x @ w_t` for `x` `[tokens, in]` and `w_t` a transposed `[out, in]` weight, contiguous
-/// `[tokens, out]` out.
-fn linear(x: &Tensor, w_t: &Tensor) -> candle_core::Result<Tensor> {
+/// `x Wᵀ` for `x` `[tokens, in]` and a `[out, in]` weight, contiguous `[tokens, out]` out.
+fn linear(x: &Tensor, w: &PackedLinear) -> candle_core::Result<Tensor> {
+    let PackedLinear::Candle(w_t) = w else {
+        return sgemm::linear(x, w);
+    };
     if x.dim(0)? <= TRANSPOSED_MATMUL_TOKENS {
         w_t.t()?.matmul(&x.t()?)?.t()?.contiguous()
     } else {
@@ -361,6 +371,12 @@ impl FastBert {
                 ModelError::Load("weights have no embeddings.word_embeddings.weight".into())
             })?;
         let w = Weights { tensors, prefix };
+        // ANYA_KERNEL=avx2 (or scalar) keeps candle's gemm for the projections, as it picks the
+        // generation kernels: to compare the two.
+        let pack = !matches!(
+            std::env::var("ANYA_KERNEL").as_deref(),
+            Ok("avx2") | Ok("scalar")
+        );
         let h = cfg.hidden_size;
         let inter = cfg.intermediate_size;
         let word_t = w
@@ -392,19 +408,19 @@ impl FastBert {
             let q = w.get(&format!("{a}.query.weight"), &[h, h])?;
             let k = w.get(&format!("{a}.key.weight"), &[h, h])?;
             let v = w.get(&format!("{a}.value.weight"), &[h, h])?;
-            let qkv_w = Tensor::cat(&[q, k, v], 0)?.t()?;
+            let qkv_w = PackedLinear::new(&Tensor::cat(&[q, k, v], 0)?, pack)?;
             let mut qkv_b = w.vec(&format!("{a}.query.bias"), h)?;
             qkv_b.extend(w.vec(&format!("{a}.key.bias"), h)?);
             qkv_b.extend(w.vec(&format!("{a}.value.bias"), h)?);
             layers.push(Layer {
                 qkv_w,
                 qkv_b,
-                attn_out_w: w.linear_t(&format!("{p}.attention.output.dense.weight"), h, h)?,
+                attn_out_w: w.linear(&format!("{p}.attention.output.dense.weight"), h, h, pack)?,
                 attn_out_b: w.vec(&format!("{p}.attention.output.dense.bias"), h)?,
                 attn_norm: w.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
-                up_w: w.linear_t(&format!("{p}.intermediate.dense.weight"), inter, h)?,
+                up_w: w.linear(&format!("{p}.intermediate.dense.weight"), inter, h, pack)?,
                 up_b: w.vec(&format!("{p}.intermediate.dense.bias"), inter)?,
-                down_w: w.linear_t(&format!("{p}.output.dense.weight"), h, inter)?,
+                down_w: w.linear(&format!("{p}.output.dense.weight"), h, inter, pack)?,
                 down_b: w.vec(&format!("{p}.output.dense.bias"), h)?,
                 out_norm: w.norm(&format!("{p}.output.LayerNorm"), h)?,
             });

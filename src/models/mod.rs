@@ -19,6 +19,7 @@ pub mod llama_cpu;
 pub mod logreg;
 pub mod quant;
 pub mod sampling;
+pub mod sgemm;
 #[cfg(test)]
 pub(crate) mod test_gguf;
 pub mod text;

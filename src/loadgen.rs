@@ -165,6 +165,11 @@ pub struct Args {
     /// No progress bar (it is drawn on standard error, only when that is a terminal).
     #[arg(long)]
     pub quiet: bool,
+    /// A new connection for every request (no keep-alive reuse): for servers that close a
+    /// connection after a streamed answer without saying so (llama.cpp's `llama-server`), where
+    /// reusing it would lose the next request.
+    #[arg(long)]
+    pub fresh_connections: bool,
 }
 
 /// What one request gave back.
@@ -471,7 +476,11 @@ pub async fn run(args: Args) -> Result<Value, LoadgenError> {
     }
     let client = reqwest::Client::builder()
         .default_headers(default_headers)
-        .pool_max_idle_per_host(concurrency)
+        .pool_max_idle_per_host(if args.fresh_connections {
+            0
+        } else {
+            concurrency
+        })
         // Below the servers' keep-alive (uvicorn's is 5 s): a connection the server is about to
         // close is not reused, so no request is lost to that race.
         .pool_idle_timeout(Duration::from_secs(2))

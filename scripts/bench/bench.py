@@ -417,7 +417,7 @@ def hello_peer(ctx):
 
 def loadgen_cmd(ctx, url, concurrency, seed, body, label, duration=None, warmup=None,
                 requests=None, warmup_requests=None, batch=None, stream=False,
-                expect_tokens=None, timeout=None, prompt_words=None):
+                expect_tokens=None, timeout=None, prompt_words=None, fresh=False):
     cmd = [str(ctx.loadgen), url, "-c", str(concurrency), "--seed", str(seed),
            "--body", json.dumps(body), "--label", label, "--quiet",
            "--threads", str(ctx.args.loadgen_threads)]
@@ -439,6 +439,8 @@ def loadgen_cmd(ctx, url, concurrency, seed, body, label, duration=None, warmup=
         cmd += ["--expect-tokens", str(expect_tokens)]
     if prompt_words:
         cmd += ["--prompt-words", str(prompt_words)]
+    if fresh:
+        cmd += ["--fresh-connections"]
     return cmd
 
 
@@ -624,11 +626,12 @@ def scenario_generation(ctx):
 
     def body(who, stream, max_tokens=n_tokens):
         b = {"prompt": "$PROMPT", "max_tokens": max_tokens, "temperature": 0, "stream": stream}
+        # ignore_eos on both: every request generates exactly max_tokens (the client checks:
+        # --expect-tokens), whatever a prompt makes the model say
         if who == "anya":
-            b["model"] = GEN_ID
+            b.update({"model": GEN_ID, "ignore_eos": True})
         elif who.startswith("llama-server"):
-            # the word-salad prompts run to the budget on both sides: no end-of-sequence token
-            # stops one early (anya checked by --expect-tokens); top_k 1 = greedy, as anya's
+            # top_k 1 = greedy, as anya's temperature 0; no prompt reuse between requests
             b.update({"ignore_eos": True, "top_k": 1, "cache_prompt": False})
         else:
             b["repeat_penalty"] = 1.0
@@ -653,10 +656,10 @@ def scenario_generation(ctx):
                 b = body(who, stream, max_tokens)
                 loadgen(ctx, url[s.name], c, seed, b, f"{s.name}-warmup",
                         requests=ctx.profile["gen_warmup_requests"], stream=stream, timeout=tmo,
-                        prompt_words=prompt_words)
+                        prompt_words=prompt_words, fresh=True)
                 return loadgen(ctx, url[s.name], c, seed + 100, b, s.name, requests=n,
                                duration=cap, timeout=tmo, stream=stream,
-                               expect_tokens=max_tokens, prompt_words=prompt_words)
+                               expect_tokens=max_tokens, prompt_words=prompt_words, fresh=True)
             return run
 
         for stream in (True, False):
@@ -683,14 +686,15 @@ def scenario_generation(ctx):
                     bg = subprocess.Popen(
                         loadgen_cmd(ctx, url[s.name], beside, seed + 500_000,
                                     body(who, True, lp["beside_tokens"]), f"{s.name}-beside",
-                                    requests=beside * 4, stream=True, timeout=tmo),
+                                    requests=beside * 4, stream=True, timeout=tmo,
+                                    fresh=True),
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                         start_new_session=True)
                     time.sleep(lp["beside_head_start"])
                 try:
                     return loadgen(ctx, url[s.name], 1, seed, body(who, True), s.name,
                                    requests=lp["requests"], stream=True, timeout=tmo,
-                                   expect_tokens=n_tokens, prompt_words=1000)
+                                   expect_tokens=n_tokens, prompt_words=1000, fresh=True)
                 finally:
                     if bg:
                         os.killpg(bg.pid, signal.SIGTERM)
@@ -960,7 +964,12 @@ def versions(ctx):
     v["anya"] = cmd(ctx.anya, "--version")
     v["anya_git"] = cmd("git", "describe", "--always", "--dirty")
     v["rustc"] = cmd("rustc", "--version")
-    v["llama_server"] = (cmd(ctx.args.llama_server, "--version") or "").splitlines()[:1]
+    try:  # llama-server prints its version on standard error
+        r = subprocess.run([ctx.args.llama_server, "--version"], capture_output=True, text=True,
+                           timeout=60)
+        v["llama_server"] = " ".join((r.stdout + r.stderr).split("\n")[:2]).strip()
+    except OSError:
+        v["llama_server"] = None
     pkgs = ["onnxruntime", "onnx", "tokenizers", "fastapi", "uvicorn", "numpy"]
     v["python_packages"] = cmd(ctx.args.python, "-c", (
         "import importlib.metadata as m, json, platform; print(json.dumps({'python': "

@@ -21,6 +21,8 @@ use rayon::prelude::*;
 const NR: usize = 32;
 /// Rows per micro-kernel call.
 const MR: usize = 12;
+/// Most floats of packed input a thread keeps between calls (4 MiB).
+const KEEP_PACKED_X: usize = 1 << 20;
 /// Below this many multiply-adds a call stays on the calling thread.
 const PARALLEL_MACS: usize = 1 << 18;
 
@@ -123,6 +125,11 @@ pub fn matmul_packed(x: &[f32], m: usize, panels: &[f32], n: usize, k: usize, ou
             }
         }
         run_blocks(xp, m, panels, n, k, out);
+        // A big batch's buffer is not kept (it would stay in the RSS for good); next to the
+        // compute of such a batch a fresh allocation costs nothing.
+        if xp.capacity() > KEEP_PACKED_X {
+            *xp = Vec::new();
+        }
     });
 }
 

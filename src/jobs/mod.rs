@@ -795,14 +795,19 @@ impl Jobs {
         });
         let me = self.clone();
         let (id, mid) = (job.id.clone(), message_id.clone());
-        let record = move |attempt: Option<Attempt>, state: Option<&'static str>| {
+        // `attempt`: (n, what happened), n counting all attempts at this event from 0.
+        let record = move |attempt: Option<(usize, Attempt)>, state: Option<&'static str>| {
             let (store, key, mid) = (me.store.clone(), id.clone(), mid.clone());
             async move {
                 let change: Change = Arc::new(move |j: &mut JobRecord| {
                     if let Some(w) = j.webhook.as_mut() {
                         w.message_id = Some(mid.clone());
-                        if let Some(a) = &attempt {
-                            if !w.attempts.contains(a) {
+                        // Attempt n is added once: a change can be applied more than once (a
+                        // store retrying it), and two attempts can be equal in every field
+                        // (same second, same status, same duration), so the count decides
+                        // (fewer than n recorded: an earlier record was lost; add this one).
+                        if let Some((n, a)) = &attempt {
+                            if w.attempts.len() <= *n {
                                 w.attempts.push(a.clone());
                             }
                         }
@@ -823,7 +828,7 @@ impl Jobs {
                 event_type,
                 data,
                 hook.attempts.len(),
-                |a| record(Some(a), None),
+                |n, a| record(Some((n, a)), None),
             )
             .await;
         record(None, Some(if delivered { "delivered" } else { "failed" })).await;

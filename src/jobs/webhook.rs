@@ -219,8 +219,9 @@ impl Hooks {
         Ok(parsed)
     }
 
-    /// Deliver one event, retrying on the schedule; `on_attempt` records each attempt.
-    /// `previous` attempts were made before a restart (they count against the schedule).
+    /// Deliver one event, retrying on the schedule; `on_attempt(n, attempt)` records each
+    /// attempt, `n` counting from 0 over all attempts at this event. `previous` attempts were
+    /// made before a restart (they count against the schedule).
     /// Returns whether the receiver took it.
     pub async fn deliver<F, Fut>(
         &self,
@@ -232,7 +233,7 @@ impl Hooks {
         on_attempt: F,
     ) -> bool
     where
-        F: Fn(Attempt) -> Fut,
+        F: Fn(usize, Attempt) -> Fut,
         Fut: Future<Output = ()>,
     {
         let body = serde_json::json!({
@@ -252,12 +253,15 @@ impl Hooks {
             tokio::time::sleep(wait).await;
             let started = Instant::now();
             let (status, error, retry_after) = self.attempt(url, message_id, &body).await;
-            on_attempt(Attempt {
-                at: now_unix(),
-                status,
-                error: error.clone(),
-                ms: started.elapsed().as_millis() as u64,
-            })
+            on_attempt(
+                n,
+                Attempt {
+                    at: now_unix(),
+                    status,
+                    error: error.clone(),
+                    ms: started.elapsed().as_millis() as u64,
+                },
+            )
             .await;
             match status {
                 Some(s) if (200..300).contains(&s) => return true,

@@ -91,8 +91,16 @@ struct Claims {
     iat: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iss: Option<String>,
+    /// One audience or several (RFC 7519 allows both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    aud: Option<String>,
+    aud: Option<Audience>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -111,8 +119,12 @@ pub enum AuthError {
     NotYetValid,
     #[error("the token's audience is not accepted")]
     Audience,
+    #[error("the token has no audience (aud) and one is required")]
+    MissingAudience,
     #[error("the token's issuer is not accepted")]
     Issuer,
+    #[error("the token has no issuer (iss) and one is required")]
+    MissingIssuer,
     #[error("the token's signature is invalid")]
     Signature,
 }
@@ -286,15 +298,23 @@ impl Authenticator {
             let mut v = Validation::new(alg);
             v.leeway = self.cfg.jwt_leeway_s;
             v.validate_nbf = true;
-            v.required_spec_claims = HashSet::from(["exp".to_string(), "sub".to_string()]);
+            // A configured issuer or audience is required, not only checked when present.
+            let mut required = HashSet::from(["exp".to_string(), "sub".to_string()]);
             match &self.cfg.jwt_issuer {
-                Some(iss) => v.set_issuer(&[iss]),
+                Some(iss) => {
+                    v.set_issuer(&[iss]);
+                    required.insert("iss".to_string());
+                }
                 None => v.iss = None,
             }
             match &self.cfg.jwt_audience {
-                Some(aud) => v.set_audience(&[aud]),
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    required.insert("aud".to_string());
+                }
                 None => v.validate_aud = false,
             }
+            v.required_spec_claims = required;
             match jsonwebtoken::decode::<Claims>(token, key, &v) {
                 Ok(data) => {
                     let c = data.claims;
@@ -319,6 +339,8 @@ impl Authenticator {
                         K::InvalidIssuer => AuthError::Issuer,
                         K::InvalidSignature => AuthError::Signature,
                         K::InvalidAlgorithm => AuthError::Algorithm,
+                        K::MissingRequiredClaim(c) if c == "iss" => AuthError::MissingIssuer,
+                        K::MissingRequiredClaim(c) if c == "aud" => AuthError::MissingAudience,
                         K::MissingRequiredClaim(_) | K::Json(_) | K::Base64(_) | K::Utf8(_) => {
                             AuthError::Malformed
                         }
@@ -343,6 +365,21 @@ impl Authenticator {
             self.cfg.jwt_audience.clone(),
         )
     }
+}
+
+/// The `WWW-Authenticate` challenge of a 401 whose message is `message` (RFC 6750 §3): a
+/// request without a token gets the bare challenge, a refused token `invalid_token` with the
+/// reason as `error_description`.
+pub fn challenge(message: &str) -> String {
+    if message == AuthError::Missing.to_string() {
+        return r#"Bearer realm="anya""#.to_string();
+    }
+    // error_description allows %x20-21 / %x23-5B / %x5D-7E: no quote, no backslash.
+    let reason: String = message
+        .chars()
+        .filter(|c| matches!(c, ' '..='~') && *c != '"' && *c != '\\')
+        .collect();
+    format!(r#"Bearer realm="anya", error="invalid_token", error_description="{reason}""#)
 }
 
 /// What `anya token` puts in a token.
@@ -374,7 +411,7 @@ pub fn mint_hs256(
         nbf: r.not_before_s.map(|s| now + s),
         iat: now,
         iss,
-        aud,
+        aud: aud.map(Audience::One),
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -477,6 +514,68 @@ mod tests {
         let mut parts: Vec<String> = good.split('.').map(String::from).collect();
         parts[1] = parts[1].chars().rev().collect();
         assert!(a.verify(&parts.join(".")).is_err());
+    }
+
+    fn raw(secret: &[u8], claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn configured_issuer_and_audience_are_required_each_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        std::fs::write(&f, "right").unwrap();
+        let exp = crate::usage::now_unix() + 60;
+        let bare = raw(b"right", serde_json::json!({"sub": "x", "exp": exp}));
+        let with_aud_list = raw(
+            b"right",
+            serde_json::json!({"sub": "x", "exp": exp, "aud": ["a", "anya"]}),
+        );
+        // issuer only
+        let mut c = cfg(&f);
+        c.jwt_audience = None;
+        let a = Authenticator::new(&c).unwrap();
+        assert_eq!(a.verify(&bare), Err(AuthError::MissingIssuer));
+        let t = raw(
+            b"right",
+            serde_json::json!({"sub": "x", "exp": exp, "iss": "anya-test", "aud": ["z"]}),
+        );
+        assert!(
+            a.verify(&t).is_ok(),
+            "aud is not checked when none is configured"
+        );
+        // audience only
+        let mut c = cfg(&f);
+        c.jwt_issuer = None;
+        let a = Authenticator::new(&c).unwrap();
+        assert_eq!(a.verify(&bare), Err(AuthError::MissingAudience));
+        assert!(a.verify(&with_aud_list).is_ok());
+        let wrong_list = raw(
+            b"right",
+            serde_json::json!({"sub": "x", "exp": exp, "aud": ["a", "b"]}),
+        );
+        assert_eq!(a.verify(&wrong_list), Err(AuthError::Audience));
+        // neither: neither is needed
+        let mut c = cfg(&f);
+        c.jwt_issuer = None;
+        c.jwt_audience = None;
+        let a = Authenticator::new(&c).unwrap();
+        assert!(a.verify(&bare).is_ok() && a.verify(&with_aud_list).is_ok());
+    }
+
+    #[test]
+    fn challenges_name_the_reason() {
+        assert_eq!(challenge("missing bearer token"), r#"Bearer realm="anya""#);
+        assert_eq!(
+            challenge(&AuthError::MissingIssuer.to_string()),
+            r#"Bearer realm="anya", error="invalid_token", error_description="the token has no issuer (iss) and one is required""#
+        );
+        assert!(!challenge("a \"quoted\" reason\n").contains("\"quoted"));
     }
 
     #[test]

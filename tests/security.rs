@@ -160,7 +160,17 @@ async fn forged_and_broken_tokens_get_401_and_never_reach_a_model() {
         .await;
         assert_eq!(s, 401, "{name}: {b}");
         assert_eq!(b["error"]["code"], "unauthorized", "{name}");
-        assert_eq!(h["www-authenticate"], "Bearer", "{name}");
+        let challenge = h["www-authenticate"].to_str().unwrap();
+        if *name == "none" {
+            assert_eq!(challenge, r#"Bearer realm="anya""#);
+        } else {
+            assert!(
+                challenge.starts_with(
+                    r#"Bearer realm="anya", error="invalid_token", error_description=""#
+                ),
+                "{name}: {challenge}"
+            );
+        }
         assert!(!b.to_string().contains(SECRET), "{name}: the secret leaked");
     }
     assert_eq!(
@@ -188,6 +198,101 @@ async fn forged_and_broken_tokens_get_401_and_never_reach_a_model() {
     // and the good token works
     let (s, _, b) = predict_as(&srv, &good).await;
     assert_eq!(s, 200, "{b}");
+}
+
+/// An HS256 token with exactly these claims (signed with the right secret).
+fn raw_token(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// With `jwt_issuer` and `jwt_audience` configured, a token must carry both and both must
+/// match: every combination of missing, wrong and right (string and array `aud`), on a predict
+/// route and on admin routes, with the reason in `WWW-Authenticate`.
+#[tokio::test]
+async fn a_configured_issuer_and_audience_are_required() {
+    let (_r, _k, srv) = hs_server(|_| {}).await;
+    let exp = anya::usage::now_unix() + 300;
+    let issuers = [
+        ("no iss", None),
+        ("wrong iss", Some(json!("https://evil.test"))),
+        ("right iss", Some(json!("https://issuer.test"))),
+    ];
+    let audiences = [
+        ("no aud", None),
+        ("wrong aud", Some(json!("other"))),
+        ("right aud", Some(json!("anya"))),
+        ("aud list with it", Some(json!(["other", "anya"]))),
+        ("aud list without it", Some(json!(["other", "more"]))),
+        ("empty aud list", Some(json!([]))),
+    ];
+    for (iname, iss) in &issuers {
+        for (aname, aud) in &audiences {
+            let mut claims = json!({"sub": "mallory", "scope": "admin", "exp": exp});
+            if let Some(i) = iss {
+                claims["iss"] = i.clone();
+            }
+            if let Some(a) = aud {
+                claims["aud"] = a.clone();
+            }
+            let token = raw_token(claims);
+            let ok = *iname == "right iss" && matches!(*aname, "right aud" | "aud list with it");
+            for (method, path) in [
+                (reqwest::Method::POST, "/models/echo/predict"),
+                (reqwest::Method::GET, "/models"),
+                (reqwest::Method::DELETE, "/cache"),
+                (reqwest::Method::GET, "/metrics"),
+            ] {
+                let (s, h, b) = call(&srv, Some(&token), method, path).await;
+                let case = format!("{iname}, {aname}: {path}");
+                if ok {
+                    assert_eq!(s, 200, "{case}: {b}");
+                    continue;
+                }
+                assert_eq!(s, 401, "{case}: {b}");
+                let challenge = h["www-authenticate"].to_str().unwrap().to_string();
+                // A missing claim is named before a wrong one; with both missing, either.
+                let mut reasons = Vec::new();
+                if *iname == "no iss" {
+                    reasons.push("no issuer");
+                }
+                if *aname == "no aud" {
+                    reasons.push("no audience");
+                }
+                if reasons.is_empty() {
+                    reasons.push(if *iname == "wrong iss" {
+                        "issuer is not accepted"
+                    } else {
+                        "audience is not accepted"
+                    });
+                }
+                let message = b["error"]["message"].as_str().unwrap();
+                assert!(
+                    reasons
+                        .iter()
+                        .any(|r| challenge.contains(r) && message.contains(r)),
+                    "{case}: {challenge} / {message}"
+                );
+            }
+        }
+    }
+    // the same on /v1 (OpenAI's shape) and gRPC-free KServe REST
+    let bare = raw_token(json!({"sub": "mallory", "scope": "admin", "exp": exp}));
+    for path in ["/v1/models", "/v2/models/echo"] {
+        let (s, h, _) = call(&srv, Some(&bare), reqwest::Method::GET, path).await;
+        assert_eq!(s, 401, "{path}");
+        assert!(
+            h["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .contains("no issuer"),
+            "{path}"
+        );
+    }
 }
 
 /// POST one input to the echo model with `token`.
@@ -299,8 +404,39 @@ async fn scopes_and_model_lists_give_403() {
         .0,
         200
     );
+    // A limited token lists only its models and reads no other model's metadata.
+    let (s, _, b) = call(&srv, Some(&limited), reqwest::Method::GET, "/models").await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = b["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["other"], "{b}");
+    let (s, _, b) = call(&srv, Some(&limited), reqwest::Method::GET, "/v1/models").await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = b["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["other"], "{b}");
+    for path in ["/models/echo", "/models/echo/versions", "/v2/models/echo"] {
+        let (s, _, b) = call(&srv, Some(&limited), reqwest::Method::GET, path).await;
+        assert_eq!(s, 403, "{path}: {b}");
+    }
+    assert_eq!(
+        call(&srv, Some(&limited), reqwest::Method::GET, "/models/other")
+            .await
+            .0,
+        200
+    );
     let predict = t(req("carol", &["predict"]));
     assert_eq!(predict_as(&srv, &predict).await.0, 200);
+    let (_, _, b) = call(&srv, Some(&predict), reqwest::Method::GET, "/models").await;
+    assert_eq!(b["models"].as_array().unwrap().len(), 2, "{b}");
     assert_eq!(
         call(&srv, Some(&predict), reqwest::Method::DELETE, "/cache")
             .await

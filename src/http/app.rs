@@ -392,11 +392,12 @@ async fn observe_request(
             }
         }
     } else {
-        ApiError::unavailable(
+        let refused = ApiError::unavailable(
             "too many requests in flight (server.max_concurrent_requests); retry later",
             1,
         )
-        .into_response()
+        .into_response();
+        refuse_unread(&state, req, refused).await
     };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
@@ -621,7 +622,7 @@ fn need(state: &AppState, method: &Method, route: &str) -> Need {
 
 /// The model a route is about (its id from the path), for the token's model list.
 fn route_model<'a>(route: &str, path: &'a str) -> Option<&'a str> {
-    let segment = if route.starts_with("/models/{id}/") {
+    let segment = if route == "/models/{id}" || route.starts_with("/models/{id}/") {
         2
     } else if route.starts_with("/v2/models/{name}") {
         3
@@ -683,7 +684,8 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
                 principal,
                 decision,
             } = *refused;
-            (error.into_response(), principal, decision)
+            let response = refuse_unread(&state, req, error.into_response()).await;
+            (response, principal, decision)
         }
     };
     if let Some(d) = decision {
@@ -696,6 +698,45 @@ async fn guard(State(state): State<AppState>, mut req: Request<Body>, next: Next
         Some(p) => with_principal(response, p),
         None => response,
     }
+}
+
+/// The most of a refused request's body read (and dropped) to keep its connection open.
+const DISCARD_MAX_BYTES: usize = 64 * 1024;
+
+/// A refusal answered before the request's body was read (401, 403, 429, 503): a small body is
+/// read and dropped so the keep-alive connection serves the client's next request; a large or
+/// slow one is not read, and the answer says `Connection: close` instead — never a silently
+/// closed connection that leaves the client unsure whether its request ran.
+async fn refuse_unread(state: &AppState, req: Request<Body>, mut response: Response) -> Response {
+    let within = Duration::from_millis(state.settings.server.body_timeout_ms.min(2_000));
+    if !discard_body(req, within).await {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Read and drop a body of at most `DISCARD_MAX_BYTES` within `within`; false when it is
+/// larger, slower or broken.
+async fn discard_body(req: Request<Body>, within: Duration) -> bool {
+    use http_body::Body as _;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = req.into_body();
+    if body.is_end_stream() || declared == Some(0) {
+        return true;
+    }
+    if declared.is_some_and(|n| n > DISCARD_MAX_BYTES as u64) {
+        return false;
+    }
+    matches!(
+        tokio::time::timeout(within, axum::body::to_bytes(body, DISCARD_MAX_BYTES)).await,
+        Ok(Ok(_))
+    )
 }
 
 fn with_principal(mut r: Response, p: Principal) -> Response {

@@ -200,11 +200,17 @@ fn default_record(rec: &ModelRecord) -> Option<&VersionRecord> {
 
 /// Every model in the registry.
 #[utoipa::path(get, path = "/models", responses((status = 200, body = ModelList)), tag = "models")]
-pub async fn list_models(State(state): State<AppState>) -> Json<ModelList> {
+pub async fn list_models(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+) -> Json<ModelList> {
+    // A token limited to some models lists only those.
+    let permitted = |id: &str| principal.as_ref().is_none_or(|p| p.may_use(id));
     let models = state
         .registry
         .list()
         .iter()
+        .filter(|rec| permitted(&rec.id))
         .filter_map(|rec| {
             let d = default_record(rec)?;
             Some(ModelSummary {

@@ -105,11 +105,17 @@ pub struct ModelListV1 {
     responses((status = 200, description = "Every model id", body = ModelListV1)),
     tag = "openai"
 )]
-pub async fn list_models(State(state): State<AppState>) -> Json<ModelListV1> {
+pub async fn list_models(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<crate::auth::Principal>>,
+) -> Json<ModelListV1> {
+    // A token limited to some models lists only those.
+    let permitted = |id: &str| principal.as_ref().is_none_or(|p| p.may_use(id));
     let data = state
         .registry
         .list()
         .into_iter()
+        .filter(|rec| permitted(&rec.id))
         .map(|rec| ModelObject {
             id: rec.id.clone(),
             object: ModelObjectKind::Model,

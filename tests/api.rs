@@ -406,6 +406,19 @@ async fn a_model_with_a_bad_hash_is_refused_and_others_still_serve() {
         ),
     )
     .unwrap();
+    // A second version of a serving model, failing its hash check at start: not the one that
+    // takes traffic, but /ready still stays 503 for it (the README's rule).
+    let bad2 = repo.path().join("echo/0.9.0");
+    std::fs::create_dir_all(&bad2).unwrap();
+    std::fs::write(bad2.join("weights.bin"), b"tampered").unwrap();
+    std::fs::write(
+        bad2.join("anya.yaml"),
+        format!(
+            "id: echo\nversion: 0.9.0\ntask: echo\nformat: none\nmax_input_length: 8\nfiles:\n  - path: weights.bin\n    sha256: {}\n",
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
     let srv = start(settings(repo.path()), &[]).await;
     srv.wait_settled(10).await;
     let (_, b) = srv.get("/models/broken").await;
@@ -435,6 +448,17 @@ async fn a_model_with_a_bad_hash_is_refused_and_others_still_serve() {
             .contains("broken@1.0.0"),
         "{b}"
     );
+    assert!(
+        b["error"]["details"]["issue"]
+            .as_str()
+            .unwrap()
+            .contains("echo@0.9.0"),
+        "{b}"
+    );
+    // Still 503 once the start is long past (the rule does not lapse).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (s, b) = srv.get("/ready").await;
+    assert_eq!(s, 503, "{b}");
     let (s, _) = srv.get("/health").await;
     assert_eq!(s, 200);
 }

@@ -54,7 +54,14 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, A
             .registry
             .list()
             .iter()
-            .flat_map(|m| m.versions.keys().map(move |v| format!("{}@{v}", m.id)))
+            .flat_map(|m| {
+                m.versions
+                    .iter()
+                    .filter(|(_, rec)| {
+                        matches!(rec.state, crate::registry::VersionState::Ready(ref h) if h.is_alive())
+                    })
+                    .map(move |(v, _)| format!("{}@{v}", m.id))
+            })
             .collect();
         return Ok(Json(ReadyStatus {
             status: "ready",

@@ -46,6 +46,9 @@ pub struct LoadSettings {
 pub struct Loading {
     pub settings: Option<LoadSettings>,
     started: std::sync::atomic::AtomicBool,
+    /// The versions (`id@version`) found at start that failed to load: `/ready` stays 503
+    /// while they stay failed, whether or not they would take traffic.
+    failed_at_start: std::sync::Mutex<std::collections::HashSet<String>>,
     scans: tokio::sync::Mutex<ScanState>,
 }
 
@@ -54,6 +57,7 @@ impl Loading {
         Loading {
             settings: Some(settings),
             started: Default::default(),
+            failed_at_start: Default::default(),
             scans: Default::default(),
         }
     }
@@ -464,8 +468,9 @@ impl Core {
     }
 
     /// Readiness: until the versions found at start have loaded, all of them count; after
-    /// that, only the versions that take traffic (the default, or a weight above 0), so a
-    /// version loading or failing at run time never takes the pod out of its Service.
+    /// that, the versions that take traffic (the default, or a weight above 0) and the versions
+    /// found at start that failed (a bad file keeps the pod out of its Service, as documented),
+    /// so only a version loading or failing at run time never takes the pod out.
     pub fn readiness(&self) -> crate::registry::Readiness {
         if !self
             .loading
@@ -474,15 +479,29 @@ impl Core {
         {
             return self.registry.readiness();
         }
+        let failed_at_start = self
+            .loading
+            .failed_at_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self.registry.readiness_of(|id, v, is_default| {
-            self.traffic
-                .routes_to(id, &v.to_string())
-                .unwrap_or(is_default)
+            failed_at_start.contains(&format!("{id}@{v}"))
+                || self
+                    .traffic
+                    .routes_to(id, &v.to_string())
+                    .unwrap_or(is_default)
         })
     }
 
     /// The versions found at start have all been tried.
     pub fn mark_started(&self) {
+        *self
+            .loading
+            .failed_at_start
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
+            self.registry.readiness().failed.into_iter().collect();
         self.loading
             .started
             .store(true, std::sync::atomic::Ordering::Relaxed);

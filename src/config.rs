@@ -131,8 +131,16 @@ pub struct ServerSection {
     pub header_read_timeout_ms: u64,
     /// How long a keep-alive connection may sit idle between requests; then it is closed.
     pub keep_alive_timeout_ms: u64,
-    /// Open connections at once; further clients wait in the listen backlog.
+    /// Open connections at once, HTTP and gRPC (and the metrics port) together; further
+    /// clients wait in the listen backlog while idle connections are closed to make room.
+    /// Clamped at start to what the process's open-file limit allows.
     pub max_connections: usize,
+    /// gRPC (HTTP/2): send a PING after this long without frames from the client, and close
+    /// the connection when it is not answered within `grpc_keepalive_timeout_ms`.
+    pub grpc_keepalive_interval_ms: u64,
+    pub grpc_keepalive_timeout_ms: u64,
+    /// gRPC (HTTP/2): streams one connection may have open at once.
+    pub grpc_max_concurrent_streams: u32,
     /// Serve the KServe v2 gRPC service (`inference.GRPCInferenceService`) on this port, on
     /// `host`; off when unset. 0 picks a free port (tests).
     pub grpc_port: Option<u16>,
@@ -335,6 +343,9 @@ impl Default for ServerSection {
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 75_000,
             max_connections: 4096,
+            grpc_keepalive_interval_ms: 30_000,
+            grpc_keepalive_timeout_ms: 10_000,
+            grpc_max_concurrent_streams: 128,
             grpc_port: None,
         }
     }
@@ -519,6 +530,24 @@ impl Settings {
         }
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             return bad("server.max_connections", "must be between 1 and 1000000");
+        }
+        if !(1..=3_600_000).contains(&self.server.grpc_keepalive_interval_ms) {
+            return bad(
+                "server.grpc_keepalive_interval_ms",
+                "must be between 1 and 3600000",
+            );
+        }
+        if !(1..=3_600_000).contains(&self.server.grpc_keepalive_timeout_ms) {
+            return bad(
+                "server.grpc_keepalive_timeout_ms",
+                "must be between 1 and 3600000",
+            );
+        }
+        if !(1..=100_000).contains(&self.server.grpc_max_concurrent_streams) {
+            return bad(
+                "server.grpc_max_concurrent_streams",
+                "must be between 1 and 100000",
+            );
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");

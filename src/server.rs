@@ -140,7 +140,6 @@ impl Server {
         };
         let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
         let conn_limits = crate::conn::ConnLimits {
-            max_connections: settings.server.max_connections,
             header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
             keep_alive_timeout: Duration::from_millis(settings.server.keep_alive_timeout_ms),
             max_head_bytes: settings
@@ -148,7 +147,37 @@ impl Server {
                 .max_header_bytes
                 .saturating_mul(4)
                 .max(128 * 1024),
+            protocol: crate::conn::Protocol::Http1,
         };
+        let grpc_limits = crate::conn::ConnLimits {
+            protocol: crate::conn::Protocol::Http2 {
+                keepalive_interval: Duration::from_millis(
+                    settings.server.grpc_keepalive_interval_ms,
+                ),
+                keepalive_timeout: Duration::from_millis(settings.server.grpc_keepalive_timeout_ms),
+                max_concurrent_streams: settings.server.grpc_max_concurrent_streams,
+            },
+            ..conn_limits
+        };
+        // HTTP, gRPC and the metrics port share one set of places, within the open-file limit.
+        let (max_connections, nofile) =
+            crate::conn::effective_max_connections(settings.server.max_connections);
+        if max_connections < settings.server.max_connections {
+            tracing::warn!(
+                configured = settings.server.max_connections,
+                effective = max_connections,
+                nofile,
+                "server.max_connections lowered to fit the open-file limit (raise `ulimit -n`)"
+            );
+        }
+        tracing::info!(
+            max_connections,
+            nofile,
+            max_concurrent_requests = settings.server.max_concurrent_requests,
+            grpc_max_concurrent_streams = settings.server.grpc_max_concurrent_streams,
+            "connection limits"
+        );
+        let places = crate::conn::Places::new(max_connections);
         let (tx, shutdown_rx) = tokio::sync::watch::channel(false);
         let state = AppState::new(settings, registry.clone())?;
         let lifecycle = state.lifecycle.clone();
@@ -188,16 +217,19 @@ impl Server {
                 .map_err(|source| StartupError::Bind { addr, source })?;
             let metrics_app = crate::http::app::metrics_app(state.clone());
             let stop = shutdown_rx.clone();
+            let places = places.clone();
             tokio::spawn(async move {
-                let _ = crate::conn::serve(listener, metrics_app, conn_limits, stop).await;
+                let _ = crate::conn::serve(listener, metrics_app, conn_limits, places, stop).await;
             });
         }
         spawn_housekeeping(&state);
         let (grpc, grpc_addr) = match grpc_listener {
             Some((listener, addr)) => {
-                let (state, stop) = (state.clone(), shutdown_rx.clone());
+                let (state, stop, places) = (state.clone(), shutdown_rx.clone(), places.clone());
                 let task = tokio::spawn(async move {
-                    if let Err(e) = crate::grpc::serve(listener, state, stop).await {
+                    if let Err(e) =
+                        crate::grpc::serve(listener, state, grpc_limits, places, stop).await
+                    {
                         tracing::error!(error = %e, "the gRPC server stopped");
                     }
                 });
@@ -211,6 +243,7 @@ impl Server {
             listener,
             router,
             conn_limits,
+            places,
             shutdown_rx,
         ));
         tracing::info!(addr = %local, "listening");

@@ -211,7 +211,7 @@ async fn slowloris_and_idle_keep_alive_connections_are_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_connections_are_capped() {
+async fn open_connections_are_capped_and_idle_ones_make_room() {
     let repo = echo_repo();
     let mut st = settings(repo.path());
     st.server.max_connections = 2;
@@ -225,10 +225,41 @@ async fn open_connections_are_capped() {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Each request below opens its own connection; two idle ones fill the cap.
-    let a = TcpStream::connect(addr).await.unwrap();
-    let _b = TcpStream::connect(addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Two idle connections fill the cap; a third client makes them close (the header timeout,
+    // 10 s, is far away) and is served at once.
+    let mut a = TcpStream::connect(addr).await.unwrap();
+    let mut b = TcpStream::connect(addr).await.unwrap();
+    // (a connection gets 200 ms to send its request before it counts as idle)
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    let r = exchange(
+        addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("served");
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // (one place was wanted: at least one of them gave its place up)
+    let a_closed = closed_within(&mut a, Duration::from_secs(1)).await;
+    let b_closed = closed_within(&mut b, Duration::from_secs(1)).await;
+    assert!(a_closed || b_closed, "no idle connection made room");
+    drop((a, b));
+
+    // Two connections with a request in progress are not idle: a third waits for a place.
+    let slow = b"POST /models/echo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 47\r\n\r\n{\"inputs\":[\"a\"],\"parameters\":{\"delay_ms\":1500}}";
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(slow).await.unwrap();
+        busy.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut third = TcpStream::connect(addr).await.unwrap();
     third
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -240,11 +271,165 @@ async fn open_connections_are_capped() {
         waited.is_err(),
         "a third connection was served over the cap"
     );
-    drop(a); // a place frees up: the third is served
+    for mut s in busy {
+        let r = read_response(&mut s, Duration::from_secs(5))
+            .await
+            .expect("the requests in progress finish");
+        assert_eq!(r.status, 200, "{r:?}");
+    }
     let r = read_response(&mut third, Duration::from_secs(5))
         .await
         .expect("served once a place is free");
     assert_eq!(r.status, 200);
+}
+
+/// A connection must deliver its first head within the header timeout, not the keep-alive
+/// one; and a head that starts on an idle keep-alive connection gets the header timeout from
+/// its first byte (the watchdog was asleep until the keep-alive deadline).
+#[tokio::test]
+async fn silent_and_partial_heads_get_the_header_timeout() {
+    let (_repo, srv) = echo_server(|st| {
+        st.server.header_read_timeout_ms = 500;
+        st.server.keep_alive_timeout_ms = 20_000;
+    })
+    .await;
+    let addr = srv.server.addr;
+    // Silent from the start.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let t = Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)).await);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Partial heads: on a new connection after a pause, and on a kept-alive one.
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    fresh
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(closed_within(&mut fresh, Duration::from_secs(5)).await);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    for _ in 0..4 {
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let r = read_response(&mut kept, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t = Instant::now();
+        kept.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        assert!(closed_within(&mut kept, Duration::from_secs(5)).await);
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "a partial head lived {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+/// The gRPC port under the same discipline: silent sockets are closed after the header
+/// timeout, and idle sockets on it cannot lock the HTTP port out of the shared places.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_idle_sockets_are_closed_and_cannot_starve_http() {
+    let (_repo, srv) = echo_server(|st| {
+        st.server.grpc_port = Some(0);
+        st.server.header_read_timeout_ms = 800;
+        st.server.max_connections = 16;
+    })
+    .await;
+    let grpc = srv.server.grpc_addr.expect("gRPC is on");
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(TcpStream::connect(grpc).await.unwrap());
+    }
+    let t = Instant::now();
+    for s in &mut idle {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).await,
+            "an idle gRPC socket stayed open"
+        );
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    // Fill every place with silent gRPC sockets: HTTP still answers at once.
+    let mut hold = Vec::new();
+    for _ in 0..16 {
+        hold.push(TcpStream::connect(grpc).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let t = Instant::now();
+    let r = exchange(
+        srv.server.addr,
+        b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("served");
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+/// Refusals answered before the body is read (401, 403, 429) leave a keep-alive connection
+/// usable: 150 POSTs on one connection past a rate limit, every one answered.
+#[tokio::test]
+async fn refusals_keep_the_connection_usable() {
+    let (_repo, srv) = echo_server(|st| {
+        st.rate_limits.enabled = true;
+        st.rate_limits.tiers.insert(
+            st.rate_limits.default_tier.clone(),
+            anya::config::TierLimits {
+                requests_per_minute: 5,
+                tokens_per_minute: None,
+            },
+        );
+    })
+    .await;
+    let mut s = TcpStream::connect(srv.server.addr).await.unwrap();
+    let body = r#"{"inputs":["a"]}"#;
+    let req = format!(
+        "POST /models/echo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut limited = 0;
+    for i in 0..150 {
+        s.write_all(req.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        let r = read_response(&mut s, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("request {i}: the connection was closed"));
+        assert!(matches!(r.status, 200 | 429), "{r:?}");
+        assert!(
+            !r.head.to_ascii_lowercase().contains("connection: close"),
+            "{r:?}"
+        );
+        limited += usize::from(r.status == 429);
+    }
+    assert!(limited >= 140, "{limited}");
+    // A large refused body is not read: the answer says the connection closes.
+    let big = "x".repeat(200_000);
+    let req = format!(
+        "POST /models/echo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        big.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(5))
+        .await
+        .expect("an answer");
+    assert_eq!(r.status, 429);
+    assert!(
+        r.head.to_ascii_lowercase().contains("connection: close"),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]

@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::admission::{admit, bearer, Need};
@@ -35,22 +35,70 @@ pub mod pb {
 
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
-/// Serve the gRPC service on `listener` until `shutdown` turns true.
+/// Serve the gRPC service on `listener` until `shutdown` turns true, on the same connection
+/// discipline as HTTP (`conn`): HTTP/2 with a first-request timeout, idle GOAWAY, keep-alive
+/// PINGs, a stream cap, and a place among the server's shared connection places.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+    limits: crate::conn::ConnLimits,
+    places: std::sync::Arc<crate::conn::Places>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    crate::conn::serve(listener, router(state), limits, places, shutdown).await
+}
+
+/// The gRPC service as a router: tonic's routes, the peer address where tonic's
+/// `remote_addr` looks for it, and size refusals as `INVALID_ARGUMENT`.
+fn router(state: AppState) -> axum::Router {
     let limit = state.settings.server.max_body_bytes;
     let service = GrpcInferenceServiceServer::new(Service { state })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await
+    tonic::service::Routes::new(service)
+        .prepare()
+        .into_axum_router()
+        .layer(axum::middleware::map_response(size_refusal_status))
+        .layer(axum::middleware::map_request(peer_address))
+}
+
+async fn peer_address(mut req: axum::extract::Request) -> axum::extract::Request {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    req.extensions_mut()
+        .insert(tonic::transport::server::TcpConnectInfo {
+            local_addr: None,
+            remote_addr: peer,
+        });
+    req
+}
+
+/// tonic refuses a message over `max_decoding_message_size` with `OUT_OF_RANGE`; the service
+/// never answers that code itself, and the documented code for a 413 is `INVALID_ARGUMENT`.
+async fn size_refusal_status(mut res: axum::response::Response) -> axum::response::Response {
+    let out_of_range = (Code::OutOfRange as i32).to_string();
+    if res
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes())
+    {
+        let invalid = (Code::InvalidArgument as i32).to_string();
+        if let Ok(v) = http::HeaderValue::from_str(&invalid) {
+            res.headers_mut().insert("grpc-status", v);
+        }
+    }
+    res
+}
+
+/// A status read from a call's inbound stream, with a size refusal as `INVALID_ARGUMENT`.
+fn inbound_status(s: Status) -> Status {
+    if s.code() == Code::OutOfRange {
+        Status::new(Code::InvalidArgument, s.message().to_string())
+    } else {
+        s
+    }
 }
 
 /// The gRPC status of an error: its kind's code, its message.
@@ -371,7 +419,7 @@ impl Service {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(s) => {
-                    let _ = tx.send(Err(s)).await;
+                    let _ = tx.send(Err(inbound_status(s))).await;
                     break;
                 }
             };

@@ -265,6 +265,20 @@ def grpc_garbage(addr, hdr, n=1000):
             code = e.code().name
         codes[code] = codes.get(code, 0) + 1
     assert set(codes) == {"INVALID_ARGUMENT"}, codes
+    # A message over server.max_body_bytes (2 MiB): INVALID_ARGUMENT, as documented (tonic's
+    # own answer is OUT_OF_RANGE), unary and on a stream.
+    big = b"\x00" * (3 * 1024 * 1024)
+    try:
+        call(big, metadata=tuple(hdr.items()), timeout=30)
+        raise AssertionError("an oversized message was accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
+    stream = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+    try:
+        list(stream(iter([big]), metadata=tuple(hdr.items()), timeout=30))
+        raise AssertionError("an oversized stream message was accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
     live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
     assert live(b"", timeout=10) == b"\x08\x01"  # live: true
     channel.close()

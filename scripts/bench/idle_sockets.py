@@ -55,7 +55,7 @@ def main():
     repo = tempfile.mkdtemp()
     os.makedirs(f"{repo}/echo/1.0.0")
     with open(f"{repo}/echo/1.0.0/anya.yaml", "w") as f:
-        f.write("id: echo\nversion: 1.0.0\ntask: echo\nformat: none\n")
+        f.write("id: echo\nversion: 1.0.0\ntask: echo\nformat: none\nmax_input_length: 64\n")
     http_port, grpc_port = free_port(), free_port()
     env = dict(os.environ, ANYA__SERVER__GRPC_PORT=str(grpc_port), RUST_LOG="info")
     # The server's own limit: soft = hard = nofile (so it cannot raise it), as under systemd.

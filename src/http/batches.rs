@@ -39,8 +39,18 @@ fn caller(principal: Option<Extension<Principal>>) -> Principal {
         .unwrap_or_else(|| Principal::anonymous("unknown"))
 }
 
-fn not_found(what: &str, id: &str) -> Response {
-    ApiError::new(ErrorKind::NotFound, format!("no {what} `{id}`")).into_response()
+/// OpenAI's 404 for a missing file or batch: `No such File object: file-abc`, `param` naming
+/// the request field that held the id, `code: null` (not `model_not_found`: see
+/// `openai::NotAboutModel`).
+fn not_found(object: &str, id: &str, param: &'static str) -> Response {
+    let mut r = ApiError::new(
+        ErrorKind::NotFound,
+        format!("No such {object} object: {id}"),
+    )
+    .into_response();
+    r.extensions_mut()
+        .insert(openai::NotAboutModel { param: Some(param) });
+    r
 }
 
 /// An OpenAI `File` object.
@@ -170,7 +180,12 @@ pub async fn upload(
 
 /// The file `id` if `who` may read it: an upload of theirs, or an output or error file of a
 /// batch of theirs.
-async fn find_file(state: &AppState, who: &Principal, id: &str) -> Result<FileRecord, Response> {
+async fn find_file(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    param: &'static str,
+) -> Result<FileRecord, Response> {
     let admin = who.has_scope(crate::auth::SCOPE_ADMIN);
     if let Some(rest) = id.strip_prefix("file-batch_") {
         let (batch, ok) = if let Some(b) = rest.strip_suffix("-output") {
@@ -178,11 +193,11 @@ async fn find_file(state: &AppState, who: &Principal, id: &str) -> Result<FileRe
         } else if let Some(b) = rest.strip_suffix("-errors") {
             (b, false)
         } else {
-            return Err(not_found("file", id));
+            return Err(not_found("File", id, param));
         };
         let job = match state.jobs.get(who, &format!("batch_{batch}")).await {
             Ok(j) if j.kind == JobKind::Openai && j.status.is_final() => j,
-            _ => return Err(not_found("file", id)),
+            _ => return Err(not_found("File", id, param)),
         };
         let mut bytes = 0u64;
         let mut from = 0;
@@ -215,7 +230,7 @@ async fn find_file(state: &AppState, who: &Principal, id: &str) -> Result<FileRe
     }
     match state.jobs.file(id).await {
         Ok(Some(f)) if f.owner == who.sub || admin => Ok(f),
-        Ok(_) => Err(not_found("file", id)),
+        Ok(_) => Err(not_found("File", id, param)),
         Err(e) => Err(ApiError::from(e).into_response()),
     }
 }
@@ -236,7 +251,7 @@ pub async fn file(
     principal: Option<Extension<Principal>>,
 ) -> Response {
     let who = caller(principal);
-    match find_file(&state, &who, &id).await {
+    match find_file(&state, &who, &id, "id").await {
         Ok(f) => Json(file_object(&f)).into_response(),
         Err(r) => r,
     }
@@ -258,7 +273,7 @@ pub async fn content(
     principal: Option<Extension<Principal>>,
 ) -> Response {
     let who = caller(principal);
-    let f = match find_file(&state, &who, &id).await {
+    let f = match find_file(&state, &who, &id, "id").await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -457,7 +472,7 @@ pub async fn create(
     if req.completion_window != "24h" {
         return ApiError::invalid("completion_window", "must be 24h").into_response();
     }
-    let file = match find_file(&state, &who, &req.input_file_id).await {
+    let file = match find_file(&state, &who, &req.input_file_id, "input_file_id").await {
         Ok(f) if f.job.is_none() && f.purpose == "batch" => f,
         Ok(_) => {
             return ApiError::invalid("input_file_id", "is not an uploaded batch file")
@@ -537,7 +552,7 @@ pub async fn get(
     let who = caller(principal);
     match state.jobs.get(&who, &id).await {
         Ok(j) if j.kind == JobKind::Openai => Json(batch_object(&j)).into_response(),
-        _ => not_found("batch", &id),
+        _ => not_found("Batch", &id, "id"),
     }
 }
 
@@ -560,9 +575,11 @@ pub async fn cancel(
     match state.jobs.get(&who, &id).await {
         Ok(j) if j.kind == JobKind::Openai => match state.jobs.cancel(&who, &id).await {
             Ok(j) => Json(batch_object(&j)).into_response(),
+            // Gone between the two reads: still a batch, not a model, that is missing.
+            Err(e) if e.kind == ErrorKind::NotFound => not_found("Batch", &id, "id"),
             Err(e) => e.into_response(),
         },
-        _ => not_found("batch", &id),
+        _ => not_found("Batch", &id, "id"),
     }
 }
 

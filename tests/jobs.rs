@@ -534,8 +534,9 @@ async fn webhooks_are_signed_retried_and_guarded_and_jobs_belong_to_their_owner(
     let (_, list) = call(&s, get.clone(), "/jobs", &bob, None).await;
     assert_eq!(list["data"], json!([]), "nothing stored");
 
-    // A name outside the allowed hosts is refused too (one that resolves to a private address
-    // is refused again at connect time: see the resolver's unit test in `jobs::webhook`).
+    // A name outside the allowed hosts is refused too (without an allow-list, one that resolves
+    // to a private address is refused at submission and again at connect time: see the unit
+    // tests in `jobs::webhook`).
     let (st, job) = call(
         &s,
         post.clone(),

@@ -397,7 +397,8 @@ impl Jobs {
         }
         if let Some(url) = &new.webhook {
             self.hooks
-                .check_url(url)
+                .check_url_resolved(url)
+                .await
                 .map_err(|issue| ApiError::invalid("webhook", issue))?;
         }
         let active = self

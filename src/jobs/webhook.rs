@@ -9,9 +9,11 @@
 //!
 //! SSRF guard: a webhook's host must match `jobs.webhook_allowed_hosts` when that is set; a host
 //! not listed there may not be, or resolve to, a loopback, private, link-local, shared, multicast
-//! or unspecified address (cloud metadata lives at link-local 169.254.169.254). The check runs
-//! on the addresses the connection uses (reqwest's resolver is ours), so a name that re-resolves
-//! to a private address after submission (DNS rebinding) is still refused.
+//! or unspecified address (cloud metadata lives at link-local 169.254.169.254). A host name is resolved
+//! at submission (within [`RESOLVE_TIMEOUT`]) and refused if any of its addresses is private;
+//! the check runs again on the addresses each delivery connects to (reqwest's resolver is
+//! ours), so a name that re-resolves to a private address after submission (DNS rebinding) is
+//! still refused.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -27,6 +29,9 @@ use crate::config::JobsSection;
 use crate::usage::now_unix;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// How long a webhook's host name may take to resolve at submission.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Whether `ip` is an address a webhook may not reach unless its host is allowed explicitly.
 pub fn is_private(ip: IpAddr) -> bool {
@@ -283,6 +288,47 @@ impl Hooks {
         false
     }
 
+    /// [`Self::check_url`], and for a host name not listed in `jobs.webhook_allowed_hosts`, its
+    /// resolution too (bounded by [`RESOLVE_TIMEOUT`]): a name any of whose addresses is
+    /// private or loopback is refused at submission, as is one that does not resolve in time.
+    /// Delivery checks again on the addresses it connects to (DNS rebinding).
+    pub async fn check_url_resolved(&self, url: &str) -> Result<reqwest::Url, String> {
+        let parsed = self.check_url(url)?;
+        let host = parsed.host_str().unwrap_or_default();
+        // A bracketed IPv6 literal or an IPv4 one was checked by `check_url` already.
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok();
+        if !literal && !host_listed(&self.allowed, host) {
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            let addrs: Vec<SocketAddr> =
+                match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+                    .await
+                {
+                    Ok(Ok(a)) => a.collect(),
+                    Ok(Err(e)) => return Err(format!("`{host}` does not resolve: {e}")),
+                    Err(_) => {
+                        return Err(format!(
+                            "`{host}` did not resolve within {} ms",
+                            RESOLVE_TIMEOUT.as_millis()
+                        ))
+                    }
+                };
+            if let Some(a) = addrs.iter().find(|a| is_private(a.ip())) {
+                return Err(format!(
+                    "`{host}` resolves to {}, a private, loopback, link-local or reserved address (list it in jobs.webhook_allowed_hosts to allow it)",
+                    a.ip()
+                ));
+            }
+            if addrs.is_empty() {
+                return Err(format!("`{host}` resolves to no address"));
+            }
+        }
+        Ok(parsed)
+    }
+
     /// One POST: (status, error, Retry-After).
     async fn attempt(
         &self,
@@ -418,6 +464,35 @@ mod tests {
         assert!(listed.check_url("https://hooks.example.com/x").is_err());
         let off = Hooks::new(&JobsSection::default()).unwrap();
         assert!(off.check_url("https://hooks.example.com/x").is_err());
+    }
+
+    /// `localhost` resolves through /etc/hosts: no query leaves the machine.
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused_at_submission() {
+        let cfg = JobsSection {
+            webhook_secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+            ..JobsSection::default()
+        };
+        let hooks = Hooks::new(&cfg).unwrap();
+        for bad in [
+            "http://localhost:9/hook",
+            "http://LOCALHOST:8080/hook",
+            "https://localhost/hook",
+            "http://[::1]/x",
+            "http://127.0.0.1/x",
+        ] {
+            let e = hooks.check_url_resolved(bad).await.unwrap_err();
+            assert!(e.contains("private, loopback"), "{bad}: {e}");
+        }
+        let listed = Hooks::new(&JobsSection {
+            webhook_allowed_hosts: vec!["localhost".into()],
+            ..cfg
+        })
+        .unwrap();
+        assert!(listed
+            .check_url_resolved("http://localhost:9/hook")
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

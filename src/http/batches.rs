@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
 use super::app::AppState;
@@ -101,44 +102,82 @@ pub async fn upload(
         Ok(m) => m,
         Err(e) => return ApiError::invalid("body", e.body_text()).into_response(),
     };
-    let (mut purpose, mut file): (Option<String>, Option<(String, Vec<u8>)>) = (None, None);
+    let max = state.jobs.config().max_file_bytes;
+    // The file's bytes go to an unnamed temporary file as they arrive (never whole in memory);
+    // the store reads them from there a chunk at a time.
+    let (mut purpose, mut file): (Option<String>, Option<(String, std::fs::File, u64)>) =
+        (None, None);
     loop {
-        let field = match multipart.next_field().await {
+        let mut field = match multipart.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => {
-                let kind = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ErrorKind::PayloadTooLarge
-                } else {
-                    ErrorKind::InvalidRequest
-                };
-                return ApiError::new(kind, format!("the multipart body: {}", e.body_text()))
-                    .into_response();
-            }
+            Err(e) => return multipart_error("the multipart body", &e),
         };
         let name = field.name().unwrap_or_default().to_string();
-        let filename = field.file_name().map(str::to_string);
-        let bytes = match field.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                let kind = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ErrorKind::PayloadTooLarge
-                } else {
-                    ErrorKind::InvalidRequest
-                };
-                return ApiError::new(kind, format!("field `{name}`: {}", e.body_text()))
-                    .into_response();
-            }
-        };
         match name.as_str() {
-            "purpose" => purpose = Some(String::from_utf8_lossy(&bytes).trim().to_string()),
             "file" => {
-                file = Some((
-                    filename.unwrap_or_else(|| "upload.jsonl".into()),
-                    bytes.to_vec(),
-                ))
+                let filename = field
+                    .file_name()
+                    .map_or_else(|| "upload.jsonl".to_string(), str::to_string);
+                let spool = match tokio::task::spawn_blocking(tempfile::tempfile).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => return ApiError::internal(e).into_response(),
+                    Err(e) => return ApiError::internal(e).into_response(),
+                };
+                let mut spool = tokio::fs::File::from_std(spool);
+                let mut bytes = 0u64;
+                loop {
+                    let chunk = match field.chunk().await {
+                        Ok(Some(c)) => c,
+                        Ok(None) => break,
+                        Err(e) => return multipart_error(&format!("field `{name}`"), &e),
+                    };
+                    bytes += chunk.len() as u64;
+                    if bytes > max as u64 {
+                        return ApiError::too_large(
+                            "file",
+                            format!("over {max} bytes (jobs.max_file_bytes)"),
+                        )
+                        .into_response();
+                    }
+                    if let Err(e) = spool.write_all(&chunk).await {
+                        return ApiError::internal(e).into_response();
+                    }
+                }
+                if let Err(e) = spool.flush().await {
+                    return ApiError::internal(e).into_response();
+                }
+                let mut spool = spool.into_std().await;
+                if let Err(e) = std::io::Seek::rewind(&mut spool) {
+                    return ApiError::internal(e).into_response();
+                }
+                file = Some((filename, spool, bytes));
             }
-            _ => {}
+            "purpose" => {
+                let mut text = Vec::new();
+                loop {
+                    match field.chunk().await {
+                        Ok(Some(c)) if text.len() + c.len() <= MAX_PURPOSE_BYTES => {
+                            text.extend_from_slice(&c)
+                        }
+                        Ok(Some(_)) => {
+                            return ApiError::invalid("purpose", "only `batch` files are kept here")
+                                .into_response()
+                        }
+                        Ok(None) => break,
+                        Err(e) => return multipart_error(&format!("field `{name}`"), &e),
+                    }
+                }
+                purpose = Some(String::from_utf8_lossy(&text).trim().to_string());
+            }
+            // Other fields are read past, never kept.
+            _ => loop {
+                match field.chunk().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return multipart_error(&format!("field `{name}`"), &e),
+                }
+            },
         }
     }
     match purpose.as_deref() {
@@ -148,26 +187,15 @@ pub async fn upload(
         }
         None => return ApiError::invalid("purpose", "is required").into_response(),
     }
-    let Some((filename, data)) = file else {
+    let Some((filename, data, bytes)) = file else {
         return ApiError::invalid("file", "is required").into_response();
     };
-    if data.len() > state.jobs.config().max_file_bytes {
-        return ApiError::too_large(
-            "file",
-            format!(
-                "{} bytes; at most {} (jobs.max_file_bytes)",
-                data.len(),
-                state.jobs.config().max_file_bytes
-            ),
-        )
-        .into_response();
-    }
     let record = FileRecord {
         id: format!("file-{}", uuid::Uuid::new_v4().simple()),
         owner: who.sub.clone(),
         filename,
         purpose: "batch".into(),
-        bytes: data.len() as u64,
+        bytes,
         created_at: now_unix(),
         job: None,
         ok: None,
@@ -176,6 +204,19 @@ pub async fn upload(
         Ok(()) => Json(file_object(&record)).into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// The longest `purpose` field read (its one allowed value is `batch`).
+const MAX_PURPOSE_BYTES: usize = 64;
+
+/// A multipart error as a 413 (over the body limit) or a 400.
+fn multipart_error(what: &str, e: &axum::extract::multipart::MultipartError) -> Response {
+    let kind = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorKind::PayloadTooLarge
+    } else {
+        ErrorKind::InvalidRequest
+    };
+    ApiError::new(kind, format!("{what}: {}", e.body_text())).into_response()
 }
 
 /// The file `id` if `who` may read it: an upload of theirs, or an output or error file of a

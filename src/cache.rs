@@ -1,7 +1,10 @@
 //! The response cache: deterministic results, one entry per input, in two tiers.
 //!
-//! - Memory (moka): bounded by `cache.max_size` **entries** (one entry = one input's output),
-//!   each living `cache.ttl` seconds.
+//! - Memory (moka): bounded by `cache.max_size` **entries** (one entry = one input's output)
+//!   and by `cache.max_bytes` (their keys and values, estimated: see [`entry_bytes`]), each
+//!   living `cache.ttl` seconds. moka bounds one total weight, so both bounds are one: an
+//!   entry weighs its bytes, but at least `max_bytes / max_size` (rounded up), so the total
+//!   weight within `max_bytes` holds at most `max_size` entries and at most `max_bytes` bytes.
 //! - Redis (when `cache.redis_url` is set): shared by every replica, behind the memory tier;
 //!   values are compact binary (a vector is its f32s, little-endian) with the TTL set in Redis.
 //!
@@ -131,6 +134,31 @@ impl CachedOutput {
     }
 }
 
+/// What one entry of the memory tier holds besides its key's names and its value's payload:
+/// the key's digest and pointers, the value's enum and `Arc` headers, and moka's own record
+/// (its hash-map slot, access-order nodes, expiry time), rounded up.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// The bytes an entry of the memory tier holds, estimated: the payload (vector values, text,
+/// token ids, logprobs) plus [`ENTRY_OVERHEAD`].
+pub fn entry_bytes(key: &CacheKey, value: &CachedOutput) -> u64 {
+    let payload = match value {
+        CachedOutput::Vector(v) => std::mem::size_of_val::<[f32]>(v),
+        CachedOutput::Generation(g) => {
+            std::mem::size_of::<Generation>()
+                + g.text.len()
+                + std::mem::size_of_val::<[u32]>(&g.tokens)
+                + g.logprobs
+                    .iter()
+                    .map(|l| {
+                        std::mem::size_of_val(l) + l.top.len() * std::mem::size_of::<(u32, f32)>()
+                    })
+                    .sum::<usize>()
+        }
+    };
+    (ENTRY_OVERHEAD + key.model.len() + key.version.len() + payload) as u64
+}
+
 /// Which tier answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -217,8 +245,15 @@ impl ResponseCache {
             return Ok(None);
         }
         let ttl = Duration::from_secs(cfg.ttl);
+        // One weight bounds both: see the module's documentation.
+        // `max_size: 0` keeps no entry in process (Redis alone, when set).
+        let floor = cfg.max_bytes.div_ceil(cfg.max_size.max(1)).max(1);
+        let capacity = if cfg.max_size == 0 { 0 } else { cfg.max_bytes };
         let memory = Cache::builder()
-            .max_capacity(cfg.max_size)
+            .max_capacity(capacity)
+            .weigher(move |k: &CacheKey, v: &CachedOutput| -> u32 {
+                u32::try_from(entry_bytes(k, v).max(floor)).unwrap_or(u32::MAX)
+            })
             .time_to_live(ttl)
             .support_invalidation_closures()
             .build();
@@ -257,6 +292,12 @@ impl ResponseCache {
     /// Entries in the memory tier.
     pub fn entry_count(&self) -> u64 {
         self.memory.entry_count()
+    }
+
+    /// The weight of the memory tier: the bytes its entries hold (each counted as at least
+    /// `cache.max_bytes / cache.max_size`), at most `cache.max_bytes`.
+    pub fn weighted_size(&self) -> u64 {
+        self.memory.weighted_size()
     }
 
     /// Look `key` up in memory, then Redis (a Redis hit refills memory).
@@ -429,6 +470,7 @@ mod tests {
             enabled: true,
             ttl: 1,
             max_size: 100,
+            max_bytes: 1 << 20,
             redis_url: None,
             redis_timeout_ms: 50,
         };
@@ -450,5 +492,67 @@ mod tests {
         assert!(cache.get(&b).await.is_some());
         tokio::time::sleep(Duration::from_millis(1100)).await;
         assert!(cache.get(&b).await.is_none(), "expired after the ttl");
+    }
+
+    #[tokio::test]
+    async fn memory_tier_is_bounded_by_bytes_and_by_entries() {
+        let cfg = CacheSection {
+            enabled: true,
+            ttl: 60,
+            max_size: 100_000,
+            max_bytes: 1 << 20,
+            redis_url: None,
+            redis_timeout_ms: 50,
+        };
+        let cache = Arc::new(
+            ResponseCache::new(&cfg, Arc::new(Seen::default()))
+                .unwrap()
+                .unwrap(),
+        );
+        // 64 vectors of 64 Ki f32 (256 KiB each, 16 MiB in all) into 1 MiB: at most 3 stay,
+        // far under max_size.
+        let big = CachedOutput::Vector(vec![0.5f32; 64 << 10].into());
+        let k = CacheKey::new("m", "1", "embed", &[0], b"");
+        assert!(entry_bytes(&k, &big) > 256 << 10);
+        for i in 0..64 {
+            let key = CacheKey::new("m", "1", "embed", &[i], b"");
+            cache.put(key, big.clone()).await;
+        }
+        cache.memory.run_pending_tasks().await;
+        assert!(cache.entry_count() <= 3, "{} entries", cache.entry_count());
+        assert!(
+            cache.weighted_size() <= 1 << 20,
+            "{}",
+            cache.weighted_size()
+        );
+        // A value larger than max_bytes is never held.
+        let huge = CachedOutput::Vector(vec![0.5f32; 300 << 10].into());
+        let key = CacheKey::new("m", "1", "embed", &[1000], b"");
+        cache.put(key.clone(), huge).await;
+        cache.memory.run_pending_tasks().await;
+        assert!(cache.get(&key).await.is_none());
+        assert!(cache.weighted_size() <= 1 << 20);
+
+        // Small entries are still bounded by max_size.
+        let few = Arc::new(
+            ResponseCache::new(
+                &CacheSection {
+                    max_size: 3,
+                    max_bytes: 1 << 30,
+                    ..cfg.clone()
+                },
+                Arc::new(Seen::default()),
+            )
+            .unwrap()
+            .unwrap(),
+        );
+        for i in 0..50 {
+            let key = CacheKey::new("m", "1", "embed", &[i], b"");
+            few.put(key, CachedOutput::Vector(vec![1.0f32].into()))
+                .await;
+        }
+        few.memory.run_pending_tasks().await;
+        assert!(few.entry_count() <= 3, "{} entries", few.entry_count());
+        assert!(few.entry_count() > 0);
     }
 }

@@ -161,6 +161,8 @@ pub struct CacheSection {
     pub ttl: u64,
     /// Most entries held in process.
     pub max_size: u64,
+    /// Most bytes the in-process entries hold (keys and values, estimated), beside `max_size`.
+    pub max_bytes: u64,
     /// A Redis shared by replicas, behind the in-process tier (`redis://…` or `unix://…`).
     pub redis_url: Option<String>,
     /// Longest a Redis call may take before the request goes on without the cache.
@@ -366,6 +368,7 @@ impl Default for CacheSection {
             enabled: true,
             ttl: 3600,
             max_size: 100_000,
+            max_bytes: 256 << 20,
             redis_url: None,
             redis_timeout_ms: 50,
         }
@@ -683,6 +686,9 @@ impl Settings {
         if self.cache.ttl == 0 {
             return bad("cache.ttl", "must be at least 1 second");
         }
+        if self.cache.max_bytes < 1 << 20 {
+            return bad("cache.max_bytes", "must be at least 1048576 (1 MiB)");
+        }
         if self.monitoring.metrics_port == Some(0) {
             return bad(
                 "monitoring.metrics_port",
@@ -838,6 +844,7 @@ mod tests {
                 "rate_limits.default_tier",
             ),
             ("ANYA__CACHE__REDIS_URL", "http://x", "cache.redis_url"),
+            ("ANYA__CACHE__MAX_BYTES", "1000", "cache.max_bytes"),
             (
                 "ANYA__RATE_LIMITS__REDIS_URL",
                 "http://x",

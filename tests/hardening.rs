@@ -829,3 +829,143 @@ fn oversized_bodies_do_not_grow_memory() {
         "RSS grew from {before} MB to {after} MB after 24 oversized prompts"
     );
 }
+
+/// A 50 MB `POST /v1/files` upload is spooled to disk and stored a chunk at a time: the
+/// server's peak memory (VmHWM, its own process, the store on disk) grows by far less than the
+/// file (it grew by 150 MB, three copies, when the upload was held whole). The file's bytes
+/// come back intact.
+#[test]
+fn a_large_upload_is_not_held_in_memory() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let repo = EchoRepo::new();
+    repo.add("echo", "1.0.0", "");
+    let jobs = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_anya"))
+        .args([
+            "serve",
+            "--models-dir",
+            repo.path().to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+        ])
+        .env("ANYA__JOBS__DIR", jobs.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_mb = |pid: u32, key: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    let request = |head: String, body: &mut dyn FnMut(&mut std::net::TcpStream)| -> String {
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new(); // not listening yet
+        };
+        s.write_all(head.as_bytes()).unwrap();
+        body(&mut s);
+        let mut resp = Vec::new();
+        let _ = s.read_to_end(&mut resp);
+        String::from_utf8_lossy(&resp).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !request(
+        "GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".into(),
+        &mut |_| {},
+    )
+    .starts_with("HTTP/1.1 200")
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let before = status_mb(child.id(), "VmHWM:");
+
+    // 50 MiB of JSON lines, written to the socket 64 KiB at a time (never whole here either).
+    let line = format!(
+        "{}\n",
+        json!({"custom_id": "x", "method": "POST", "url": "/v1/embeddings",
+               "body": {"model": "echo", "input": "hello world ".repeat(20)}})
+    );
+    let lines = (50 << 20) / line.len() + 1;
+    let size = lines * line.len();
+    let boundary = "anyaUploadBoundary7MA4YWxkTrZu0gW";
+    let open = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.jsonl\"\r\n\
+         Content-Type: application/jsonl\r\n\r\n"
+    );
+    let close = format!("\r\n--{boundary}--\r\n");
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        open.len() + size + close.len()
+    );
+    let block = line.repeat((64 << 10) / line.len());
+    let answer = request(head, &mut |s| {
+        s.write_all(open.as_bytes()).unwrap();
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(block.len()) / line.len() * line.len();
+            let n = if n == 0 { left } else { n };
+            s.write_all(&block.as_bytes()[..n]).unwrap();
+            left -= n;
+        }
+        s.write_all(close.as_bytes()).unwrap();
+    });
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let peak = status_mb(child.id(), "VmHWM:");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let file: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(file["bytes"], size as u64, "{file}");
+
+    // The stored bytes are the uploaded ones.
+    let id = file["id"].as_str().unwrap();
+    let content = request(
+        format!("GET /v1/files/{id}/content HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        &mut |_| {},
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        content.starts_with("HTTP/1.1 200"),
+        "{}",
+        &content[..content.len().min(300)]
+    );
+    let (head, mut rest) = content.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+    let mut text = String::with_capacity(size);
+    loop {
+        let (len, after) = rest.split_once("\r\n").unwrap();
+        let len = usize::from_str_radix(len.trim(), 16).unwrap();
+        if len == 0 {
+            break;
+        }
+        text.push_str(&after[..len]);
+        rest = &after[len + 2..];
+    }
+    assert_eq!(text.len(), size);
+    assert!(text.lines().all(|l| format!("{l}\n") == line));
+    assert!(
+        peak < before + 40,
+        "peak RSS grew from {before} MB to {peak} MB for a 50 MB upload"
+    );
+}

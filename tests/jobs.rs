@@ -434,6 +434,85 @@ async fn webhooks_are_signed_retried_and_guarded_and_jobs_belong_to_their_owner(
     let (_, list) = call(&s, get.clone(), "/jobs", &alice, None).await;
     assert_eq!(list["data"][0]["id"], id);
 
+    // A missing file or batch is OpenAI's `No such File object` (code null, param id), never
+    // `model_not_found`; nor is an unknown /v1 route. A missing model still is.
+    let alice_job = format!("/v1/batches/{id}/cancel");
+    let no_file = json!({"input_file_id": "file-abc", "endpoint": "/v1/embeddings",
+                         "completion_window": "24h"});
+    for (method, path, missing, param, body) in [
+        (
+            &get,
+            "/v1/files/file-abc",
+            "File object: file-abc",
+            "id",
+            None,
+        ),
+        (
+            &get,
+            "/v1/files/file-abc/content",
+            "File object: file-abc",
+            "id",
+            None,
+        ),
+        (
+            &get,
+            "/v1/files/file-batch_x-output",
+            "File object: file-batch_x-output",
+            "id",
+            None,
+        ),
+        (
+            &get,
+            "/v1/batches/batch_abc",
+            "Batch object: batch_abc",
+            "id",
+            None,
+        ),
+        (
+            &post,
+            "/v1/batches/batch_abc/cancel",
+            "Batch object: batch_abc",
+            "id",
+            None,
+        ),
+        (
+            &post,
+            &alice_job,
+            &format!("Batch object: {id}"),
+            "id",
+            None,
+        ),
+        (
+            &post,
+            "/v1/batches",
+            "File object: file-abc",
+            "input_file_id",
+            Some(no_file),
+        ),
+    ] {
+        let (st, e) = call(&s, method.clone(), path, &bob, body).await;
+        assert_eq!(st, 404, "{path}: {e}");
+        assert_eq!(
+            e,
+            json!({"error": {"message": format!("No such {missing}"),
+                             "type": "invalid_request_error", "param": param, "code": null}}),
+            "{path}"
+        );
+    }
+    let (st, e) = call(&s, get.clone(), "/v1/nope", &bob, None).await;
+    assert_eq!(st, 404, "{e}");
+    assert_eq!(e["error"]["code"], Value::Null, "{e}");
+    let (st, e) = call(
+        &s,
+        post.clone(),
+        "/v1/embeddings",
+        &bob,
+        Some(json!({"model": "nope", "input": "x"})),
+    )
+    .await;
+    assert_eq!(st, 404, "{e}");
+    assert_eq!(e["error"]["code"], "model_not_found", "{e}");
+
     // SSRF guard: private and metadata addresses are refused before anything is stored...
     for bad in [
         "http://10.1.2.3/hook",
@@ -455,8 +534,9 @@ async fn webhooks_are_signed_retried_and_guarded_and_jobs_belong_to_their_owner(
     let (_, list) = call(&s, get.clone(), "/jobs", &bob, None).await;
     assert_eq!(list["data"], json!([]), "nothing stored");
 
-    // A name outside the allowed hosts is refused too (one that resolves to a private address
-    // is refused again at connect time: see the resolver's unit test in `jobs::webhook`).
+    // A name outside the allowed hosts is refused too (without an allow-list, one that resolves
+    // to a private address is refused at submission and again at connect time: see the unit
+    // tests in `jobs::webhook`).
     let (st, job) = call(
         &s,
         post.clone(),

@@ -772,8 +772,11 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-async fn not_found(uri: Uri) -> ApiError {
-    ApiError::not_found(format!("no route for {}", uri.path()))
+async fn not_found(uri: Uri) -> Response {
+    let mut r = ApiError::not_found(format!("no route for {}", uri.path())).into_response();
+    // An unknown route is no missing model (`/v1` renders it with `code: null`).
+    r.extensions_mut().insert(openai::NotAboutModel::default());
+    r
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
 use utoipa::ToSchema;
 
 use super::app::AppState;
@@ -39,8 +40,18 @@ fn caller(principal: Option<Extension<Principal>>) -> Principal {
         .unwrap_or_else(|| Principal::anonymous("unknown"))
 }
 
-fn not_found(what: &str, id: &str) -> Response {
-    ApiError::new(ErrorKind::NotFound, format!("no {what} `{id}`")).into_response()
+/// OpenAI's 404 for a missing file or batch: `No such File object: file-abc`, `param` naming
+/// the request field that held the id, `code: null` (not `model_not_found`: see
+/// `openai::NotAboutModel`).
+fn not_found(object: &str, id: &str, param: &'static str) -> Response {
+    let mut r = ApiError::new(
+        ErrorKind::NotFound,
+        format!("No such {object} object: {id}"),
+    )
+    .into_response();
+    r.extensions_mut()
+        .insert(openai::NotAboutModel { param: Some(param) });
+    r
 }
 
 /// An OpenAI `File` object.
@@ -91,44 +102,82 @@ pub async fn upload(
         Ok(m) => m,
         Err(e) => return ApiError::invalid("body", e.body_text()).into_response(),
     };
-    let (mut purpose, mut file): (Option<String>, Option<(String, Vec<u8>)>) = (None, None);
+    let max = state.jobs.config().max_file_bytes;
+    // The file's bytes go to an unnamed temporary file as they arrive (never whole in memory);
+    // the store reads them from there a chunk at a time.
+    let (mut purpose, mut file): (Option<String>, Option<(String, std::fs::File, u64)>) =
+        (None, None);
     loop {
-        let field = match multipart.next_field().await {
+        let mut field = match multipart.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => {
-                let kind = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ErrorKind::PayloadTooLarge
-                } else {
-                    ErrorKind::InvalidRequest
-                };
-                return ApiError::new(kind, format!("the multipart body: {}", e.body_text()))
-                    .into_response();
-            }
+            Err(e) => return multipart_error("the multipart body", &e),
         };
         let name = field.name().unwrap_or_default().to_string();
-        let filename = field.file_name().map(str::to_string);
-        let bytes = match field.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                let kind = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ErrorKind::PayloadTooLarge
-                } else {
-                    ErrorKind::InvalidRequest
-                };
-                return ApiError::new(kind, format!("field `{name}`: {}", e.body_text()))
-                    .into_response();
-            }
-        };
         match name.as_str() {
-            "purpose" => purpose = Some(String::from_utf8_lossy(&bytes).trim().to_string()),
             "file" => {
-                file = Some((
-                    filename.unwrap_or_else(|| "upload.jsonl".into()),
-                    bytes.to_vec(),
-                ))
+                let filename = field
+                    .file_name()
+                    .map_or_else(|| "upload.jsonl".to_string(), str::to_string);
+                let spool = match tokio::task::spawn_blocking(tempfile::tempfile).await {
+                    Ok(Ok(f)) => f,
+                    Ok(Err(e)) => return ApiError::internal(e).into_response(),
+                    Err(e) => return ApiError::internal(e).into_response(),
+                };
+                let mut spool = tokio::fs::File::from_std(spool);
+                let mut bytes = 0u64;
+                loop {
+                    let chunk = match field.chunk().await {
+                        Ok(Some(c)) => c,
+                        Ok(None) => break,
+                        Err(e) => return multipart_error(&format!("field `{name}`"), &e),
+                    };
+                    bytes += chunk.len() as u64;
+                    if bytes > max as u64 {
+                        return ApiError::too_large(
+                            "file",
+                            format!("over {max} bytes (jobs.max_file_bytes)"),
+                        )
+                        .into_response();
+                    }
+                    if let Err(e) = spool.write_all(&chunk).await {
+                        return ApiError::internal(e).into_response();
+                    }
+                }
+                if let Err(e) = spool.flush().await {
+                    return ApiError::internal(e).into_response();
+                }
+                let mut spool = spool.into_std().await;
+                if let Err(e) = std::io::Seek::rewind(&mut spool) {
+                    return ApiError::internal(e).into_response();
+                }
+                file = Some((filename, spool, bytes));
             }
-            _ => {}
+            "purpose" => {
+                let mut text = Vec::new();
+                loop {
+                    match field.chunk().await {
+                        Ok(Some(c)) if text.len() + c.len() <= MAX_PURPOSE_BYTES => {
+                            text.extend_from_slice(&c)
+                        }
+                        Ok(Some(_)) => {
+                            return ApiError::invalid("purpose", "only `batch` files are kept here")
+                                .into_response()
+                        }
+                        Ok(None) => break,
+                        Err(e) => return multipart_error(&format!("field `{name}`"), &e),
+                    }
+                }
+                purpose = Some(String::from_utf8_lossy(&text).trim().to_string());
+            }
+            // Other fields are read past, never kept.
+            _ => loop {
+                match field.chunk().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => return multipart_error(&format!("field `{name}`"), &e),
+                }
+            },
         }
     }
     match purpose.as_deref() {
@@ -138,26 +187,15 @@ pub async fn upload(
         }
         None => return ApiError::invalid("purpose", "is required").into_response(),
     }
-    let Some((filename, data)) = file else {
+    let Some((filename, data, bytes)) = file else {
         return ApiError::invalid("file", "is required").into_response();
     };
-    if data.len() > state.jobs.config().max_file_bytes {
-        return ApiError::too_large(
-            "file",
-            format!(
-                "{} bytes; at most {} (jobs.max_file_bytes)",
-                data.len(),
-                state.jobs.config().max_file_bytes
-            ),
-        )
-        .into_response();
-    }
     let record = FileRecord {
         id: format!("file-{}", uuid::Uuid::new_v4().simple()),
         owner: who.sub.clone(),
         filename,
         purpose: "batch".into(),
-        bytes: data.len() as u64,
+        bytes,
         created_at: now_unix(),
         job: None,
         ok: None,
@@ -168,9 +206,27 @@ pub async fn upload(
     }
 }
 
+/// The longest `purpose` field read (its one allowed value is `batch`).
+const MAX_PURPOSE_BYTES: usize = 64;
+
+/// A multipart error as a 413 (over the body limit) or a 400.
+fn multipart_error(what: &str, e: &axum::extract::multipart::MultipartError) -> Response {
+    let kind = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorKind::PayloadTooLarge
+    } else {
+        ErrorKind::InvalidRequest
+    };
+    ApiError::new(kind, format!("{what}: {}", e.body_text())).into_response()
+}
+
 /// The file `id` if `who` may read it: an upload of theirs, or an output or error file of a
 /// batch of theirs.
-async fn find_file(state: &AppState, who: &Principal, id: &str) -> Result<FileRecord, Response> {
+async fn find_file(
+    state: &AppState,
+    who: &Principal,
+    id: &str,
+    param: &'static str,
+) -> Result<FileRecord, Response> {
     let admin = who.has_scope(crate::auth::SCOPE_ADMIN);
     if let Some(rest) = id.strip_prefix("file-batch_") {
         let (batch, ok) = if let Some(b) = rest.strip_suffix("-output") {
@@ -178,11 +234,11 @@ async fn find_file(state: &AppState, who: &Principal, id: &str) -> Result<FileRe
         } else if let Some(b) = rest.strip_suffix("-errors") {
             (b, false)
         } else {
-            return Err(not_found("file", id));
+            return Err(not_found("File", id, param));
         };
         let job = match state.jobs.get(who, &format!("batch_{batch}")).await {
             Ok(j) if j.kind == JobKind::Openai && j.status.is_final() => j,
-            _ => return Err(not_found("file", id)),
+            _ => return Err(not_found("File", id, param)),
         };
         let mut bytes = 0u64;
         let mut from = 0;
@@ -215,7 +271,7 @@ async fn find_file(state: &AppState, who: &Principal, id: &str) -> Result<FileRe
     }
     match state.jobs.file(id).await {
         Ok(Some(f)) if f.owner == who.sub || admin => Ok(f),
-        Ok(_) => Err(not_found("file", id)),
+        Ok(_) => Err(not_found("File", id, param)),
         Err(e) => Err(ApiError::from(e).into_response()),
     }
 }
@@ -236,7 +292,7 @@ pub async fn file(
     principal: Option<Extension<Principal>>,
 ) -> Response {
     let who = caller(principal);
-    match find_file(&state, &who, &id).await {
+    match find_file(&state, &who, &id, "id").await {
         Ok(f) => Json(file_object(&f)).into_response(),
         Err(r) => r,
     }
@@ -258,7 +314,7 @@ pub async fn content(
     principal: Option<Extension<Principal>>,
 ) -> Response {
     let who = caller(principal);
-    let f = match find_file(&state, &who, &id).await {
+    let f = match find_file(&state, &who, &id, "id").await {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -457,7 +513,7 @@ pub async fn create(
     if req.completion_window != "24h" {
         return ApiError::invalid("completion_window", "must be 24h").into_response();
     }
-    let file = match find_file(&state, &who, &req.input_file_id).await {
+    let file = match find_file(&state, &who, &req.input_file_id, "input_file_id").await {
         Ok(f) if f.job.is_none() && f.purpose == "batch" => f,
         Ok(_) => {
             return ApiError::invalid("input_file_id", "is not an uploaded batch file")
@@ -537,7 +593,7 @@ pub async fn get(
     let who = caller(principal);
     match state.jobs.get(&who, &id).await {
         Ok(j) if j.kind == JobKind::Openai => Json(batch_object(&j)).into_response(),
-        _ => not_found("batch", &id),
+        _ => not_found("Batch", &id, "id"),
     }
 }
 
@@ -560,9 +616,11 @@ pub async fn cancel(
     match state.jobs.get(&who, &id).await {
         Ok(j) if j.kind == JobKind::Openai => match state.jobs.cancel(&who, &id).await {
             Ok(j) => Json(batch_object(&j)).into_response(),
+            // Gone between the two reads: still a batch, not a model, that is missing.
+            Err(e) if e.kind == ErrorKind::NotFound => not_found("Batch", &id, "id"),
             Err(e) => e.into_response(),
         },
-        _ => not_found("batch", &id),
+        _ => not_found("Batch", &id, "id"),
     }
 }
 

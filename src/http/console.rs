@@ -105,21 +105,57 @@ fn serve(asset: &Asset, request: &HeaderMap) -> Response {
 }
 
 /// `GET /`, `GET /ui`: the console's page.
+#[utoipa::path(
+    get,
+    path = "/",
+    responses(
+        (status = 200, description = "The console's page (also at /ui and /ui/)", content_type = "text/html", body = String),
+        (status = 304, description = "Unchanged (If-None-Match matched its ETag)"),
+    ),
+    tag = "console"
+)]
 pub async fn index(headers: HeaderMap) -> Response {
     serve(&INDEX, &headers)
 }
 
 /// `GET /ui/app.js`.
+#[utoipa::path(
+    get,
+    path = "/ui/app.js",
+    responses(
+        (status = 200, description = "The console's script", content_type = "text/javascript", body = String),
+        (status = 304, description = "Unchanged (If-None-Match matched its ETag)"),
+    ),
+    tag = "console"
+)]
 pub async fn script(headers: HeaderMap) -> Response {
     serve(&SCRIPT, &headers)
 }
 
 /// `GET /ui/app.css`.
+#[utoipa::path(
+    get,
+    path = "/ui/app.css",
+    responses(
+        (status = 200, description = "The console's style sheet", content_type = "text/css", body = String),
+        (status = 304, description = "Unchanged (If-None-Match matched its ETag)"),
+    ),
+    tag = "console"
+)]
 pub async fn style(headers: HeaderMap) -> Response {
     serve(&STYLE, &headers)
 }
 
 /// `GET /ui/icon.svg`.
+#[utoipa::path(
+    get,
+    path = "/ui/icon.svg",
+    responses(
+        (status = 200, description = "The console's icon", content_type = "image/svg+xml", body = String),
+        (status = 304, description = "Unchanged (If-None-Match matched its ETag)"),
+    ),
+    tag = "console"
+)]
 pub async fn icon(headers: HeaderMap) -> Response {
     serve(&ICON, &headers)
 }

@@ -422,8 +422,18 @@ pub struct OpenAiError {
     pub param: Option<String>,
     /// `invalid_api_key`, `forbidden`, `model_not_found`, `rate_limit_exceeded`,
     /// `service_unavailable`, `internal_error`, `timeout`, or one of the native error codes
-    /// (`invalid_request`, `payload_too_large`, ...).
-    pub code: String,
+    /// (`invalid_request`, `payload_too_large`, ...); `null` for a 404 that is not about a model
+    /// (an unknown file, batch or route), as OpenAI answers it.
+    pub code: Option<String>,
+}
+
+/// Marks a 404 that is not about a model (an unknown file or batch, an unknown route): its
+/// OpenAI rendering has `code: null` (never `model_not_found`) and names `param` where there is
+/// one, as OpenAI's `No such File object: file-abc` does (`param: "id"`).
+#[derive(Debug, Clone, Default)]
+pub struct NotAboutModel {
+    /// The request field that named the missing object (`id`, `input_file_id`).
+    pub param: Option<&'static str>,
 }
 
 /// OpenAI's error shape for any response our layers rendered as an error.
@@ -439,23 +449,35 @@ pub(crate) fn openai_error(mut response: Response) -> Response {
     let Some(e) = response.extensions_mut().remove::<RenderedError>() else {
         return response;
     };
+    let not_model = response.extensions_mut().remove::<NotAboutModel>();
     let (kind, code) = match e.kind {
-        ErrorKind::Unauthorized => (OpenAiErrorType::AuthenticationError, "invalid_api_key"),
-        ErrorKind::Forbidden => (OpenAiErrorType::PermissionError, "forbidden"),
-        ErrorKind::NotFound => (OpenAiErrorType::InvalidRequestError, "model_not_found"),
-        ErrorKind::RateLimited => (OpenAiErrorType::RateLimitError, "rate_limit_exceeded"),
+        ErrorKind::Unauthorized => (
+            OpenAiErrorType::AuthenticationError,
+            Some("invalid_api_key"),
+        ),
+        ErrorKind::Forbidden => (OpenAiErrorType::PermissionError, Some("forbidden")),
+        ErrorKind::NotFound if not_model.is_some() => (OpenAiErrorType::InvalidRequestError, None),
+        ErrorKind::NotFound => (
+            OpenAiErrorType::InvalidRequestError,
+            Some("model_not_found"),
+        ),
+        ErrorKind::RateLimited => (OpenAiErrorType::RateLimitError, Some("rate_limit_exceeded")),
         ErrorKind::Internal | ErrorKind::Timeout | ErrorKind::BadGateway => {
-            (OpenAiErrorType::ServerError, e.kind.code())
+            (OpenAiErrorType::ServerError, Some(e.kind.code()))
         }
-        ErrorKind::Unavailable => (OpenAiErrorType::ServerError, "service_unavailable"),
-        _ => (OpenAiErrorType::InvalidRequestError, e.kind.code()),
+        ErrorKind::Unavailable => (OpenAiErrorType::ServerError, Some("service_unavailable")),
+        _ => (OpenAiErrorType::InvalidRequestError, Some(e.kind.code())),
+    };
+    let param = match not_model.and_then(|m| m.param) {
+        Some(p) => Some(p.to_string()),
+        None => e.details.field.as_deref().map(openai_param),
     };
     let body = OpenAiErrorEnvelope {
         error: OpenAiError {
             message: e.message,
             kind,
-            param: e.details.field.as_deref().map(openai_param),
-            code: code.to_string(),
+            param,
+            code: code.map(str::to_string),
         },
     };
     let body = serde_json::to_string(&body).unwrap_or_else(|_| String::from("{}"));
@@ -1147,7 +1169,7 @@ fn stream_chunks(
                             message: e.message,
                             kind: OpenAiErrorType::ServerError,
                             param: None,
-                            code: e.kind.code().to_string(),
+                            code: Some(e.kind.code().to_string()),
                         },
                     };
                     SseEvent::default()

@@ -14,7 +14,8 @@ use utoipa::{Modify, OpenApi};
 
 use super::app::AppState;
 use super::{
-    batches, cache, console, drift, heads, health, jobs, models, openai, predict, traffic, usage,
+    batches, cache, console, drift, heads, health, jobs, kserve, models, openai, predict, traffic,
+    usage, ws,
 };
 use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
 
@@ -65,18 +66,33 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         batches::get,
         batches::cancel,
         batches::list,
+        ws::ws,
+        kserve::server_metadata,
+        kserve::live,
+        kserve::ready,
+        kserve::model_metadata,
+        kserve::model_version_metadata,
+        kserve::model_ready,
+        kserve::model_version_ready,
+        kserve::infer,
+        kserve::infer_version,
+        console::index,
+        console::script,
+        console::style,
+        console::icon,
     ),
     components(schemas(
         ErrorEnvelope,
         ErrorBody,
         ErrorDetails,
         openai::OpenAiErrorEnvelope,
+        kserve::doc::KserveError,
         openai::ChatCompletionChunk,
         openai::TextCompletionChunk,
         usage::PeriodParam,
         usage::GroupByParam,
     )),
-    modifiers(&SharedResponses),
+    modifiers(&ConsoleAliases, &SharedResponses),
     tags(
         (name = "inference", description = "Run models"),
         (name = "models", description = "The model registry"),
@@ -87,6 +103,8 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
         (name = "jobs", description = "Batch jobs: many inputs answered in the background, stored as they finish, resumed after a restart; a signed webhook when they end"),
         (name = "training", description = "Classification heads trained from labelled examples (scope train or admin)"),
         (name = "openai", description = "OpenAI-compatible API: OpenAI's request and response shapes, errors as {\"error\": {\"message\", \"type\", \"param\", \"code\"}}"),
+        (name = "kserve", description = "KServe v2 / Open Inference Protocol over REST: BYTES text tensors in, FP32 or BYTES tensors out (JSON or binary tensor data); errors as {\"error\": \"<message>\"}"),
+        (name = "console", description = "The built-in web console's files (public; its figures come from the guarded routes)"),
     )
 )]
 pub struct ApiDoc;
@@ -127,7 +145,7 @@ fn with_examples(doc: &mut Value, ids: &[Value], versions: &[Value]) {
             };
             for p in params {
                 let examples = match (p["in"].as_str(), p["name"].as_str()) {
-                    (Some("path"), Some("id")) => ids,
+                    (Some("path"), Some("id" | "name")) => ids,
                     (Some("path"), Some("version")) if !versions.is_empty() => versions,
                     _ => continue,
                 };
@@ -226,28 +244,92 @@ fn shared_errors(route: &Route) -> Vec<(ErrorKind, &'static str)> {
     out
 }
 
+/// The console's paths (public: no token, no rate limit).
+const CONSOLE_PATHS: [&str; 6] = [
+    "/",
+    "/ui",
+    "/ui/",
+    "/ui/app.js",
+    "/ui/app.css",
+    "/ui/icon.svg",
+];
+
+/// `/ui` and `/ui/` serve the page `/` does (one handler, so one annotation): the same
+/// operation under each path.
+struct ConsoleAliases;
+
+impl Modify for ConsoleAliases {
+    fn modify(&self, doc: &mut Document) {
+        if let Some(item) = doc.paths.paths.get("/").cloned() {
+            for alias in ["/ui", "/ui/"] {
+                doc.paths.paths.insert(alias.to_string(), item.clone());
+            }
+        }
+    }
+}
+
+/// The error shape of a path's answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// `{"error": {"code", "message", "details"}}`.
+    Native,
+    /// Under `/v1`: `{"error": {"message", "type", "param", "code"}}`.
+    OpenAi,
+    /// Under `/v2`: `{"error": "<message>"}`.
+    Kserve,
+}
+
+impl Shape {
+    fn schema(self) -> &'static str {
+        match self {
+            Shape::Native => "ErrorEnvelope",
+            Shape::OpenAi => "OpenAiErrorEnvelope",
+            Shape::Kserve => "KserveError",
+        }
+    }
+}
+
 /// Adds the layers' errors to every operation (leaving the handler's own description of a
-/// status where it has one), in the native envelope or, under `/v1`, OpenAI's.
+/// status where it has one), in the native envelope or, under `/v1`, OpenAI's, under `/v2`,
+/// KServe's.
 struct SharedResponses;
 
 impl Modify for SharedResponses {
     fn modify(&self, doc: &mut Document) {
         for (path, item) in doc.paths.paths.iter_mut() {
-            let openai = path.starts_with("/v1/");
-            let probe = matches!(path.as_str(), "/health" | "/ready" | "/metrics");
-            let open = matches!(path.as_str(), "/health" | "/ready");
-            for op in [&mut item.get, &mut item.post, &mut item.delete]
-                .into_iter()
-                .flatten()
+            let shape = if path.starts_with("/v1/") {
+                Shape::OpenAi
+            } else if path == "/v2" || path.starts_with("/v2/") {
+                Shape::Kserve
+            } else {
+                Shape::Native
+            };
+            // As `app::observe_request` and `app::need` treat them.
+            let probe = matches!(
+                path.as_str(),
+                "/health" | "/ready" | "/metrics" | "/v2/health/live" | "/v2/health/ready"
+            );
+            let open = matches!(
+                path.as_str(),
+                "/health" | "/ready" | "/v2/health/live" | "/v2/health/ready"
+            ) || CONSOLE_PATHS.contains(&path.as_str());
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
             {
                 let route = Route {
                     probe,
                     open,
                     body: op.request_body.is_some(),
                 };
-                add_errors(op, openai, &route);
-                if openai {
-                    either_shape(op);
+                add_errors(op, shape, &route);
+                if shape != Shape::Native {
+                    either_shape(op, shape);
                 }
             }
         }
@@ -255,14 +337,14 @@ impl Modify for SharedResponses {
 }
 
 /// The HTTP layer answers a request it cannot parse (400, 414, 431) before the path is known,
-/// so in the native envelope, under `/v1` too (`conn::rewrite_bare_error`).
-fn either_shape(op: &mut Operation) {
+/// so in the native envelope, under `/v1` and `/v2` too (`conn::rewrite_bare_error`).
+fn either_shape(op: &mut Operation, shape: Shape) {
     for status in ["400", "414", "431"] {
         let Some(RefOr::T(response)) = op.responses.responses.get_mut(status) else {
             continue;
         };
         let schema = OneOfBuilder::new()
-            .item(Ref::from_schema_name("OpenAiErrorEnvelope"))
+            .item(Ref::from_schema_name(shape.schema()))
             .item(Ref::from_schema_name("ErrorEnvelope"))
             .build();
         response.content.insert(
@@ -279,12 +361,8 @@ fn either_shape(op: &mut Operation) {
     }
 }
 
-fn add_errors(op: &mut Operation, openai: bool, route: &Route) {
-    let schema = if openai {
-        "OpenAiErrorEnvelope"
-    } else {
-        "ErrorEnvelope"
-    };
+fn add_errors(op: &mut Operation, shape: Shape, route: &Route) {
+    let schema = shape.schema();
     for (kind, when) in shared_errors(route) {
         let status = kind.status().as_u16().to_string();
         if op.responses.responses.contains_key(&status) {
@@ -348,5 +426,96 @@ mod tests {
             models["content"]["application/json"]["schema"]["$ref"],
             "#/components/schemas/ErrorEnvelope"
         );
+    }
+
+    /// The routes `app::app` declares, as (path, method), read from its source: every
+    /// `.route("path", method(handler).method(handler)...)` call.
+    fn declared_routes() -> Vec<(String, String)> {
+        let src = include_str!("app.rs");
+        let mut out = Vec::new();
+        let mut rest = src;
+        while let Some(at) = rest.find(".route(") {
+            rest = &rest[at + ".route(".len()..];
+            // The call's text, to its closing parenthesis.
+            let mut depth = 1;
+            let end = rest
+                .char_indices()
+                .find(|&(_, c)| {
+                    match c {
+                        '(' => depth += 1,
+                        ')' => depth -= 1,
+                        _ => {}
+                    }
+                    depth == 0
+                })
+                .map(|(i, _)| i)
+                .expect("a closed .route( call");
+            let call = &rest[..end];
+            let path = call
+                .split('"')
+                .nth(1)
+                .expect("a route's path literal")
+                .to_string();
+            let bytes = call.as_bytes();
+            for method in ["get", "post", "put", "delete", "patch"] {
+                let needle = format!("{method}(");
+                let found = call.match_indices(&needle).any(|(i, _)| {
+                    i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_')
+                });
+                if found {
+                    out.push((path.clone(), method.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_route_is_documented_and_every_documented_route_exists() {
+        let routes = declared_routes();
+        assert!(routes.len() > 50, "{routes:?}");
+        for probe in [
+            ("/v1/ws", "get"),
+            ("/v2/models/{name}/infer", "post"),
+            ("/jobs", "post"),
+            ("/jobs", "get"),
+            ("/models/{id}/traffic", "put"),
+            ("/ui/app.js", "get"),
+        ] {
+            assert!(
+                routes.contains(&(probe.0.to_string(), probe.1.to_string())),
+                "the parser missed {probe:?}"
+            );
+        }
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        let missing: Vec<_> = routes
+            .iter()
+            .filter(|(p, m)| {
+                paths
+                    .get(p.as_str())
+                    .and_then(|i| i.get(m.as_str()))
+                    .is_none()
+            })
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "routes missing from /openapi.json: {missing:?}"
+        );
+        for (path, item) in paths {
+            for method in item.as_object().unwrap().keys() {
+                assert!(
+                    routes.contains(&(path.clone(), method.clone())),
+                    "/openapi.json documents {method} {path}, which no route serves"
+                );
+            }
+        }
+        // The layers' errors under /v2 are KServe's shape; the console's pages need no token.
+        let infer = &doc["paths"]["/v2/models/{name}/infer"]["post"]["responses"];
+        assert_eq!(
+            infer["503"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/KserveError"
+        );
+        assert!(doc["paths"]["/ui"]["get"]["responses"].get("401").is_none());
     }
 }

@@ -72,6 +72,20 @@ enum ClientMessage {
 }
 
 /// `GET /v1/ws`: upgrade to a WebSocket carrying predict and chat requests.
+///
+/// Client messages (JSON text frames): `{"type": "predict", "id", "model", "version"?,
+/// "inputs", "parameters"?}`, `{"type": "chat", "id", "model", "version"?, "messages",
+/// "parameters"?}` and `{"type": "cancel", "id"}`; the server answers each request on the same
+/// socket, by its `id`.
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    responses(
+        (status = 101, description = "Switched to a WebSocket (Connection: upgrade, Upgrade: websocket, Sec-WebSocket-Version: 13)"),
+        (status = 400, description = "Not a WebSocket upgrade", body = super::openai::OpenAiErrorEnvelope),
+    ),
+    tag = "openai"
+)]
 pub async fn ws(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,

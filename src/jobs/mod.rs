@@ -264,13 +264,13 @@ impl Backend {
         }
     }
 
-    async fn put_file(&self, file: FileRecord, data: Vec<u8>) -> Result<(), JobError> {
+    async fn put_file(&self, file: FileRecord, data: std::fs::File) -> Result<(), JobError> {
         match self {
             Backend::Local(store) => {
                 let store = store.clone();
-                blocking(move || store.put_file(&file, &data)).await
+                blocking(move || store.put_file(&file, data)).await
             }
-            Backend::Shared(shared) => shared.put_file(&file, &data).await,
+            Backend::Shared(shared) => shared.put_file(&file, data).await,
         }
     }
 
@@ -397,7 +397,8 @@ impl Jobs {
         }
         if let Some(url) = &new.webhook {
             self.hooks
-                .check_url(url)
+                .check_url_resolved(url)
+                .await
                 .map_err(|issue| ApiError::invalid("webhook", issue))?;
         }
         let active = self
@@ -564,7 +565,9 @@ impl Jobs {
         })
     }
 
-    pub async fn put_file(&self, file: FileRecord, data: Vec<u8>) -> Result<(), JobError> {
+    /// Store an uploaded file, its bytes read from `data` (a spooled upload, at its start)
+    /// a chunk at a time.
+    pub async fn put_file(&self, file: FileRecord, data: std::fs::File) -> Result<(), JobError> {
         self.store.put_file(file, data).await
     }
 

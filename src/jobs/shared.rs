@@ -429,13 +429,30 @@ impl Shared {
         Ok(out)
     }
 
-    pub async fn put_file(&self, file: &FileRecord, data: &[u8]) -> Result<(), JobError> {
+    /// Store a file: its bytes, read from `data` one chunk at a time (one chunk in memory),
+    /// then its record (so it is listed only once whole).
+    pub async fn put_file(&self, file: &FileRecord, data: std::fs::File) -> Result<(), JobError> {
         let mut conn = self.c();
         let data_key = self.key(&format!("file:{}:data", file.id));
-        for (n, chunk) in data.chunks(FILE_CHUNK).enumerate() {
-            conn.hset::<_, _, _, ()>(&data_key, n as u64, chunk)
+        let mut data = Some((data, vec![0u8; FILE_CHUNK]));
+        for n in 0u64.. {
+            let Some((mut f, mut buf)) = data.take() else {
+                break;
+            };
+            let (len, f, buf) = tokio::task::spawn_blocking(move || {
+                let len = super::store::read_chunk(&mut f, &mut buf);
+                (len, f, buf)
+            })
+            .await
+            .map_err(|e| JobError::Task(e.to_string()))?;
+            let len = len.map_err(|e| JobError::Store(format!("reading the upload: {e}")))?;
+            if len == 0 {
+                break;
+            }
+            conn.hset::<_, _, _, ()>(&data_key, n, &buf[..len])
                 .await
                 .map_err(rerr)?;
+            data = Some((f, buf));
         }
         let record = serde_json::to_vec(file).map_err(json_err)?;
         redis::pipe()

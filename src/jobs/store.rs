@@ -20,8 +20,27 @@ const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 /// (file id, chunk number) → bytes of an uploaded file.
 const FILE_DATA: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("file_data");
 
+/// redb's page cache (its read cache and write buffer together; redb's default is 1 GiB, so
+/// every page a large upload or job wrote stayed in memory after it). The store is read in
+/// order, a page of results or a chunk of a file at a time: a small cache loses little.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Bytes per stored chunk of an uploaded file.
 pub const FILE_CHUNK: usize = 1 << 20;
+
+/// Fill `buf` from `r` (less only at its end); the bytes read.
+pub fn read_chunk(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut len = 0;
+    while len < buf.len() {
+        match r.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(len)
+}
 
 /// One stored result.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,9 +69,13 @@ impl Store {
             Some(dir) => {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| JobError::Store(format!("{}: {e}", dir.display())))?;
-                redb::Database::create(dir.join("jobs.redb")).map_err(db_err)?
+                redb::Database::builder()
+                    .set_cache_size(CACHE_BYTES)
+                    .create(dir.join("jobs.redb"))
+                    .map_err(db_err)?
             }
             None => redb::Database::builder()
+                .set_cache_size(CACHE_BYTES)
                 .create_with_backend(redb::backends::InMemoryBackend::new())
                 .map_err(db_err)?,
         };
@@ -226,8 +249,13 @@ impl Store {
         Ok(out)
     }
 
-    /// Store a file (its record and its bytes) in one transaction.
-    pub fn put_file(&self, file: &FileRecord, data: &[u8]) -> Result<(), JobError> {
+    /// Store a file (its record and its bytes, read from `data` one chunk at a time) in one
+    /// transaction.
+    pub fn put_file(
+        &self,
+        file: &FileRecord,
+        mut data: impl std::io::Read,
+    ) -> Result<(), JobError> {
         let txn = self.db.begin_write().map_err(db_err)?;
         {
             let mut files = txn.open_table(FILES).map_err(db_err)?;
@@ -236,9 +264,15 @@ impl Store {
                 .insert(file.id.as_str(), record.as_slice())
                 .map_err(db_err)?;
             let mut chunks = txn.open_table(FILE_DATA).map_err(db_err)?;
-            for (n, chunk) in data.chunks(FILE_CHUNK).enumerate() {
+            let mut buf = vec![0u8; FILE_CHUNK];
+            for n in 0u64.. {
+                let len = read_chunk(&mut data, &mut buf)
+                    .map_err(|e| JobError::Store(format!("reading the upload: {e}")))?;
+                if len == 0 {
+                    break;
+                }
                 chunks
-                    .insert((file.id.as_str(), n as u64), chunk)
+                    .insert((file.id.as_str(), n), &buf[..len])
                     .map_err(db_err)?;
             }
         }

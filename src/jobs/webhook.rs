@@ -9,9 +9,12 @@
 //!
 //! SSRF guard: a webhook's host must match `jobs.webhook_allowed_hosts` when that is set; a host
 //! not listed there may not be, or resolve to, a loopback, private, link-local, shared, multicast
-//! or unspecified address (cloud metadata lives at link-local 169.254.169.254). The check runs
-//! on the addresses the connection uses (reqwest's resolver is ours), so a name that re-resolves
-//! to a private address after submission (DNS rebinding) is still refused.
+//! or unspecified address (cloud metadata lives at link-local 169.254.169.254; see [`is_private`]
+//! for the full list, IPv6 forms that embed an IPv4 address included). A host name is resolved
+//! at submission (within [`RESOLVE_TIMEOUT`]) and refused if any of its addresses is private;
+//! the check runs again on the addresses each delivery connects to (reqwest's resolver is
+//! ours), so a name that re-resolves to a private address after submission (DNS rebinding) is
+//! still refused.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -28,24 +31,48 @@ use crate::usage::now_unix;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// How long a webhook's host name may take to resolve at submission.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Whether `ip` is an address a webhook may not reach unless its host is allowed explicitly.
+///
+/// IPv4: loopback, private, link-local (cloud metadata), unspecified, `0/8`, broadcast,
+/// multicast, documentation, shared `100.64/10` (CGNAT), IETF `192.0.0/24`, 6to4 relay
+/// `192.88.99/24`, benchmarking `198.18/15` and reserved `240/4`.
+///
+/// IPv6: only global unicast `2000::/3` may pass, which leaves out loopback, unspecified,
+/// the deprecated IPv4-compatible `::/96` (`::127.0.0.1`), unique local `fc00::/7` (AWS
+/// metadata's `fd00:ec2::254` among them), link-local, site-local, multicast, discard-only
+/// `100::/64` and local-use NAT64 `64:ff9b:1::/48`. Forms that carry an IPv4 address are
+/// judged by it: IPv4-mapped `::ffff:0:0/96`, NAT64 `64:ff9b::/96` and 6to4 `2002::/16`.
+/// Inside `2000::/3`, the IETF protocol assignments `2001::/23` (Teredo `2001::/32`,
+/// benchmarking `2001:2::/48`, ORCHID) and documentation `2001:db8::/32` and `3fff::/20`
+/// are refused.
 pub fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => private_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return private_v4(v4);
-            }
-            let seg = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (seg[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (seg[0] == 0x64 && seg[1] == 0xff9b) // NAT64 64:ff9b::/96 (embeds v4)
-                || v6 == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) // AWS metadata v6
-        }
+        IpAddr::V6(v6) => private_v6(v6),
     }
+}
+
+fn private_v6(v6: Ipv6Addr) -> bool {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return private_v4(v4);
+    }
+    let seg = v6.segments();
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    // NAT64's well-known prefix 64:ff9b::/96 (RFC 6052): a translated IPv4 address.
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return private_v4(embedded(seg[6], seg[7]));
+    }
+    // 6to4 2002::/16 (RFC 3056): the IPv4 address of the site's relay follows the prefix.
+    if seg[0] == 0x2002 {
+        return private_v4(embedded(seg[1], seg[2]));
+    }
+    (seg[0] & 0xe000) != 0x2000 // outside global unicast 2000::/3
+        || (seg[0] == 0x2001 && seg[1] < 0x200) // IETF protocol assignments 2001::/23
+        || (seg[0] == 0x2001 && seg[1] == 0xdb8) // documentation 2001:db8::/32
+        || (seg[0] == 0x3fff && seg[1] < 0x1000) // documentation 3fff::/20
 }
 
 fn private_v4(ip: Ipv4Addr) -> bool {
@@ -60,6 +87,7 @@ fn private_v4(ip: Ipv4Addr) -> bool {
         || o[0] == 0
         || (o[0] == 100 && (o[1] & 0xc0) == 64) // shared 100.64/10
         || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF 192.0.0/24
+        || (o[0] == 192 && o[1] == 88 && o[2] == 99) // 6to4 relay anycast 192.88.99/24
         || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
         || o[0] >= 240 // reserved
 }
@@ -283,6 +311,47 @@ impl Hooks {
         false
     }
 
+    /// [`Self::check_url`], and for a host name not listed in `jobs.webhook_allowed_hosts`, its
+    /// resolution too (bounded by [`RESOLVE_TIMEOUT`]): a name any of whose addresses is
+    /// private or loopback is refused at submission, as is one that does not resolve in time.
+    /// Delivery checks again on the addresses it connects to (DNS rebinding).
+    pub async fn check_url_resolved(&self, url: &str) -> Result<reqwest::Url, String> {
+        let parsed = self.check_url(url)?;
+        let host = parsed.host_str().unwrap_or_default();
+        // A bracketed IPv6 literal or an IPv4 one was checked by `check_url` already.
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok();
+        if !literal && !host_listed(&self.allowed, host) {
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            let addrs: Vec<SocketAddr> =
+                match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+                    .await
+                {
+                    Ok(Ok(a)) => a.collect(),
+                    Ok(Err(e)) => return Err(format!("`{host}` does not resolve: {e}")),
+                    Err(_) => {
+                        return Err(format!(
+                            "`{host}` did not resolve within {} ms",
+                            RESOLVE_TIMEOUT.as_millis()
+                        ))
+                    }
+                };
+            if let Some(a) = addrs.iter().find(|a| is_private(a.ip())) {
+                return Err(format!(
+                    "`{host}` resolves to {}, a private, loopback, link-local or reserved address (list it in jobs.webhook_allowed_hosts to allow it)",
+                    a.ip()
+                ));
+            }
+            if addrs.is_empty() {
+                return Err(format!("`{host}` resolves to no address"));
+            }
+        }
+        Ok(parsed)
+    }
+
     /// One POST: (status, error, Retry-After).
     async fn attempt(
         &self,
@@ -343,23 +412,98 @@ mod tests {
 
     #[test]
     fn private_and_metadata_addresses_are_refused_public_ones_pass() {
+        // Parsed only: nothing is ever sent to these addresses.
         for ip in [
+            // IPv4
             "127.0.0.1",
+            "127.255.255.254",
             "10.1.2.3",
             "172.16.0.1",
+            "172.31.255.255",
             "192.168.1.1",
             "169.254.169.254",
             "100.64.0.1",
+            "100.127.255.255",
             "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.255.255.250",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.51.100.7",
+            "203.0.113.9",
+            "198.18.0.1",
+            "198.19.255.255",
+            "192.88.99.1",
+            "240.0.0.1",
+            // IPv6 loopback, unspecified, ULA (AWS metadata), link-local, site-local, multicast
             "::1",
-            "fe80::1",
-            "fd00::1",
-            "::ffff:10.0.0.1",
+            "::",
             "fd00:ec2::254",
+            "fc00::1",
+            "fd00::1",
+            "fe80::1",
+            "febf::1",
+            "fec0::1",
+            "ff02::1",
+            "ff05::2",
+            // IPv4-mapped
+            "::ffff:10.0.0.1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            // IPv4-compatible (deprecated ::/96): refused whatever it embeds
+            "::127.0.0.1",
+            "::169.254.169.254",
+            "::10.0.0.1",
+            "::8.8.8.8",
+            // NAT64 well-known prefix, embedding a private address; local-use NAT64
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b:1::8.8.8.8",
+            // 6to4 embedding a private address
+            "2002:7f00:1::1",
+            "2002:a9fe:a9fe::1",
+            "2002:a00:1::",
+            "2002:c0a8:101:1::1",
+            "2002::1",
+            // Teredo and the rest of the IETF protocol assignments 2001::/23
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:2::1",
+            "2001:10::1",
+            "2001:1ff::1",
+            // documentation, discard-only, SRv6, outside 2000::/3
+            "2001:db8::1",
+            "3fff::1",
+            "3fff:fff::1",
+            "100::1",
+            "5f00::1",
+            "4000::1",
+            "1::1",
         ] {
             assert!(is_private(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.63.255.255",
+            "100.128.0.1",
+            "172.32.0.1",
+            "192.0.1.1",
+            "198.20.0.1",
+            "2606:4700::1111",
+            "2a00:1450:4001::1",
+            "2001:200::1",
+            "2001:4860:4860::8888",
+            "::ffff:8.8.8.8",
+            "64:ff9b::8.8.8.8",
+            "2002:808:808::1",
+            "3ffe::1",
+            "3fef:ffff::1",
+            "3fff:1000::1",
+        ] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
     }
@@ -418,6 +562,35 @@ mod tests {
         assert!(listed.check_url("https://hooks.example.com/x").is_err());
         let off = Hooks::new(&JobsSection::default()).unwrap();
         assert!(off.check_url("https://hooks.example.com/x").is_err());
+    }
+
+    /// `localhost` resolves through /etc/hosts: no query leaves the machine.
+    #[tokio::test]
+    async fn names_resolving_to_private_addresses_are_refused_at_submission() {
+        let cfg = JobsSection {
+            webhook_secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+            ..JobsSection::default()
+        };
+        let hooks = Hooks::new(&cfg).unwrap();
+        for bad in [
+            "http://localhost:9/hook",
+            "http://LOCALHOST:8080/hook",
+            "https://localhost/hook",
+            "http://[::1]/x",
+            "http://127.0.0.1/x",
+        ] {
+            let e = hooks.check_url_resolved(bad).await.unwrap_err();
+            assert!(e.contains("private, loopback"), "{bad}: {e}");
+        }
+        let listed = Hooks::new(&JobsSection {
+            webhook_allowed_hosts: vec!["localhost".into()],
+            ..cfg
+        })
+        .unwrap();
+        assert!(listed
+            .check_url_resolved("http://localhost:9/hook")
+            .await
+            .is_ok());
     }
 
     #[tokio::test]

@@ -151,7 +151,8 @@ ANYA__SECTION__KEY environment variables (extraEnv).
 {{- $cache := dict
   "enabled" .Values.cache.enabled
   "ttl" (int64 .Values.cache.ttl)
-  "max_size" (int64 .Values.cache.maxSize) }}
+  "max_size" (int64 .Values.cache.maxSize)
+  "max_bytes" (int64 .Values.cache.maxBytes) }}
 {{- with .Values.cache.redis.url }}{{- $_ := set $cache "redis_url" . }}{{- end }}
 {{- if .Values.cache.redis.bundled.enabled }}{{- $_ := set $cache "redis_url" (include "anya.bundledRedisUrl" .) }}{{- end }}
 {{- $expected := .Values.rateLimits.expectedReplicas | default (ternary .Values.autoscaling.minReplicas .Values.replicaCount .Values.autoscaling.enabled) }}

@@ -9,6 +9,7 @@
 //! Every length is checked against the body (itself within `server.max_body_bytes`); a size
 //! past the end, bytes left over, or elements that do not fill a tensor are 400s.
 
+pub mod doc;
 pub mod tensor;
 
 use axum::body::{Body, Bytes};
@@ -33,6 +34,12 @@ use tensor::{OutData, OutTensor, TextTensor};
 /// The header that splits a binary body into its JSON header and its tensor data.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
+#[utoipa::path(
+    get,
+    path = "/v2",
+    responses((status = 200, description = "Server metadata", body = doc::ServerMetadata)),
+    tag = "kserve"
+)]
 /// `GET /v2`: server metadata.
 pub async fn server_metadata() -> Json<Value> {
     Json(json!({
@@ -42,11 +49,26 @@ pub async fn server_metadata() -> Json<Value> {
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/health/live",
+    responses((status = 200, description = "The server is live", body = doc::Live)),
+    tag = "kserve"
+)]
 /// `GET /v2/health/live`.
 pub async fn live() -> Json<Value> {
     Json(json!({"live": true}))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/health/ready",
+    responses(
+        (status = 200, description = "Every model loaded, not draining", body = doc::Ready),
+        (status = 503, description = "Models loading or failed, or draining: `{\"ready\": false}`", body = doc::Ready),
+    ),
+    tag = "kserve"
+)]
 /// `GET /v2/health/ready`: the readiness of `/ready` (every model loaded, not draining); 503
 /// with `{"ready": false}` otherwise.
 pub async fn ready(State(state): State<AppState>) -> Response {
@@ -59,6 +81,16 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     (status, Json(json!({"ready": ready}))).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}",
+    params(("name" = String, Path, description = "Model id")),
+    responses(
+        (status = 200, description = "The model's default version's metadata", body = doc::ModelMetadata),
+        (status = 404, description = "Unknown model", body = doc::KserveError),
+    ),
+    tag = "kserve"
+)]
 /// `GET /v2/models/{name}`.
 pub async fn model_metadata(
     State(state): State<AppState>,
@@ -67,6 +99,19 @@ pub async fn model_metadata(
     metadata(&state, &name, None)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}",
+    params(
+        ("name" = String, Path, description = "Model id"),
+        ("version" = String, Path, description = "Model version (semver)"),
+    ),
+    responses(
+        (status = 200, description = "The version's metadata", body = doc::ModelMetadata),
+        (status = 404, description = "Unknown model or version", body = doc::KserveError),
+    ),
+    tag = "kserve"
+)]
 /// `GET /v2/models/{name}/versions/{version}`.
 pub async fn model_version_metadata(
     State(state): State<AppState>,
@@ -91,6 +136,17 @@ fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Result<Json<
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/ready",
+    params(("name" = String, Path, description = "Model id")),
+    responses(
+        (status = 200, description = "Ready", body = doc::ModelReady),
+        (status = 404, description = "Unknown model", body = doc::KserveError),
+        (status = 503, description = "Not ready (`\"ready\": false`)", body = doc::ModelReady),
+    ),
+    tag = "kserve"
+)]
 /// `GET /v2/models/{name}/ready`.
 pub async fn model_ready(
     State(state): State<AppState>,
@@ -99,6 +155,20 @@ pub async fn model_ready(
     readiness(&state, &name, None)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{name}/versions/{version}/ready",
+    params(
+        ("name" = String, Path, description = "Model id"),
+        ("version" = String, Path, description = "Model version (semver)"),
+    ),
+    responses(
+        (status = 200, description = "Ready", body = doc::ModelReady),
+        (status = 404, description = "Unknown model or version", body = doc::KserveError),
+        (status = 503, description = "Not ready (`\"ready\": false`)", body = doc::ModelReady),
+    ),
+    tag = "kserve"
+)]
 /// `GET /v2/models/{name}/versions/{version}/ready`.
 pub async fn model_version_ready(
     State(state): State<AppState>,
@@ -147,6 +217,22 @@ struct RequestedOutput {
     parameters: Map<String, Value>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/infer",
+    params(("name" = String, Path, description = "Model id")),
+    request_body(content = doc::InferRequest, description = "JSON; or JSON followed by binary tensor data, with `Inference-Header-Content-Length`"),
+    responses(
+        (status = 200, description = "The output tensor: JSON, or (binary data asked for) the JSON header followed by the data, its length in `Inference-Header-Content-Length`", content(
+            (doc::InferResponse = "application/json"),
+            (String = "application/octet-stream"),
+        )),
+        (status = 400, description = "Malformed body, a tensor that is not one BYTES tensor of the model's input, sizes that do not add up", body = doc::KserveError),
+        (status = 404, description = "Unknown model or version", body = doc::KserveError),
+        (status = 413, description = "Body or number of elements over the limit", body = doc::KserveError),
+    ),
+    tag = "kserve"
+)]
 /// `POST /v2/models/{name}/infer`.
 pub async fn infer(
     State(state): State<AppState>,
@@ -159,6 +245,25 @@ pub async fn infer(
     run(&state, &name, None, p.as_ref(), &headers, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/models/{name}/versions/{version}/infer",
+    params(
+        ("name" = String, Path, description = "Model id"),
+        ("version" = String, Path, description = "Model version (semver)"),
+    ),
+    request_body(content = doc::InferRequest, description = "JSON; or JSON followed by binary tensor data, with `Inference-Header-Content-Length`"),
+    responses(
+        (status = 200, description = "The output tensor: JSON, or (binary data asked for) the JSON header followed by the data, its length in `Inference-Header-Content-Length`", content(
+            (doc::InferResponse = "application/json"),
+            (String = "application/octet-stream"),
+        )),
+        (status = 400, description = "Malformed body, a tensor that is not one BYTES tensor of the model's input, sizes that do not add up", body = doc::KserveError),
+        (status = 404, description = "Unknown model or version", body = doc::KserveError),
+        (status = 413, description = "Body or number of elements over the limit", body = doc::KserveError),
+    ),
+    tag = "kserve"
+)]
 /// `POST /v2/models/{name}/versions/{version}/infer`.
 pub async fn infer_version(
     State(state): State<AppState>,

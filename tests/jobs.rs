@@ -547,6 +547,36 @@ async fn webhooks_are_signed_retried_and_guarded_and_jobs_belong_to_their_owner(
     )
     .await;
     assert_eq!(st, 400, "localhost is not listed: {job}");
+    // Without an allow-list, a host *name* is resolved at submission: `localhost` resolves to
+    // loopback, so the job is refused before anything is stored (not only at delivery).
+    {
+        let mut open = settings(repo.path());
+        open.jobs.webhook_secrets = vec![WHSEC.into()];
+        let o = start(open, &[]).await;
+        o.wait_ready(60).await;
+        let r = o
+            .client
+            .post(o.url("/jobs"))
+            .json(&json!({"model": "echo", "inputs": [1],
+                          "webhook": format!("http://localhost:{port}/hook")}))
+            .send()
+            .await
+            .unwrap();
+        let st = r.status().as_u16();
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(st, 400, "a name resolving to loopback was accepted: {e}");
+        assert_eq!(e["error"]["details"]["field"], "webhook", "{e}");
+        let list: Value = o
+            .client
+            .get(o.url("/jobs"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list["data"], json!([]), "nothing stored: {list}");
+    }
 
     // Quota and cancellation: two slow jobs run, a third is refused; cancelling one stops it.
     let slow = json!({"model": "echo", "inputs": (0..400).collect::<Vec<_>>(),

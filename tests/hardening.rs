@@ -395,15 +395,21 @@ async fn refusals_keep_the_connection_usable() {
     .await;
     let mut s = TcpStream::connect(srv.server.addr).await.unwrap();
     let body = r#"{"inputs":["a"]}"#;
-    let req = format!(
-        "POST /models/echo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+    let head = format!(
+        "POST /models/echo/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     let mut limited = 0;
     for i in 0..150 {
-        s.write_all(req.as_bytes())
+        // The body follows the head a moment later, as from a client that writes them apart:
+        // the refusal is decided before the body has arrived.
+        s.write_all(head.as_bytes())
             .await
             .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if let Err(e) = s.write_all(body.as_bytes()).await {
+            panic!("request {i}: the body could not be sent: {e}");
+        }
         let r = read_response(&mut s, Duration::from_secs(5))
             .await
             .unwrap_or_else(|| panic!("request {i}: the connection was closed"));

@@ -1,9 +1,11 @@
 //! Classification heads trained from labelled examples (`POST /models/{id}/heads`).
 //!
 //! The request is checked first (at least 2 labels, `MIN_PER_LABEL` examples of each, size
-//! limits, an embedding model as the base); then a task off the request path embeds every text
-//! with the base model through the serving core (so cached vectors are reused and the engine's
-//! queue bounds the load), fits a multinomial logistic regression on the blocking pool
+//! limits, an embedding model as the base, every example tokenized within the base's input
+//! limit or cut to it); then a task off the request path embeds every example with the base
+//! model through the serving core (so cached vectors are reused), `TRAIN_CHUNK` at a time on
+//! the engine's background lane (so interactive requests wait at most for one small batch),
+//! fits a multinomial logistic regression on the blocking pool
 //! (`models::logreg`), measures accuracy and per-class precision, recall and F1 on the held-out
 //! split, and writes a new version of `{id}` into the repository — the base model's files
 //! (hard links where the file system allows), the head in safetensors, a manifest with
@@ -461,6 +463,37 @@ fn check(
     })
 }
 
+/// Longest inputs per embedding request of a training (shorter ones go more at a time, within
+/// as many tokens, see `chunks`), one request in flight at a time: the engine's small
+/// background batch. The batcher fills background batches while interactive
+/// traffic has been quiet for `BACKGROUND_QUIET`, and an interactive request that arrives
+/// during one waits for all of it: with larger requests queued, a training of long examples
+/// kept the CPU in 32-input batches (seconds each) and interactive embeddings waited a batch
+/// each (15 s p50 on two busy cores, against 20 ms idle; 0.6 s with this, one small batch
+/// of 256-token inputs on those cores). With at most this many of the training's inputs
+/// queued, a batch of it is at most this large, whatever the batcher decides.
+pub const TRAIN_CHUNK: usize = crate::engine::batcher::BACKGROUND_BUSY_ITEMS;
+
+/// The training's embedding requests: consecutive examples of at most `budget` tokens in all
+/// (`TRAIN_CHUNK` inputs of the base's longest) and `max_inputs` examples, at least one each.
+/// So a request of short sentences still carries many, and none computes for longer than a
+/// small background batch.
+fn chunks(inputs: &[Vec<u32>], budget: usize, max_inputs: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, ids) in inputs.iter().enumerate() {
+        if i > start && (tokens + ids.len() > budget || i - start >= max_inputs) {
+            out.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += ids.len();
+    }
+    if start < inputs.len() {
+        out.push(start..inputs.len());
+    }
+    out
+}
+
 /// Texts of this many bytes in all are tokenized on the async runtime; more on the blocking
 /// pool (20,000 examples of 8 KB take seconds).
 const INLINE_TOKENIZE_BYTES: usize = 64 * 1024;
@@ -578,10 +611,12 @@ impl Core {
         inputs: Vec<Vec<u32>>,
     ) -> Result<(String, HeadMetrics), ApiError> {
         // 1. Embed every example (tokenized already, within the base's input limit) with the
-        // base model, in requests of its max_inputs on the background lane.
-        let chunk = plan.base.max_inputs.clamp(1, 64);
+        // base model on the background lane, one small request at a time (`chunks`).
+        let budget = TRAIN_CHUNK * plan.base.max_input_length.max(1);
+        let max_inputs = plan.base.max_inputs.clamp(1, 64);
         let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
-        for (n, ids) in inputs.chunks(chunk).enumerate() {
+        for range in chunks(&inputs, budget, max_inputs) {
+            let (first, ids) = (range.start, &inputs[range]);
             let req = ServeRequest {
                 model: plan.base.id.clone(),
                 version: Some(plan.base.version.to_string()),
@@ -597,7 +632,7 @@ impl Core {
             let answer = answer.map_err(|e| {
                 ApiError::new(
                     e.kind,
-                    format!("embedding examples {}..: {}", n * chunk, e.message),
+                    format!("embedding examples {first}..: {}", e.message),
                 )
             })?;
             for item in answer.items {
@@ -767,6 +802,23 @@ fn write_version(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_requests_stay_within_a_small_batch_of_tokens() {
+        let len = |n: usize| vec![7u32; n];
+        // Long examples: two at a time (a budget of two 256-token inputs).
+        let long: Vec<Vec<u32>> = (0..5).map(|_| len(256)).collect();
+        assert_eq!(chunks(&long, 512, 64), vec![0..2, 2..4, 4..5]);
+        // Short ones: as many as the budget holds, at most max_inputs.
+        let short: Vec<Vec<u32>> = (0..100).map(|_| len(10)).collect();
+        assert_eq!(chunks(&short, 512, 64), vec![0..51, 51..100]);
+        assert_eq!(chunks(&short, 512, 16)[0], 0..16);
+        // Mixed, every example once, in order; one over the budget goes alone.
+        let mixed = vec![len(10), len(600), len(10), len(500), len(10)];
+        let got = chunks(&mixed, 512, 64);
+        assert_eq!(got, vec![0..1, 1..2, 2..4, 4..5]);
+        assert!(chunks(&[], 512, 64).is_empty());
+    }
 
     #[test]
     fn split_holds_out_the_last_of_each_label() {

@@ -13,10 +13,11 @@ use crate::error::{ApiError, ErrorEnvelope};
 use crate::serving::heads::{HeadRequest, Training};
 use crate::serving::Caller;
 
-/// Train a classification head on an embedding model's vectors: the examples are checked and
-/// tokenized (longer than the base's `max_input_length`: cut with `truncate`, the default, else
-/// 400 naming the example) before the 202, then embedded on the engine's background lane, fitted (multinomial logistic regression) and written as a new version of
-/// `{id}` off the request path. Answers 202 with the training's status; poll
+/// Train a classification head on an embedding model's vectors: the examples are checked
+/// before the 202 (with `truncate: false`, tokenized too: one longer than the base's
+/// `max_input_length` is a 400 naming it; by default it is cut), then embedded on the
+/// engine's background lane, fitted (multinomial logistic regression) and written as a new
+/// version of `{id}` off the request path. Answers 202 with the training's status; poll
 /// `GET /models/{id}/heads/{training}`.
 #[utoipa::path(
     post,

@@ -1,8 +1,8 @@
 //! Classification heads trained from labelled examples (`POST /models/{id}/heads`).
 //!
 //! The request is checked first (at least 2 labels, `MIN_PER_LABEL` examples of each, size
-//! limits, an embedding model as the base, every example tokenized within the base's input
-//! limit or cut to it); then a task off the request path embeds every example with the base
+//! limits, an embedding model as the base, and without `truncate` every example tokenized
+//! within the base's input limit); then a task off the request path embeds every example with the base
 //! model through the serving core (so cached vectors are reused), `TRAIN_CHUNK` at a time on
 //! the engine's background lane (so interactive requests wait at most for one small batch),
 //! fits a multinomial logistic regression on the blocking pool
@@ -498,13 +498,36 @@ fn chunks(inputs: &[Vec<u32>], budget: usize, max_inputs: usize) -> Vec<std::ops
 /// pool (20,000 examples of 8 KB take seconds).
 const INLINE_TOKENIZE_BYTES: usize = 64 * 1024;
 
+/// Examples tokenized in the training task at a time (on the blocking pool), between requests
+/// to the engine.
+const TOKENIZE_BLOCK: usize = 64;
+
+/// A training's examples: token ids (checked before the 202, with `truncate: false`), or texts
+/// the training tokenizes a block at a time as it embeds them (`truncate: true` cuts long
+/// ones, so none can fail on its length; 20,000 examples of 8 KB take longer to tokenize than
+/// a request may last).
+enum Examples {
+    Tokens(Vec<Vec<u32>>),
+    Texts(Vec<String>),
+}
+
+impl Examples {
+    fn len(&self) -> usize {
+        match self {
+            Examples::Tokens(t) => t.len(),
+            Examples::Texts(t) => t.len(),
+        }
+    }
+}
+
 /// Each example's token ids with the base model's tokenizer: cut to its `max_input_length`
-/// with `truncate`, else a longer example is a 400 naming its index. Done before the training
-/// is accepted, so no example can fail it after the 202.
+/// with `truncate`, else a longer example is a 400 naming its index (`first` is the index of
+/// `texts[0]`).
 fn tokenize(
     frontend: &crate::models::Frontend,
     texts: &[String],
     truncate: bool,
+    first: usize,
 ) -> Result<Vec<Vec<u32>>, ApiError> {
     let codec = frontend
         .codec
@@ -515,7 +538,7 @@ fn tokenize(
         .enumerate()
         .map(|(i, text)| {
             codec.encode(text, truncate).map_err(|e| {
-                let field = format!("examples[{i}].text");
+                let field = format!("examples[{}].text", first + i);
                 let limit = codec.max_input_length();
                 match e {
                     EncodeError::TooLong { tokens, .. } => ApiError::invalid(
@@ -558,13 +581,18 @@ impl Core {
         let mut plan = check(self, caller.principal, model, req)?;
         let texts = std::mem::take(&mut plan.texts);
         let bytes: usize = texts.iter().map(String::len).sum();
-        let inputs = if bytes <= INLINE_TOKENIZE_BYTES {
-            tokenize(&plan.frontend, &texts, plan.truncate)?
+        // Without truncation, every example's length is checked before the 202.
+        let examples = if plan.truncate {
+            Examples::Texts(texts)
+        } else if bytes <= INLINE_TOKENIZE_BYTES {
+            Examples::Tokens(tokenize(&plan.frontend, &texts, false, 0)?)
         } else {
-            let (frontend, truncate) = (plan.frontend.clone(), plan.truncate);
-            tokio::task::spawn_blocking(move || tokenize(&frontend, &texts, truncate))
-                .await
-                .map_err(ApiError::internal)??
+            let frontend = plan.frontend.clone();
+            Examples::Tokens(
+                tokio::task::spawn_blocking(move || tokenize(&frontend, &texts, false, 0))
+                    .await
+                    .map_err(ApiError::internal)??,
+            )
         };
         let training = Training {
             id: uuid::Uuid::new_v4().to_string(),
@@ -574,7 +602,7 @@ impl Core {
             status: "running",
             stage: "embedding",
             progress: 0.0,
-            examples: inputs.len(),
+            examples: examples.len(),
             classes: plan.classes.clone(),
             version: None,
             metrics: None,
@@ -585,7 +613,7 @@ impl Core {
         let core = self.clone();
         let id = training.id.clone();
         tokio::spawn(async move {
-            let outcome = core.train(&id, plan, inputs).await;
+            let outcome = core.train(&id, plan, examples).await;
             core.heads.update(&id, |t| match outcome {
                 Ok((version, metrics)) => {
                     t.status = "completed";
@@ -608,41 +636,54 @@ impl Core {
         self: &Arc<Self>,
         id: &str,
         plan: Plan,
-        inputs: Vec<Vec<u32>>,
+        examples: Examples,
     ) -> Result<(String, HeadMetrics), ApiError> {
-        // 1. Embed every example (tokenized already, within the base's input limit) with the
-        // base model on the background lane, one small request at a time (`chunks`).
+        // 1. Tokenize (unless done before the 202) and embed every example with the base model
+        // on the background lane, one small request at a time (`chunks`).
         let budget = TRAIN_CHUNK * plan.base.max_input_length.max(1);
         let max_inputs = plan.base.max_inputs.clamp(1, 64);
-        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(inputs.len());
-        for range in chunks(&inputs, budget, max_inputs) {
-            let (first, ids) = (range.start, &inputs[range]);
-            let req = ServeRequest {
-                model: plan.base.id.clone(),
-                version: Some(plan.base.version.to_string()),
-                inputs: ids.iter().cloned().map(Input::Tokens).collect(),
-                params: Map::new(),
-                cache: true,
-                logprobs: None,
-                headers: Default::default(),
-                user: None,
-                background: true,
-            };
-            let (_, answer) = self.infer(Caller::default(), req).await;
-            let answer = answer.map_err(|e| {
-                ApiError::new(
-                    e.kind,
-                    format!("embedding examples {first}..: {}", e.message),
-                )
-            })?;
-            for item in answer.items {
-                match item {
-                    Item::Output(CachedOutput::Vector(v)) => vectors.push(v.to_vec()),
-                    _ => return Err(ApiError::internal("the base model answered no vector")),
+        let total = examples.len();
+        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(total);
+        for start in (0..total).step_by(TOKENIZE_BLOCK) {
+            let end = (start + TOKENIZE_BLOCK).min(total);
+            let block: Vec<Vec<u32>> = match &examples {
+                Examples::Tokens(all) => all[start..end].to_vec(),
+                Examples::Texts(texts) => {
+                    let (frontend, texts) = (plan.frontend.clone(), texts[start..end].to_vec());
+                    tokio::task::spawn_blocking(move || tokenize(&frontend, &texts, true, start))
+                        .await
+                        .map_err(ApiError::internal)??
                 }
+            };
+            for range in chunks(&block, budget, max_inputs) {
+                let (first, ids) = (start + range.start, &block[range]);
+                let req = ServeRequest {
+                    model: plan.base.id.clone(),
+                    version: Some(plan.base.version.to_string()),
+                    inputs: ids.iter().cloned().map(Input::Tokens).collect(),
+                    params: Map::new(),
+                    cache: true,
+                    logprobs: None,
+                    headers: Default::default(),
+                    user: None,
+                    background: true,
+                };
+                let (_, answer) = self.infer(Caller::default(), req).await;
+                let answer = answer.map_err(|e| {
+                    ApiError::new(
+                        e.kind,
+                        format!("embedding examples {first}..: {}", e.message),
+                    )
+                })?;
+                for item in answer.items {
+                    match item {
+                        Item::Output(CachedOutput::Vector(v)) => vectors.push(v.to_vec()),
+                        _ => return Err(ApiError::internal("the base model answered no vector")),
+                    }
+                }
+                let done = vectors.len() as f64 / total as f64;
+                self.heads.update(id, |t| t.progress = 0.8 * done);
             }
-            let done = vectors.len() as f64 / inputs.len() as f64;
-            self.heads.update(id, |t| t.progress = 0.8 * done);
         }
         // 2. Fit on the training split, off the runtime.
         self.heads.update(id, |t| t.stage = "fitting");

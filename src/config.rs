@@ -118,6 +118,9 @@ pub struct ServerSection {
     pub log_format: String,
     pub request_timeout_ms: u64,
     pub max_body_bytes: usize,
+    /// The body limit of `POST /models/{id}/heads` alone (training examples): large enough by
+    /// default for the documented maxima, 20,000 examples of 8 KB in their JSON.
+    pub max_train_body_bytes: usize,
     /// On SIGTERM: how long in-flight requests may take to finish before the process exits.
     pub drain_timeout_s: u64,
     /// Requests processed at once; more are answered 503 at once.
@@ -338,6 +341,7 @@ impl Default for ServerSection {
             log_format: "text".into(),
             request_timeout_ms: 30_000,
             max_body_bytes: 2 * 1024 * 1024,
+            max_train_body_bytes: 192 * 1024 * 1024,
             drain_timeout_s: 30,
             max_concurrent_requests: 1024,
             max_header_bytes: 16 * 1024,
@@ -554,6 +558,9 @@ impl Settings {
         }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024");
+        }
+        if self.server.max_train_body_bytes < 1024 {
+            return bad("server.max_train_body_bytes", "must be at least 1024");
         }
         if self.server.workers > 1024 {
             return bad("server.workers", "must be at most 1024");

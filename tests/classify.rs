@@ -791,3 +791,167 @@ async fn drift_overhead() {
         on / off
     );
 }
+
+/// A call with a bearer token: `body` as JSON text (so the request has a Content-Length).
+async fn call_as(
+    srv: &TestServer,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<String>,
+) -> (u16, Value) {
+    let mut r = srv.client.request(method, srv.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        r = r.header("content-type", "application/json").body(body);
+    }
+    let (s, _, v) = split(r.send().await.expect("request failed")).await;
+    (s, v)
+}
+
+async fn post_as(srv: &TestServer, token: &str, path: &str, body: &Value) -> (u16, Value) {
+    let body = Some(body.to_string());
+    call_as(srv, token, reqwest::Method::POST, path, body).await
+}
+
+async fn wait_training_as(srv: &TestServer, token: &str, model: &str, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    loop {
+        let path = format!("/models/{model}/heads/{id}");
+        let (s, t) = call_as(srv, token, reqwest::Method::GET, &path, None).await;
+        assert_eq!(s, 200, "{t}");
+        if t["status"] != "running" {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "training still running: {t}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 42, items 5 and 8: the heads route takes bodies over `server.max_body_bytes` (up to
+/// its own limit) while other routes still answer 413; an example over the base's 256 tokens
+/// is a 400 naming it before anything runs with `truncate: false`, and is cut by default; a
+/// training's status is its owner's (and admins'), another principal gets 404.
+#[tokio::test]
+async fn heads_take_large_bodies_check_lengths_first_and_belong_to_their_owner() {
+    let Some(models) = real_models() else {
+        return;
+    };
+    let repo = repo_with(&models, EMBED);
+    let secret = "heads-test-secret-0123456789";
+    std::fs::write(repo.path().join("secret"), format!("{secret}\n")).unwrap();
+    let mut st = settings(repo.path());
+    st.security.auth_required = true;
+    st.security.jwt_secret_file = Some(repo.path().join("secret"));
+    st.server.max_train_body_bytes = 4 * 1024 * 1024;
+    let small_limit = st.server.max_body_bytes;
+    let srv = start(st, &[]).await;
+    srv.wait_ready(120).await;
+    let token = |sub: &str, scope: &str| {
+        let r = anya::auth::MintRequest {
+            sub: sub.into(),
+            scopes: vec![scope.into()],
+            ttl_s: 600,
+            ..Default::default()
+        };
+        anya::auth::mint_hs256(secret.as_bytes(), &r, None, None).unwrap()
+    };
+    let (alice, bob, admin) = (
+        token("alice", "train"),
+        token("bob", "train"),
+        token("root", "admin"),
+    );
+    let data: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("heads_sentences.json")).unwrap(),
+    )
+    .unwrap();
+    let mut examples = data["examples"].as_array().unwrap().clone();
+    // Example 13: well over 256 tokens, well under 8 KB.
+    let long = examples[13]["text"].as_str().unwrap().repeat(60);
+    assert!(long.len() < 8192);
+    examples[13]["text"] = json!(long);
+
+    // truncate false: refused before anything runs, naming the example.
+    let body = json!({"base": EMBED, "examples": examples, "truncate": false});
+    let (s, b) = post_as(&srv, &alice, "/models/topics/heads", &body).await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["details"]["field"], "examples[13].text", "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("256"),
+        "{b}"
+    );
+    let (s, b) = call_as(&srv, &admin, reqwest::Method::GET, "/models/topics", None).await;
+    assert_eq!(s, 404, "nothing was written: {b}");
+
+    // Default truncate: the long example is cut, and the training completes.
+    let body = json!({"base": EMBED, "examples": examples});
+    let (s, t) = post_as(&srv, &alice, "/models/topics/heads", &body).await;
+    assert_eq!(s, 202, "{t}");
+    let id = t["id"].as_str().unwrap().to_string();
+    let path = format!("/models/topics/heads/{id}");
+    // Another principal with scope train does not see it; its owner and an admin do.
+    let (s, b) = call_as(&srv, &bob, reqwest::Method::GET, &path, None).await;
+    assert_eq!(s, 404, "{b}");
+    assert_eq!(b["error"]["code"], "not_found", "{b}");
+    let (s, b) = call_as(&srv, &admin, reqwest::Method::GET, &path, None).await;
+    assert_eq!((s, b["id"].as_str()), (200, Some(id.as_str())), "{b}");
+    let t = wait_training_as(&srv, &alice, "topics", &id).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    let (s, _) = call_as(&srv, &bob, reqwest::Method::GET, &path, None).await;
+    assert_eq!(s, 404, "finished, still not another principal's");
+
+    // A body between server.max_body_bytes and server.max_train_body_bytes: the heads route
+    // takes it (8 KB examples, one text per label so the cache computes few of them).
+    let labels = ["sports", "cooking", "weather", "technology"];
+    let texts: Vec<String> = labels
+        .iter()
+        .map(|l| {
+            let first = data["examples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["label"] == *l)
+                .unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let mut t = first.repeat(8000 / (first.len() + 1));
+            t.truncate(8000);
+            t
+        })
+        .collect();
+    let big: Vec<Value> = (0..300)
+        .map(|i| json!({"text": texts[i % 4], "label": labels[i % 4]}))
+        .collect();
+    let body = json!({"base": EMBED, "examples": big});
+    let size = body.to_string().len();
+    assert!(size > small_limit && size < 4 * 1024 * 1024, "{size}");
+    let (s, t) = post_as(&srv, &bob, "/models/big-topics/heads", &body).await;
+    assert_eq!(s, 202, "{t}");
+    let t = wait_training_as(&srv, &bob, "big-topics", t["id"].as_str().unwrap()).await;
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["examples"], 300);
+    // Other routes still refuse such a body.
+    let inputs: Vec<&String> = (0..300).map(|i| &texts[i % 4]).collect();
+    let predict = json!({"inputs": inputs, "parameters": {"truncate": true}});
+    assert!(predict.to_string().len() > small_limit);
+    let (s, b) = post_as(&srv, &admin, &format!("/models/{EMBED}/predict"), &predict).await;
+    assert_eq!(s, 413, "{b}");
+    assert_eq!(b["error"]["code"], "payload_too_large", "{b}");
+    // And the heads route refuses a body over its own limit, naming the setting.
+    let huge: Vec<Value> = (0..600)
+        .map(|i| json!({"text": texts[i % 4], "label": labels[i % 4]}))
+        .collect();
+    let body = json!({"base": EMBED, "examples": huge});
+    let (s, b) = post_as(&srv, &alice, "/models/huge/heads", &body).await;
+    assert_eq!(s, 413, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server.max_train_body_bytes"),
+        "{b}"
+    );
+}

@@ -198,6 +198,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
     let upload_limit = upload_limit(&state.settings);
+    let train_limit = train_limit(&state.settings);
     let mut router = Router::new();
     if state.settings.monitoring.enabled {
         router = router.route("/metrics", get(health::metrics));
@@ -226,7 +227,10 @@ pub fn app(state: AppState) -> Router {
         .route("/cache", delete(cache::clear))
         .route("/models/{id}/drift", get(drift::report))
         .route("/models/{id}/drift/reference", post(drift::set_reference))
-        .route("/models/{id}/heads", post(heads::start))
+        .route(
+            "/models/{id}/heads",
+            post(heads::start).layer(DefaultBodyLimit::max(train_limit)),
+        )
         .route("/models/{id}/heads/{training}", get(heads::status))
         .route(
             "/jobs",
@@ -505,9 +509,35 @@ fn upload_limit(settings: &crate::config::Settings) -> usize {
         .max(settings.jobs.max_file_bytes)
 }
 
+/// The body limit of `POST /models/{id}/heads` (training examples, up to 20,000 of 8 KB).
+fn train_limit(settings: &crate::config::Settings) -> usize {
+    settings
+        .server
+        .max_body_bytes
+        .max(settings.server.max_train_body_bytes)
+}
+
+/// Whether `path` is `/models/{id}/heads`, the route that takes training examples.
+fn is_train_path(path: &str) -> bool {
+    let mut parts = path.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(""), Some("models"), Some(id), Some("heads"), None) if !id.is_empty()
+    )
+}
+
+/// The body limit of the route at `path`, and the setting that makes it.
+fn body_limit_of(settings: &crate::config::Settings, path: &str) -> (usize, &'static str) {
+    match path {
+        "/jobs" | "/v1/files" => (upload_limit(settings), "jobs.max_file_bytes"),
+        p if is_train_path(p) => (train_limit(settings), "server.max_train_body_bytes"),
+        _ => (settings.server.max_body_bytes, "server.max_body_bytes"),
+    }
+}
+
 /// The limits every request meets before routing: header size (431), a declared body over
-/// `server.max_body_bytes` (413 at once, without waiting for the bytes), and a body encoding
-/// other than identity (415).
+/// the route's limit (`server.max_body_bytes`; more for uploads and training examples: 413 at
+/// once, without waiting for the bytes), and a body encoding other than identity (415).
 fn refuse_early(state: &AppState, req: &Request<Body>) -> Option<Response> {
     let limit = state.settings.server.max_header_bytes;
     let header_bytes: usize = req
@@ -526,10 +556,7 @@ fn refuse_early(state: &AppState, req: &Request<Body>) -> Option<Response> {
             .into_response(),
         );
     }
-    let max_body = match req.uri().path() {
-        "/jobs" | "/v1/files" => upload_limit(&state.settings),
-        _ => state.settings.server.max_body_bytes,
-    };
+    let (max_body, key) = body_limit_of(&state.settings, req.uri().path());
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -538,9 +565,7 @@ fn refuse_early(state: &AppState, req: &Request<Body>) -> Option<Response> {
     if let Some(len) = declared.filter(|&l| l > max_body as u64) {
         let mut r = ApiError::too_large(
             "body",
-            format!(
-                "Content-Length is {len} bytes; the limit is {max_body} (server.max_body_bytes)"
-            ),
+            format!("Content-Length is {len} bytes; the limit is {max_body} ({key})"),
         )
         .into_response();
         // The body is not read: the connection cannot carry another request.
@@ -784,4 +809,42 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         ErrorKind::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_examples_have_their_own_body_limit() {
+        let settings = crate::config::Settings::default();
+        let small = settings.server.max_body_bytes;
+        // The documented maxima, 20,000 examples of 8 KB, fit in their JSON.
+        let documented = crate::serving::heads::MAX_EXAMPLES
+            * (crate::serving::heads::MAX_TEXT_BYTES + r#"{"text":"","label":""},"#.len() + 64);
+        let (limit, key) = body_limit_of(&settings, "/models/topics/heads");
+        assert!(
+            limit >= documented && limit > small,
+            "{limit} < {documented}"
+        );
+        assert_eq!(key, "server.max_train_body_bytes");
+        for other in [
+            "/models/topics/predict",
+            "/models/topics/heads/t1",
+            "/models/heads",
+            "/models//heads",
+            "/v1/embeddings",
+            "/models/topics/heads/",
+        ] {
+            assert_eq!(
+                body_limit_of(&settings, other),
+                (small, "server.max_body_bytes"),
+                "{other}"
+            );
+        }
+        // Never below the general limit.
+        let mut st = settings.clone();
+        st.server.max_train_body_bytes = 1024;
+        assert_eq!(body_limit_of(&st, "/models/x/heads").0, small);
+    }
 }

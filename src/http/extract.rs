@@ -90,7 +90,12 @@ where
             ApiError::new(ErrorKind::PayloadTooLarge, "request body is too large").with_details(
                 ErrorDetails {
                     field: Some("body".into()),
-                    issue: Some("larger than server.max_body_bytes".into()),
+                    issue: Some(
+                        "larger than the route's limit: server.max_body_bytes \
+                         (server.max_train_body_bytes for training examples, \
+                         jobs.max_file_bytes for uploads)"
+                            .into(),
+                    ),
                 },
             )
         } else {

@@ -1,9 +1,11 @@
 //! Classification heads trained from labelled examples (`POST /models/{id}/heads`).
 //!
 //! The request is checked first (at least 2 labels, `MIN_PER_LABEL` examples of each, size
-//! limits, an embedding model as the base); then a task off the request path embeds every text
-//! with the base model through the serving core (so cached vectors are reused and the engine's
-//! queue bounds the load), fits a multinomial logistic regression on the blocking pool
+//! limits, an embedding model as the base, and without `truncate` every example tokenized
+//! within the base's input limit); then a task off the request path embeds every example with the base
+//! model through the serving core (so cached vectors are reused), `TRAIN_CHUNK` at a time on
+//! the engine's background lane (so interactive requests wait at most for one small batch),
+//! fits a multinomial logistic regression on the blocking pool
 //! (`models::logreg`), measures accuracy and per-class precision, recall and F1 on the held-out
 //! split, and writes a new version of `{id}` into the repository — the base model's files
 //! (hard links where the file system allows), the head in safetensors, a manifest with
@@ -22,9 +24,11 @@ use serde_json::{json, Map};
 use utoipa::ToSchema;
 
 use super::{Caller, Core, Input, Item, ServeRequest};
+use crate::auth::{Principal, SCOPE_ADMIN};
 use crate::cache::CachedOutput;
 use crate::error::{ApiError, ErrorKind};
 use crate::models::logreg;
+use crate::models::text::EncodeError;
 use crate::registry::VersionState;
 use crate::spec::manifest::{sha256_file, FileEntry, HeadSpec, Manifest, Task, MANIFEST_FILE};
 
@@ -54,6 +58,10 @@ pub struct HeadRequest {
     /// Inverse L2 regularisation strength, scikit-learn's `C` (default 1.0).
     #[serde(default)]
     pub regularization: Option<f64>,
+    /// Cut examples longer than the base model's `max_input_length` tokens to it (default
+    /// true); false refuses the request (400 naming the example) instead.
+    #[serde(default)]
+    pub truncate: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -112,23 +120,62 @@ pub struct Training {
 /// Most trainings whose status is kept (the oldest finished ones are forgotten first).
 pub const MAX_KEPT: usize = 256;
 
+/// A training and who started it.
+#[derive(Debug)]
+struct Entry {
+    training: Training,
+    /// The principal that started it (`Principal::sub`); `None` when the request had none.
+    owner: Option<String>,
+}
+
 /// Trainings of this server, by id (kept in memory, at most `MAX_KEPT` finished ones).
 #[derive(Debug, Default)]
 pub struct Trainings {
-    map: Mutex<HashMap<String, Training>>,
+    map: Mutex<HashMap<String, Entry>>,
     order: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl Trainings {
-    fn insert(&self, t: Training) {
+    /// Record a new running training of `owner`, unless its model is training already or
+    /// `MAX_RUNNING` trainings run (checked and inserted under one lock).
+    fn start(&self, t: Training, owner: Option<String>) -> Result<(), ApiError> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let mut order = self.order.lock().unwrap_or_else(|e| e.into_inner());
-        order.push_back(t.id.clone());
-        map.insert(t.id.clone(), t);
+        let running: Vec<&str> = map
+            .values()
+            .filter(|e| e.training.status == "running")
+            .map(|e| e.training.model.as_str())
+            .collect();
+        if running.contains(&t.model.as_str()) {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!("a head for `{}` is training already", t.model),
+            ));
+        }
+        if running.len() >= MAX_RUNNING {
+            let mut e = ApiError::new(
+                ErrorKind::Unavailable,
+                format!("{MAX_RUNNING} trainings are running; try again later"),
+            );
+            e.retry_after_s = Some(30);
+            return Err(e);
+        }
+        Self::insert(&mut map, &self.order, Entry { training: t, owner });
+        Ok(())
+    }
+
+    /// Add `entry`, forgetting the oldest finished trainings beyond `MAX_KEPT`.
+    fn insert(
+        map: &mut HashMap<String, Entry>,
+        order: &Mutex<std::collections::VecDeque<String>>,
+        entry: Entry,
+    ) {
+        let mut order = order.lock().unwrap_or_else(|e| e.into_inner());
+        order.push_back(entry.training.id.clone());
+        map.insert(entry.training.id.clone(), entry);
         while order.len() > MAX_KEPT {
             let Some(pos) = order
                 .iter()
-                .position(|id| map.get(id).is_none_or(|t| t.status != "running"))
+                .position(|id| map.get(id).is_none_or(|e| e.training.status != "running"))
             else {
                 break;
             };
@@ -138,24 +185,40 @@ impl Trainings {
         }
     }
 
-    pub fn get(&self, model: &str, id: &str) -> Option<Training> {
+    /// Training `id` of `model`, if `who` may see it: its owner, an admin, or anyone when
+    /// the server has no principals (`who` is `None`). Another principal's is not found, as
+    /// jobs and files are.
+    pub fn get(&self, model: &str, id: &str, who: Option<&Principal>) -> Option<Training> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(id).filter(|t| t.model == model).cloned()
+        map.get(id)
+            .filter(|e| e.training.model == model && visible_to(e.owner.as_deref(), who))
+            .map(|e| e.training.clone())
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut Training)) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = map.get_mut(id) {
-            f(t);
+        if let Some(e) = map.get_mut(id) {
+            f(&mut e.training);
         }
     }
 
     fn running(&self) -> Vec<String> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.values()
-            .filter(|t| t.status == "running")
-            .map(|t| t.model.clone())
+            .filter(|e| e.training.status == "running")
+            .map(|e| e.training.model.clone())
             .collect()
+    }
+}
+
+/// Whether `who` may see a training started by `owner`: the same principal or an admin (as
+/// `JobRecord::visible_to`); without a principal on either side, anyone.
+fn visible_to(owner: Option<&str>, who: Option<&Principal>) -> bool {
+    match (owner, who) {
+        (_, None) => true,
+        (owner, Some(who)) => {
+            owner.is_none_or(|o| o == who.sub) || who.scopes.iter().any(|s| s == SCOPE_ADMIN)
+        }
     }
 }
 
@@ -228,6 +291,9 @@ struct Plan {
     model: String,
     base: Arc<Manifest>,
     base_dir: std::path::PathBuf,
+    /// The base model's tokenizer and input limit.
+    frontend: Arc<crate::models::Frontend>,
+    truncate: bool,
     texts: Vec<String>,
     labels: Vec<usize>,
     classes: Vec<String>,
@@ -346,12 +412,13 @@ fn check(
             format!("`{base_id}` is not an embedding model"),
         ));
     }
-    if !matches!(vr.state, VersionState::Ready(_)) {
+    let VersionState::Ready(handle) = &vr.state else {
         return Err(ApiError::new(
             ErrorKind::Unavailable,
             format!("base model `{base_id}` version {version} is not loaded"),
         ));
-    }
+    };
+    let frontend = handle.frontend().clone();
     // The model to write: new, or a classifier already.
     if let Some(existing) = core.registry.get(model) {
         if existing
@@ -365,13 +432,16 @@ fn check(
             ));
         }
     }
-    if core.heads.running().iter().any(|m| m == model) {
+    // Checked again when the training is recorded (`Trainings::start`), after tokenizing;
+    // here so a request that cannot run now is refused before that work.
+    let running = core.heads.running();
+    if running.iter().any(|m| m == model) {
         return Err(ApiError::new(
             ErrorKind::Conflict,
             format!("a head for `{model}` is training already"),
         ));
     }
-    if core.heads.running().len() >= MAX_RUNNING {
+    if running.len() >= MAX_RUNNING {
         let mut e = ApiError::new(
             ErrorKind::Unavailable,
             format!("{MAX_RUNNING} trainings are running; try again later"),
@@ -383,6 +453,8 @@ fn check(
         model: model.to_string(),
         base: vr.manifest.clone(),
         base_dir: vr.dir.clone(),
+        frontend,
+        truncate: req.truncate.unwrap_or(true),
         texts: req.examples.into_iter().map(|e| e.text).collect(),
         labels,
         classes,
@@ -391,10 +463,109 @@ fn check(
     })
 }
 
+/// Longest inputs per embedding request of a training (shorter ones go more at a time, within
+/// as many tokens, see `chunks`), one request in flight at a time: the engine's small
+/// background batch. The batcher fills background batches while interactive
+/// traffic has been quiet for `BACKGROUND_QUIET`, and an interactive request that arrives
+/// during one waits for all of it: with larger requests queued, a training of long examples
+/// kept the CPU in 32-input batches (seconds each) and interactive embeddings waited a batch
+/// each (15 s p50 on two busy cores, against 20 ms idle; 0.6 s with this, one small batch
+/// of 256-token inputs on those cores). With at most this many of the training's inputs
+/// queued, a batch of it is at most this large, whatever the batcher decides.
+pub const TRAIN_CHUNK: usize = crate::engine::batcher::BACKGROUND_BUSY_ITEMS;
+
+/// The training's embedding requests: consecutive examples of at most `budget` tokens in all
+/// (`TRAIN_CHUNK` inputs of the base's longest) and `max_inputs` examples, at least one each.
+/// So a request of short sentences still carries many, and none computes for longer than a
+/// small background batch.
+fn chunks(inputs: &[Vec<u32>], budget: usize, max_inputs: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut tokens) = (0, 0);
+    for (i, ids) in inputs.iter().enumerate() {
+        if i > start && (tokens + ids.len() > budget || i - start >= max_inputs) {
+            out.push(start..i);
+            (start, tokens) = (i, 0);
+        }
+        tokens += ids.len();
+    }
+    if start < inputs.len() {
+        out.push(start..inputs.len());
+    }
+    out
+}
+
+/// Texts of this many bytes in all are tokenized on the async runtime; more on the blocking
+/// pool (20,000 examples of 8 KB take seconds).
+const INLINE_TOKENIZE_BYTES: usize = 64 * 1024;
+
+/// Examples tokenized in the training task at a time (on the blocking pool), between requests
+/// to the engine.
+const TOKENIZE_BLOCK: usize = 64;
+
+/// A training's examples: token ids (checked before the 202, with `truncate: false`), or texts
+/// the training tokenizes a block at a time as it embeds them (`truncate: true` cuts long
+/// ones, so none can fail on its length; 20,000 examples of 8 KB take longer to tokenize than
+/// a request may last).
+enum Examples {
+    Tokens(Vec<Vec<u32>>),
+    Texts(Vec<String>),
+}
+
+impl Examples {
+    fn len(&self) -> usize {
+        match self {
+            Examples::Tokens(t) => t.len(),
+            Examples::Texts(t) => t.len(),
+        }
+    }
+}
+
+/// Each example's token ids with the base model's tokenizer: cut to its `max_input_length`
+/// with `truncate`, else a longer example is a 400 naming its index (`first` is the index of
+/// `texts[0]`).
+fn tokenize(
+    frontend: &crate::models::Frontend,
+    texts: &[String],
+    truncate: bool,
+    first: usize,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    let codec = frontend
+        .codec
+        .as_ref()
+        .ok_or_else(|| ApiError::internal("the base model has no tokenizer"))?;
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            codec.encode(text, truncate).map_err(|e| {
+                let field = format!("examples[{}].text", first + i);
+                let limit = codec.max_input_length();
+                match e {
+                    EncodeError::TooLong { tokens, .. } => ApiError::invalid(
+                        field,
+                        format!(
+                            "{tokens} tokens; the base model takes at most {limit} \
+                             (max_input_length); set truncate to true to cut longer examples"
+                        ),
+                    ),
+                    EncodeError::TooManyBytes { bytes, .. } => ApiError::invalid(
+                        field,
+                        format!(
+                            "{bytes} bytes, more than {limit} tokens can hold \
+                             (max_input_length); set truncate to true to cut longer examples"
+                        ),
+                    ),
+                    EncodeError::Tokenizer(msg) => ApiError::invalid(field, msg),
+                }
+            })
+        })
+        .collect()
+}
+
 impl Core {
     /// Check a training request and start it; answers the training's status. The caller must
     /// be allowed to use the base model.
-    pub fn start_training(
+    pub async fn start_training(
         self: &Arc<Self>,
         caller: Caller<'_>,
         model: &str,
@@ -407,7 +578,22 @@ impl Core {
                 "this server's repository is an object store; heads are written to a local one",
             ));
         }
-        let plan = check(self, caller.principal, model, req)?;
+        let mut plan = check(self, caller.principal, model, req)?;
+        let texts = std::mem::take(&mut plan.texts);
+        let bytes: usize = texts.iter().map(String::len).sum();
+        // Without truncation, every example's length is checked before the 202.
+        let examples = if plan.truncate {
+            Examples::Texts(texts)
+        } else if bytes <= INLINE_TOKENIZE_BYTES {
+            Examples::Tokens(tokenize(&plan.frontend, &texts, false, 0)?)
+        } else {
+            let frontend = plan.frontend.clone();
+            Examples::Tokens(
+                tokio::task::spawn_blocking(move || tokenize(&frontend, &texts, false, 0))
+                    .await
+                    .map_err(ApiError::internal)??,
+            )
+        };
         let training = Training {
             id: uuid::Uuid::new_v4().to_string(),
             model: plan.model.clone(),
@@ -416,17 +602,18 @@ impl Core {
             status: "running",
             stage: "embedding",
             progress: 0.0,
-            examples: plan.texts.len(),
+            examples: examples.len(),
             classes: plan.classes.clone(),
             version: None,
             metrics: None,
             error: None,
         };
-        self.heads.insert(training.clone());
+        let owner = caller.principal.map(|p| p.sub.clone());
+        self.heads.start(training.clone(), owner)?;
         let core = self.clone();
         let id = training.id.clone();
         tokio::spawn(async move {
-            let outcome = core.train(&id, plan).await;
+            let outcome = core.train(&id, plan, examples).await;
             core.heads.update(&id, |t| match outcome {
                 Ok((version, metrics)) => {
                     t.status = "completed";
@@ -449,37 +636,54 @@ impl Core {
         self: &Arc<Self>,
         id: &str,
         plan: Plan,
+        examples: Examples,
     ) -> Result<(String, HeadMetrics), ApiError> {
-        // 1. Embed every text with the base model, in requests of its max_inputs.
-        let chunk = plan.base.max_inputs.clamp(1, 64);
-        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(plan.texts.len());
-        for (n, texts) in plan.texts.chunks(chunk).enumerate() {
-            let req = ServeRequest {
-                model: plan.base.id.clone(),
-                version: Some(plan.base.version.to_string()),
-                inputs: texts.iter().cloned().map(Input::Text).collect(),
-                params: Map::new(),
-                cache: true,
-                logprobs: None,
-                headers: Default::default(),
-                user: None,
-                background: true,
-            };
-            let (_, answer) = self.infer(Caller::default(), req).await;
-            let answer = answer.map_err(|e| {
-                ApiError::new(
-                    e.kind,
-                    format!("embedding examples {}..: {}", n * chunk, e.message),
-                )
-            })?;
-            for item in answer.items {
-                match item {
-                    Item::Output(CachedOutput::Vector(v)) => vectors.push(v.to_vec()),
-                    _ => return Err(ApiError::internal("the base model answered no vector")),
+        // 1. Tokenize (unless done before the 202) and embed every example with the base model
+        // on the background lane, one small request at a time (`chunks`).
+        let budget = TRAIN_CHUNK * plan.base.max_input_length.max(1);
+        let max_inputs = plan.base.max_inputs.clamp(1, 64);
+        let total = examples.len();
+        let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(total);
+        for start in (0..total).step_by(TOKENIZE_BLOCK) {
+            let end = (start + TOKENIZE_BLOCK).min(total);
+            let block: Vec<Vec<u32>> = match &examples {
+                Examples::Tokens(all) => all[start..end].to_vec(),
+                Examples::Texts(texts) => {
+                    let (frontend, texts) = (plan.frontend.clone(), texts[start..end].to_vec());
+                    tokio::task::spawn_blocking(move || tokenize(&frontend, &texts, true, start))
+                        .await
+                        .map_err(ApiError::internal)??
                 }
+            };
+            for range in chunks(&block, budget, max_inputs) {
+                let (first, ids) = (start + range.start, &block[range]);
+                let req = ServeRequest {
+                    model: plan.base.id.clone(),
+                    version: Some(plan.base.version.to_string()),
+                    inputs: ids.iter().cloned().map(Input::Tokens).collect(),
+                    params: Map::new(),
+                    cache: true,
+                    logprobs: None,
+                    headers: Default::default(),
+                    user: None,
+                    background: true,
+                };
+                let (_, answer) = self.infer(Caller::default(), req).await;
+                let answer = answer.map_err(|e| {
+                    ApiError::new(
+                        e.kind,
+                        format!("embedding examples {first}..: {}", e.message),
+                    )
+                })?;
+                for item in answer.items {
+                    match item {
+                        Item::Output(CachedOutput::Vector(v)) => vectors.push(v.to_vec()),
+                        _ => return Err(ApiError::internal("the base model answered no vector")),
+                    }
+                }
+                let done = vectors.len() as f64 / total as f64;
+                self.heads.update(id, |t| t.progress = 0.8 * done);
             }
-            let done = vectors.len() as f64 / plan.texts.len() as f64;
-            self.heads.update(id, |t| t.progress = 0.8 * done);
         }
         // 2. Fit on the training split, off the runtime.
         self.heads.update(id, |t| t.stage = "fitting");
@@ -641,6 +845,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn training_requests_stay_within_a_small_batch_of_tokens() {
+        let len = |n: usize| vec![7u32; n];
+        // Long examples: two at a time (a budget of two 256-token inputs).
+        let long: Vec<Vec<u32>> = (0..5).map(|_| len(256)).collect();
+        assert_eq!(chunks(&long, 512, 64), vec![0..2, 2..4, 4..5]);
+        // Short ones: as many as the budget holds, at most max_inputs.
+        let short: Vec<Vec<u32>> = (0..100).map(|_| len(10)).collect();
+        assert_eq!(chunks(&short, 512, 64), vec![0..51, 51..100]);
+        assert_eq!(chunks(&short, 512, 16)[0], 0..16);
+        // Mixed, every example once, in order; one over the budget goes alone.
+        let mixed = vec![len(10), len(600), len(10), len(500), len(10)];
+        let got = chunks(&mixed, 512, 64);
+        assert_eq!(got, vec![0..1, 1..2, 2..4, 4..5]);
+        assert!(chunks(&[], 512, 64).is_empty());
+    }
+
+    #[test]
     fn split_holds_out_the_last_of_each_label() {
         let labels = [0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 0];
         let (train, held) = split(&labels, 2, 0.2);
@@ -671,15 +892,78 @@ mod tests {
             metrics: None,
             error: None,
         };
-        t.insert(training(0, "running"));
+        t.start(training(0, "running"), None).unwrap();
         for i in 1..MAX_KEPT + 10 {
-            t.insert(training(i, "completed"));
+            let mut map = t.map.lock().unwrap();
+            let training = training(i, "completed");
+            Trainings::insert(
+                &mut map,
+                &t.order,
+                Entry {
+                    training,
+                    owner: None,
+                },
+            );
         }
         assert_eq!(t.map.lock().unwrap().len(), MAX_KEPT);
-        assert!(t.get("m", "t0").is_some(), "a running training is kept");
-        assert!(t.get("m", "t1").is_none() && t.get("m", "t10").is_none());
-        assert!(t.get("m", &format!("t{}", MAX_KEPT + 9)).is_some());
-        assert!(t.get("other", "t0").is_none(), "ids are per model");
+        assert!(
+            t.get("m", "t0", None).is_some(),
+            "a running training is kept"
+        );
+        assert!(t.get("m", "t1", None).is_none() && t.get("m", "t10", None).is_none());
+        assert!(t.get("m", &format!("t{}", MAX_KEPT + 9), None).is_some());
+        assert!(t.get("other", "t0", None).is_none(), "ids are per model");
+        // One running training per model, at most MAX_RUNNING in all.
+        let e = t.start(training(1000, "running"), None).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Conflict);
+        let mut other = training(1001, "running");
+        other.model = "n".into();
+        t.start(other, None).unwrap();
+        let mut third = training(1002, "running");
+        third.model = "o".into();
+        assert_eq!(
+            t.start(third, None).unwrap_err().kind,
+            ErrorKind::Unavailable
+        );
+    }
+
+    #[test]
+    fn a_training_is_seen_by_its_owner_and_admins_only() {
+        let principal = |sub: &str, scopes: &[&str]| Principal {
+            sub: sub.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            tier: None,
+            models: None,
+            anonymous: false,
+        };
+        let t = Trainings::default();
+        t.start(
+            Training {
+                id: "t".into(),
+                model: "m".into(),
+                base_model: "b".into(),
+                base_version: "1.0.0".into(),
+                status: "running",
+                stage: "embedding",
+                progress: 0.0,
+                examples: 10,
+                classes: vec![],
+                version: None,
+                metrics: None,
+                error: None,
+            },
+            Some("alice".into()),
+        )
+        .unwrap();
+        let (alice, bob) = (principal("alice", &["train"]), principal("bob", &["train"]));
+        let admin = principal("root", &["admin"]);
+        assert!(t.get("m", "t", Some(&alice)).is_some());
+        assert!(t.get("m", "t", Some(&bob)).is_none(), "another principal's");
+        assert!(t.get("m", "t", Some(&admin)).is_some());
+        assert!(
+            t.get("m", "t", None).is_some(),
+            "a server without principals"
+        );
     }
 
     #[test]

@@ -16,7 +16,9 @@
 //! ones and leave only when no interactive entry waits. While interactive requests have arrived
 //! within `BACKGROUND_QUIET` a background batch holds at most `BACKGROUND_BUSY_ITEMS` inputs, so
 //! an interactive request that arrives during one waits for a few inputs' compute, not a full
-//! batch; once interactive traffic has been quiet that long, background batches are full.
+//! batch; once interactive traffic has been quiet that long, background batches are full. And
+//! a background batch does not start within `BACKGROUND_YIELD` of an interactive arrival (a
+//! closed-loop client's next request is on its way), waiting at most `BACKGROUND_MAX_YIELD`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -25,6 +27,12 @@ use std::time::{Duration, Instant};
 pub const BACKGROUND_QUIET: Duration = Duration::from_secs(1);
 /// Most inputs of a background batch while interactive traffic is recent.
 pub const BACKGROUND_BUSY_ITEMS: usize = 2;
+/// How long after an interactive arrival a background batch waits to start, in case the next
+/// interactive request is about to come (a forward pass cannot be interrupted once started)...
+pub const BACKGROUND_YIELD: Duration = Duration::from_millis(100);
+/// ...but a background entry never waits longer than this for it, so background work always
+/// goes on under steady interactive traffic.
+pub const BACKGROUND_MAX_YIELD: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchPolicy {
@@ -137,6 +145,16 @@ impl<T: Pending> BatchQueue<T> {
         let Some(oldest) = self.entries.values().min_by_key(|e| e.enqueued()) else {
             return Next::Idle;
         };
+        // Only background entries wait and an interactive request arrived a moment ago: the
+        // next one may be on its way (a closed-loop client sends it as soon as it has its
+        // answer), so the background batch yields, for at most `BACKGROUND_MAX_YIELD`.
+        let background_only = self.entries.keys().next().is_some_and(|k| k.0 == 1);
+        if let (true, Some(at)) = (background_only, self.last_interactive) {
+            let until = (at + BACKGROUND_YIELD).min(oldest.enqueued() + BACKGROUND_MAX_YIELD);
+            if now < until {
+                return Next::WaitUntil(until);
+            }
+        }
         if self.items >= self.policy.max_batch_size || self.tokens >= self.policy.max_batch_tokens {
             return Next::Ready;
         }
@@ -433,5 +451,53 @@ mod tests {
         assert_eq!(q.take_batch_at(quiet).len(), 8);
         assert_eq!(q.take_batch_at(quiet).len(), 14 - BACKGROUND_BUSY_ITEMS - 8);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn background_batches_yield_to_recent_interactive_traffic_for_a_bounded_time() {
+        let t0 = Instant::now();
+        let mut q = BatchQueue::new(policy(8, 10_000, 2));
+        let bg = |name, at| E {
+            name,
+            background: true,
+            ..e(1, 10, at)
+        };
+        // No interactive traffic yet: a background entry is due after max_delay, as any.
+        q.push(bg("j1", t0));
+        assert_eq!(q.poll(t0 + Duration::from_millis(5)), Next::Ready);
+        assert_eq!(q.take_batch_at(t0 + Duration::from_millis(5)).len(), 1);
+        // An interactive request came and went at t0 + 10 ms: a background entry queued at
+        // t0 + 20 ms waits until t0 + 110 ms, in case the next interactive one is coming...
+        request(&mut q, "a", 1, 1, t0 + Duration::from_millis(10));
+        assert_eq!(q.take_batch_at(t0 + Duration::from_millis(10)).len(), 1);
+        q.push(bg("j2", t0 + Duration::from_millis(20)));
+        assert_eq!(
+            q.poll(t0 + Duration::from_millis(25)),
+            Next::WaitUntil(t0 + Duration::from_millis(10) + BACKGROUND_YIELD)
+        );
+        // ...and it does: the interactive request leaves first.
+        request(&mut q, "b", 1, 1, t0 + Duration::from_millis(40));
+        let next: Vec<&str> = q
+            .take_batch_at(t0 + Duration::from_millis(45))
+            .iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(next, vec!["b"]);
+        // Under steady interactive traffic the background entry still starts once it has
+        // waited BACKGROUND_MAX_YIELD.
+        let late = t0 + Duration::from_millis(20) + BACKGROUND_MAX_YIELD;
+        request(&mut q, "c", 1, 1, late - Duration::from_millis(1));
+        assert_eq!(q.take_batch_at(late).len(), 1); // c
+        assert_eq!(q.poll(late), Next::Ready);
+        assert_eq!(
+            q.take_batch_at(late)
+                .iter()
+                .map(|e| e.name)
+                .collect::<Vec<_>>(),
+            vec!["j2"]
+        );
+        // Quiet for longer than the yield: no wait at all.
+        q.push(bg("j3", late + BACKGROUND_YIELD));
+        assert_eq!(q.poll(late + BACKGROUND_YIELD * 2), Next::Ready);
     }
 }

@@ -434,25 +434,22 @@ impl Shared {
     pub async fn put_file(&self, file: &FileRecord, data: std::fs::File) -> Result<(), JobError> {
         let mut conn = self.c();
         let data_key = self.key(&format!("file:{}:data", file.id));
-        let mut data = Some((data, vec![0u8; FILE_CHUNK]));
+        use tokio::io::AsyncReadExt;
+        let mut data = tokio::fs::File::from_std(data);
+        let mut buf = Vec::with_capacity(FILE_CHUNK);
         for n in 0u64.. {
-            let Some((mut f, mut buf)) = data.take() else {
-                break;
-            };
-            let (len, f, buf) = tokio::task::spawn_blocking(move || {
-                let len = super::store::read_chunk(&mut f, &mut buf);
-                (len, f, buf)
-            })
-            .await
-            .map_err(|e| JobError::Task(e.to_string()))?;
-            let len = len.map_err(|e| JobError::Store(format!("reading the upload: {e}")))?;
-            if len == 0 {
+            buf.clear();
+            (&mut data)
+                .take(FILE_CHUNK as u64)
+                .read_to_end(&mut buf)
+                .await
+                .map_err(|e| JobError::Store(format!("reading the upload: {e}")))?;
+            if buf.is_empty() {
                 break;
             }
-            conn.hset::<_, _, _, ()>(&data_key, n, &buf[..len])
+            conn.hset::<_, _, _, ()>(&data_key, n, &buf)
                 .await
                 .map_err(rerr)?;
-            data = Some((f, buf));
         }
         let record = serde_json::to_vec(file).map_err(json_err)?;
         redis::pipe()

@@ -28,20 +28,6 @@ const CACHE_BYTES: usize = 32 << 20;
 /// Bytes per stored chunk of an uploaded file.
 pub const FILE_CHUNK: usize = 1 << 20;
 
-/// Fill `buf` from `r` (less only at its end); the bytes read.
-pub fn read_chunk(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut len = 0;
-    while len < buf.len() {
-        match r.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(len)
-}
-
 /// One stored result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredResult {
@@ -264,15 +250,19 @@ impl Store {
                 .insert(file.id.as_str(), record.as_slice())
                 .map_err(db_err)?;
             let mut chunks = txn.open_table(FILE_DATA).map_err(db_err)?;
-            let mut buf = vec![0u8; FILE_CHUNK];
+            let mut buf = Vec::with_capacity(FILE_CHUNK);
             for n in 0u64.. {
-                let len = read_chunk(&mut data, &mut buf)
-                    .map_err(|e| JobError::Store(format!("reading the upload: {e}")))?;
-                if len == 0 {
+                buf.clear();
+                std::io::Read::read_to_end(
+                    &mut std::io::Read::take(&mut data, FILE_CHUNK as u64),
+                    &mut buf,
+                )
+                .map_err(|e| JobError::Store(format!("reading the upload: {e}")))?;
+                if buf.is_empty() {
                     break;
                 }
                 chunks
-                    .insert((file.id.as_str(), n), &buf[..len])
+                    .insert((file.id.as_str(), n), buf.as_slice())
                     .map_err(db_err)?;
             }
         }

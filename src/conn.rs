@@ -66,7 +66,6 @@ pub struct ConnLimits {
 #[derive(Debug)]
 pub struct Places {
     free: Arc<Semaphore>,
-    total: usize,
     /// Accept loops waiting for a place now.
     waiting: AtomicUsize,
     /// Bumped when an accept loop starts to wait: idle connections look at `waiting` then.
@@ -91,19 +90,9 @@ impl Places {
         let total = total.max(1);
         Arc::new(Places {
             free: Arc::new(Semaphore::new(total)),
-            total,
             waiting: AtomicUsize::new(0),
             pressure: watch::Sender::new(0),
         })
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.total - self.free.available_permits()
-    }
-
-    pub fn total(&self) -> usize {
-        self.total
     }
 
     /// A place for one more connection: at once when one is free; otherwise ask the idle
@@ -364,10 +353,9 @@ async fn serve_connection(
     peer: SocketAddr,
     router: Router,
     limits: ConnLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     places: &Places,
 ) {
-    let mut pressure = places.pressure.subscribe();
     let h2 = matches!(limits.protocol, Protocol::Http2 { .. });
     let state = Arc::new(ConnState::new(h2));
     let io = TokioIo::new(Tracked {
@@ -389,6 +377,14 @@ async fn serve_connection(
             Ok::<_, Infallible>(response.map(|inner| GuardedBody::wrap(inner, guard)))
         }
     });
+    let watch = Watch {
+        state: &state,
+        limits: &limits,
+        peer,
+        shutdown,
+        places,
+        pressure: places.pressure.subscribe(),
+    };
     match limits.protocol {
         Protocol::Http1 => {
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -402,16 +398,7 @@ async fn serve_connection(
             let close = |c: Pin<&mut _>| {
                 hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(c)
             };
-            drive(
-                conn,
-                close,
-                &state,
-                &limits,
-                peer,
-                &mut shutdown,
-                (places, &mut pressure),
-            )
-            .await;
+            drive(conn, close, watch).await;
         }
         Protocol::Http2 {
             keepalive_interval,
@@ -429,34 +416,36 @@ async fn serve_connection(
             tokio::pin!(conn);
             let close =
                 |c: Pin<&mut _>| hyper::server::conn::http2::Connection::graceful_shutdown(c);
-            drive(
-                conn,
-                close,
-                &state,
-                &limits,
-                peer,
-                &mut shutdown,
-                (places, &mut pressure),
-            )
-            .await;
+            drive(conn, close, watch).await;
         }
     }
 }
 
 /// Run a connection until it ends, its watchdog expires, the server asks idle connections to
 /// make room, or shutdown (then it finishes its current response first).
-async fn drive<C, E>(
-    mut conn: Pin<&mut C>,
-    graceful: impl Fn(Pin<&mut C>),
-    state: &ConnState,
-    limits: &ConnLimits,
+/// What `drive` watches besides the connection itself.
+struct Watch<'a> {
+    state: &'a ConnState,
+    limits: &'a ConnLimits,
     peer: SocketAddr,
-    shutdown: &mut watch::Receiver<bool>,
-    (places, pressure): (&Places, &mut watch::Receiver<u64>),
-) where
+    shutdown: watch::Receiver<bool>,
+    places: &'a Places,
+    pressure: watch::Receiver<u64>,
+}
+
+async fn drive<C, E>(mut conn: Pin<&mut C>, graceful: impl Fn(Pin<&mut C>), w: Watch<'_>)
+where
     C: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let Watch {
+        state,
+        limits,
+        peer,
+        mut shutdown,
+        places,
+        mut pressure,
+    } = w;
     let mut closing = *shutdown.borrow();
     if closing {
         graceful(conn.as_mut());

@@ -479,14 +479,14 @@ impl Core {
         {
             return self.registry.readiness();
         }
+        // (held across the registry's read lock; `mark_started` never takes them the other way)
         let failed_at_start = self
             .loading
             .failed_at_start
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+            .unwrap_or_else(|p| p.into_inner());
         self.registry.readiness_of(|id, v, is_default| {
-            failed_at_start.contains(&format!("{id}@{v}"))
+            (!failed_at_start.is_empty() && failed_at_start.contains(&format!("{id}@{v}")))
                 || self
                     .traffic
                     .routes_to(id, &v.to_string())
@@ -496,12 +496,12 @@ impl Core {
 
     /// The versions found at start have all been tried.
     pub fn mark_started(&self) {
+        let failed = self.registry.readiness().failed.into_iter().collect();
         *self
             .loading
             .failed_at_start
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) =
-            self.registry.readiness().failed.into_iter().collect();
+            .unwrap_or_else(|p| p.into_inner()) = failed;
         self.loading
             .started
             .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -403,24 +403,17 @@ async fn scopes_and_model_lists_give_403() {
         200
     );
     // A limited token lists only its models and reads no other model's metadata.
-    let (s, _, b) = call(&srv, Some(&limited), reqwest::Method::GET, "/models").await;
-    assert_eq!(s, 200);
-    let ids: Vec<&str> = b["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, vec!["other"], "{b}");
-    let (s, _, b) = call(&srv, Some(&limited), reqwest::Method::GET, "/v1/models").await;
-    assert_eq!(s, 200);
-    let ids: Vec<&str> = b["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, vec!["other"], "{b}");
+    for (path, list) in [("/models", "models"), ("/v1/models", "data")] {
+        let (s, _, b) = call(&srv, Some(&limited), reqwest::Method::GET, path).await;
+        assert_eq!(s, 200);
+        let ids: Vec<&str> = b[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec!["other"], "{path}: {b}");
+    }
     for path in ["/models/echo", "/models/echo/versions", "/v2/models/echo"] {
         let (s, _, b) = call(&srv, Some(&limited), reqwest::Method::GET, path).await;
         assert_eq!(s, 403, "{path}: {b}");

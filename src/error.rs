@@ -8,6 +8,9 @@ use http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::engine::EngineError;
+use crate::registry::RegistryError;
+
 /// What went wrong, as a client sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -238,6 +241,57 @@ pub struct ErrorBody {
     pub code: &'static str,
     pub message: String,
     pub details: ErrorDetails,
+}
+
+// What the layers' own errors mean to a client: one conversion each, beside the envelope.
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match &e {
+            RegistryError::NotFound(_) | RegistryError::VersionNotFound(..) => {
+                ApiError::not_found(e.to_string())
+            }
+            RegistryError::Loading { .. } => ApiError::unavailable(e.to_string(), 5),
+            RegistryError::Draining { .. } => ApiError::unavailable(e.to_string(), 1),
+            RegistryError::Failed { id, version, .. } => ApiError::unavailable(
+                format!("model `{id}` version {version} failed to load; see GET /models/{id}"),
+                30,
+            ),
+            RegistryError::Duplicate(..) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match &e {
+            EngineError::Overloaded { .. } => ApiError::unavailable(format!("{e}; retry later"), 1),
+            EngineError::Timeout { timeout_ms, .. } => {
+                ApiError::new(ErrorKind::Timeout, e.to_string()).with_details(ErrorDetails {
+                    field: None,
+                    issue: Some(format!("server.request_timeout_ms is {timeout_ms}")),
+                })
+            }
+            EngineError::Stopped(_) => ApiError::unavailable(e.to_string(), 5),
+            EngineError::Model(_) | EngineError::Load(_) => ApiError::internal(e),
+            EngineError::Upstream {
+                status,
+                retry_after_ms,
+                ..
+            } => match *status {
+                429 => {
+                    let mut a = ApiError::new(ErrorKind::RateLimited, e.to_string());
+                    a.retry_after_s = retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
+                    a
+                }
+                400..=499 if *status != 408 => {
+                    ApiError::new(ErrorKind::InvalidRequest, e.to_string())
+                }
+                _ => ApiError::new(ErrorKind::BadGateway, e.to_string()),
+            },
+            EngineError::Unreachable { .. } => ApiError::new(ErrorKind::BadGateway, e.to_string()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ pub mod objstore;
 pub mod ratelimit;
 pub mod registry;
 pub mod server;
+pub mod services;
 pub mod serving;
 pub mod spec;
 pub mod telemetry;

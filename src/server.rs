@@ -31,7 +31,7 @@ pub enum StartupError {
     #[error("{0}")]
     Registry(#[from] crate::registry::RegistryError),
     #[error("{0}")]
-    State(#[from] crate::http::app::StateError),
+    Services(#[from] crate::services::BuildError),
 }
 
 /// The model versions to serve: every `--model` (ids from the repository, or paths), else
@@ -179,7 +179,16 @@ impl Server {
         );
         let places = crate::conn::Places::new(max_connections);
         let (tx, shutdown_rx) = tokio::sync::watch::channel(false);
-        let state = AppState::new(settings, registry.clone())?;
+        // The composition root: the services, then the adapters over them.
+        let late = Arc::new(crate::http::batches::LateOpenAi::default());
+        let openai: Arc<dyn crate::jobs::Executor> = late.clone();
+        let services = Arc::new(crate::services::Services::build(
+            settings,
+            registry.clone(),
+            |_, _| openai,
+        )?);
+        let state = AppState::new(services.clone());
+        late.set(crate::http::batches::OpenAiExecutor::new(state.clone()));
         let lifecycle = state.lifecycle.clone();
         let core = state.core.clone();
         core.restore_traffic();
@@ -188,7 +197,6 @@ impl Server {
         tokio::spawn(lifecycle_core.clone().run_lifecycle(shutdown_rx.clone()));
         tokio::spawn(lifecycle_core.run_fleet(shutdown_rx.clone()));
         let jobs = state.jobs.clone();
-        jobs.set_openai_executor(crate::http::batches::OpenAiExecutor::new(state.clone()));
         let stop_jobs = jobs.clone();
         let mut jobs_stop = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -225,10 +233,11 @@ impl Server {
         spawn_housekeeping(&state);
         let (grpc, grpc_addr) = match grpc_listener {
             Some((listener, addr)) => {
-                let (state, stop, places) = (state.clone(), shutdown_rx.clone(), places.clone());
+                let (services, stop, places) =
+                    (services.clone(), shutdown_rx.clone(), places.clone());
                 let task = tokio::spawn(async move {
                     if let Err(e) =
-                        crate::grpc::serve(listener, state, grpc_limits, places, stop).await
+                        crate::grpc::serve(listener, services, grpc_limits, places, stop).await
                     {
                         tracing::error!(error = %e, "the gRPC server stopped");
                     }

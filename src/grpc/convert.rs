@@ -10,9 +10,9 @@ use serde_json::{Map, Value};
 use super::pb;
 use super::pb::infer_parameter::ParameterChoice;
 use crate::error::ApiError;
-use crate::http::kserve::tensor::{self, ModelMeta, OutTensor, TextTensor};
 use crate::registry::manifest::Task;
 use crate::registry::Registry;
+use crate::serving::tensor::{self, ModelMeta, OutTensor, TextTensor};
 use crate::serving::{Answer, ServeRequest};
 
 pub fn model_metadata(m: ModelMeta) -> pb::ModelMetadataResponse {

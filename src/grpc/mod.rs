@@ -11,21 +11,20 @@ mod convert;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Instant;
+use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::admission::{admit, bearer, Need};
-use crate::auth::{Principal, SCOPE_PREDICT};
+use crate::admission::{bearer, Need};
+use crate::auth::SCOPE_PREDICT;
 use crate::error::{ApiError, ErrorKind};
-use crate::http::app::{record_request, AppState, Outcome};
-use crate::http::kserve::tensor;
-use crate::lifecycle::InFlightOwned;
 use crate::metrics::ModelLabel;
 use crate::net::client_ip;
-use crate::serving::{Caller, StreamItem};
+use crate::services::Services;
+use crate::serving::tensor;
+use crate::serving::{Caller, Entry, StreamItem, Ticket, Who};
 
 /// Code generated from `proto/grpc_service.proto`.
 #[allow(clippy::all, missing_docs)]
@@ -40,19 +39,19 @@ use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServi
 /// PINGs, a stream cap, and a place among the server's shared connection places.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: AppState,
+    services: Arc<Services>,
     limits: crate::conn::ConnLimits,
     places: std::sync::Arc<crate::conn::Places>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    crate::conn::serve(listener, router(state), limits, places, shutdown).await
+    crate::conn::serve(listener, router(services), limits, places, shutdown).await
 }
 
 /// The gRPC service as a router: tonic's routes, the peer address where tonic's
 /// `remote_addr` looks for it, and size refusals as `INVALID_ARGUMENT`.
-fn router(state: AppState) -> axum::Router {
-    let limit = state.settings.server.max_body_bytes;
-    let service = GrpcInferenceServiceServer::new(Service { state })
+fn router(services: Arc<Services>) -> axum::Router {
+    let limit = services.settings.server.max_body_bytes;
+    let service = GrpcInferenceServiceServer::new(Service { services })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
     tonic::service::Routes::new(service)
@@ -123,136 +122,69 @@ pub fn status(e: &ApiError) -> Status {
 }
 
 struct Service {
-    state: AppState,
-}
-
-/// An admitted call: who makes it, and what it holds while it runs (a concurrency permit and
-/// the in-flight count the drain waits for).
-struct Ticket {
-    rpc: &'static str,
-    started: Instant,
-    principal: Option<Principal>,
-    _permit: OwnedSemaphorePermit,
-    _in_flight: InFlightOwned,
+    services: Arc<Services>,
 }
 
 impl Service {
-    /// Admit a call: not draining, the admission checks (unless `Open`), a concurrency permit.
-    /// A refusal is recorded here.
+    /// Admit a call through the serving gate (not draining, a place, the caller's token,
+    /// scope, model list and request rate). A refusal is booked by the gate.
     async fn enter(
         &self,
         rpc: &'static str,
         meta: &tonic::metadata::MetadataMap,
-        peer: Option<std::net::SocketAddr>,
+        peer: Option<SocketAddr>,
         need: Need,
         model: Option<&str>,
     ) -> Result<Ticket, Status> {
-        let started = Instant::now();
-        let state = &self.state;
-        let refuse = |e: ApiError, principal: Option<&Principal>| {
-            self.record(rpc, started, principal, None, Err(&e));
-            status(&e)
-        };
-        if state.lifecycle.is_draining() {
-            return Err(refuse(
-                ApiError::unavailable("the server is shutting down", 1),
-                None,
-            ));
-        }
-        let principal = if need == Need::Open {
-            None
-        } else {
-            let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
-            let peer = peer
-                .map(|a| a.ip())
-                .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-            let client = client_ip(peer, text("x-forwarded-for"), &state.trusted_proxies);
-            match admit(
-                state.auth.as_deref(),
-                state.limits.as_deref(),
+        let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
+        let peer = peer
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let client = client_ip(
+            peer,
+            text("x-forwarded-for"),
+            &self.services.trusted_proxies,
+        );
+        let entry = Entry {
+            endpoint: endpoint(rpc),
+            method: "gRPC",
+            who: Who::Token {
                 need,
-                bearer(text("authorization")),
+                token: bearer(text("authorization")),
                 client,
                 model,
-            )
-            .await
-            {
-                Ok(a) => Some(a.principal),
-                Err(r) => return Err(refuse(r.error, r.principal.as_ref())),
-            }
-        };
-        let Ok(permit) = state.concurrency.clone().try_acquire_owned() else {
-            let e = ApiError::unavailable(
-                "too many requests in flight (server.max_concurrent_requests); retry later",
-                1,
-            );
-            return Err(refuse(e, principal.as_ref()));
-        };
-        Ok(Ticket {
-            rpc,
-            started,
-            principal,
-            _permit: permit,
-            _in_flight: state.lifecycle.enter_owned(),
-        })
-    }
-
-    /// Metrics, usage and the access log line of one call (or one message of a stream).
-    fn record(
-        &self,
-        rpc: &'static str,
-        started: Instant,
-        principal: Option<&Principal>,
-        label: Option<&ModelLabel>,
-        outcome: Result<(), &ApiError>,
-    ) {
-        let (status, code) = match outcome {
-            Ok(()) => (200, None),
-            Err(e) => (e.status().as_u16(), Some(e.kind.code())),
-        };
-        let endpoint = format!("grpc/{rpc}");
-        let default = ModelLabel::default();
-        record_request(
-            &self.state,
-            label.unwrap_or(&default),
-            principal,
-            &Outcome {
-                endpoint: &endpoint,
-                method: "gRPC",
-                status,
-                code,
-                elapsed: started.elapsed(),
             },
-        );
+            place: true,
+        };
+        self.services
+            .gate
+            .admit(entry)
+            .await
+            .map_err(|r| status(&r.error))
     }
 
-    /// Run an admitted unary call under the request timeout and record it.
+    /// Run an admitted unary call within the request timeout and close its books.
     async fn finish<T>(
         &self,
-        ticket: Ticket,
+        mut ticket: Ticket,
         work: impl std::future::Future<Output = (Option<ModelLabel>, Result<T, ApiError>)>,
     ) -> Result<Response<T>, Status> {
-        let timeout = self.state.request_timeout;
-        let (label, outcome) = tokio::time::timeout(timeout, work)
-            .await
-            .unwrap_or_else(|_| {
-                let e = ApiError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the request was not answered within {} ms",
-                        timeout.as_millis()
-                    ),
-                );
-                (None, Err(e))
-            });
-        self.record(
-            ticket.rpc,
-            ticket.started,
-            ticket.principal.as_ref(),
-            label.as_ref(),
-            outcome.as_ref().map(|_| ()),
-        );
+        let (label, outcome) = ticket.within(work).await.unwrap_or_else(|e| (None, Err(e)));
+        ticket.answered_by(label);
+        drop(ticket.close_with(&outcome));
         outcome.map(Response::new).map_err(|e| status(&e))
+    }
+}
+
+/// The endpoint label of an RPC (`grpc/<Rpc>`), without an allocation per call.
+fn endpoint(rpc: &'static str) -> &'static str {
+    match rpc {
+        "ModelReady" => "grpc/ModelReady",
+        "ServerMetadata" => "grpc/ServerMetadata",
+        "ModelMetadata" => "grpc/ModelMetadata",
+        "ModelInfer" => "grpc/ModelInfer",
+        "ModelStreamInfer" => "grpc/ModelStreamInfer",
+        _ => "grpc/other",
     }
 }
 
@@ -277,7 +209,7 @@ impl GrpcInferenceService for Service {
         &self,
         _req: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
-        let ready = crate::http::health::is_ready(&self.state);
+        let ready = self.services.is_ready();
         Ok(Response::new(pb::ServerReadyResponse { ready }))
     }
 
@@ -295,7 +227,7 @@ impl GrpcInferenceService for Service {
             )
             .await?;
         let r = req.get_ref();
-        let ready = tensor::model_ready(&self.state.registry, &r.name, version(&r.version));
+        let ready = tensor::model_ready(&self.services.registry, &r.name, version(&r.version));
         self.finish(ticket, async move {
             (None, ready.map(|ready| pb::ModelReadyResponse { ready }))
         })
@@ -337,7 +269,7 @@ impl GrpcInferenceService for Service {
             )
             .await?;
         let r = req.get_ref();
-        let meta = tensor::model_meta(&self.state.registry, &r.name, version(&r.version))
+        let meta = tensor::model_meta(&self.services.registry, &r.name, version(&r.version))
             .map(convert::model_metadata);
         self.finish(ticket, async move { (None, meta) }).await
     }
@@ -351,15 +283,16 @@ impl GrpcInferenceService for Service {
                 "ModelInfer",
                 req.metadata(),
                 req.remote_addr(),
+                // The core checks the request's model against the token's list.
                 Need::Scope(SCOPE_PREDICT),
-                Some(&req.get_ref().model_name),
+                None,
             )
             .await?;
-        let principal = ticket.principal.clone();
-        let state = self.state.clone();
-        let limit = state.settings.server.max_body_bytes;
+        let principal = ticket.principal().cloned();
+        let services = self.services.clone();
+        let limit = services.settings.server.max_body_bytes;
         let work = async move {
-            let read = convert::read_request(&state.registry, req.into_inner(), limit);
+            let read = convert::read_request(&services.registry, req.into_inner(), limit);
             let (serve, reply) = match read {
                 Ok(r) => r,
                 Err(e) => return (None, Err(e)),
@@ -367,7 +300,7 @@ impl GrpcInferenceService for Service {
             let caller = Caller {
                 principal: principal.as_ref(),
             };
-            let (label, outcome) = state.core.infer(caller, serve).await;
+            let (label, outcome) = services.core.infer(caller, serve).await;
             (label, outcome.and_then(|a| reply.answer(&a)))
         };
         self.finish(ticket, work).await
@@ -390,7 +323,7 @@ impl GrpcInferenceService for Service {
             .await?;
         let (tx, rx) = mpsc::channel(32);
         let service = Service {
-            state: self.state.clone(),
+            services: self.services.clone(),
         };
         let inbound = req.into_inner();
         tokio::spawn(async move { service.stream(ticket, inbound, tx).await });
@@ -407,11 +340,13 @@ impl Service {
     /// goes on. The call holds its permit and in-flight count until it ends.
     async fn stream(
         &self,
-        ticket: Ticket,
+        call: Ticket,
         mut inbound: Streaming<pb::ModelInferRequest>,
         tx: Sender,
     ) {
-        let principal = ticket.principal.clone();
+        let principal = call.principal().cloned();
+        // The call's books are its messages'; it keeps its place until it ends.
+        let hold = call.into_place();
         let mut first = true;
         loop {
             let msg = match inbound.message().await {
@@ -422,29 +357,29 @@ impl Service {
                     break;
                 }
             };
-            let started = Instant::now();
             // The call's admission counted its first request; each further one counts too.
-            let limited = match (&self.state.limits, &principal, first) {
-                (Some(l), Some(p), false) => l
-                    .check_request(&p.sub, p.tier.as_deref())
-                    .await
-                    .filter(|d| !d.allowed)
-                    .map(|d| crate::admission::refusal(&d)),
-                _ => None,
+            let who = match (&principal, first) {
+                (Some(p), true) => Who::Counted(p),
+                (Some(p), false) => Who::Known(p),
+                (None, _) => Who::Anyone,
             };
             first = false;
             let id = msg.id.clone();
-            let (label, outcome) = match limited {
-                Some(e) => (None, Err(e)),
-                None => self.stream_one(principal.as_ref(), msg, &tx).await,
+            let entry = Entry {
+                endpoint: endpoint("ModelStreamInfer"),
+                method: "gRPC",
+                who,
+                place: false,
             };
-            self.record(
-                "ModelStreamInfer",
-                started,
-                principal.as_ref(),
-                label.as_ref(),
-                outcome.as_ref().map(|_| ()),
-            );
+            let outcome = match self.services.gate.admit(entry).await {
+                Err(refusal) => Err(refusal.error),
+                Ok(mut ticket) => {
+                    let (label, outcome) = self.stream_one(ticket.caller(), msg, &tx).await;
+                    ticket.answered_by(label);
+                    drop(ticket.close_with(&outcome));
+                    outcome
+                }
+            };
             match outcome {
                 Ok(true) => {}
                 Ok(false) => break, // the client went away
@@ -462,22 +397,21 @@ impl Service {
                 }
             }
         }
-        drop(ticket);
+        drop(hold);
     }
 
     /// One request of a stream; `Ok(false)` when the client has gone.
     async fn stream_one(
         &self,
-        principal: Option<&Principal>,
+        caller: Caller<'_>,
         msg: pb::ModelInferRequest,
         tx: &Sender,
     ) -> (Option<ModelLabel>, Result<bool, ApiError>) {
-        let limit = self.state.settings.server.max_body_bytes;
-        let (serve, reply) = match convert::read_request(&self.state.registry, msg, limit) {
+        let limit = self.services.settings.server.max_body_bytes;
+        let (serve, reply) = match convert::read_request(&self.services.registry, msg, limit) {
             Ok(r) => r,
             Err(e) => return (None, Err(e)),
         };
-        let caller = Caller { principal };
         let send = |r: pb::ModelInferResponse| async move {
             tx.send(Ok(pb::ModelStreamInferResponse {
                 error_message: String::new(),
@@ -487,14 +421,14 @@ impl Service {
             .is_ok()
         };
         if !reply.generates() {
-            let (label, outcome) = self.state.core.infer(caller, serve).await;
+            let (label, outcome) = self.services.core.infer(caller, serve).await;
             let r = match outcome.and_then(|a| reply.answer(&a)) {
                 Ok(r) => r,
                 Err(e) => return (label, Err(e)),
             };
             return (label, Ok(send(convert::finalize(r)).await));
         }
-        let (label, outcome) = self.state.core.infer_stream(caller, serve).await;
+        let (label, outcome) = self.services.core.infer_stream(caller, serve).await;
         let mut answer = match outcome {
             Ok(s) => s,
             Err(e) => return (label, Err(e)),

@@ -813,3 +813,31 @@ impl Executor for OpenAiExecutor {
         })
     }
 }
+
+/// The OpenAI executor, bound once the HTTP state exists (the executor still runs lines
+/// through the handlers, which take the state).
+#[derive(Default)]
+pub struct LateOpenAi(std::sync::OnceLock<Arc<OpenAiExecutor>>);
+
+impl LateOpenAi {
+    pub fn set(&self, e: Arc<OpenAiExecutor>) {
+        let _ = self.0.set(e);
+    }
+}
+
+impl Executor for LateOpenAi {
+    fn chunk(&self, cfg: &JobsSection) -> usize {
+        cfg.chunk.clamp(1, 16)
+    }
+
+    fn run<'a>(
+        &'a self,
+        job: &'a JobRecord,
+        inputs: Vec<(u64, Vec<u8>)>,
+    ) -> BoxFuture<'a, Vec<StoredResult>> {
+        match self.0.get() {
+            Some(e) => e.run(job, inputs),
+            None => Box::pin(async { Vec::new() }),
+        }
+    }
+}

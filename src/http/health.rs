@@ -89,13 +89,6 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, A
     )
 }
 
-/// Whether `/ready` would say 200: not draining, and every configured model loaded and alive.
-pub fn is_ready(state: &AppState) -> bool {
-    !state.lifecycle.is_draining()
-        && state.core.readiness().ready
-        && !state.registry.list().is_empty()
-}
-
 /// Prometheus metrics in the text exposition format.
 #[utoipa::path(
     get,

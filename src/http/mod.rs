@@ -16,6 +16,7 @@ pub mod models;
 pub mod openai;
 pub mod openapi;
 pub mod predict;
+pub mod routes;
 pub mod traffic;
 pub mod usage;
 pub mod ws;
@@ -26,58 +27,7 @@ pub use crate::serving::params;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
-use crate::engine::EngineError;
-use crate::error::{ApiError, ErrorCode, ErrorDetails, ErrorKind, RenderedError};
-use crate::registry::RegistryError;
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match &e {
-            RegistryError::NotFound(_) | RegistryError::VersionNotFound(..) => {
-                ApiError::not_found(e.to_string())
-            }
-            RegistryError::Loading { .. } => ApiError::unavailable(e.to_string(), 5),
-            RegistryError::Draining { .. } => ApiError::unavailable(e.to_string(), 1),
-            RegistryError::Failed { id, version, .. } => ApiError::unavailable(
-                format!("model `{id}` version {version} failed to load; see GET /models/{id}"),
-                30,
-            ),
-            RegistryError::Duplicate(..) => ApiError::internal(e),
-        }
-    }
-}
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        match &e {
-            EngineError::Overloaded { .. } => ApiError::unavailable(format!("{e}; retry later"), 1),
-            EngineError::Timeout { timeout_ms, .. } => {
-                ApiError::new(ErrorKind::Timeout, e.to_string()).with_details(ErrorDetails {
-                    field: None,
-                    issue: Some(format!("server.request_timeout_ms is {timeout_ms}")),
-                })
-            }
-            EngineError::Stopped(_) => ApiError::unavailable(e.to_string(), 5),
-            EngineError::Model(_) | EngineError::Load(_) => ApiError::internal(e),
-            EngineError::Upstream {
-                status,
-                retry_after_ms,
-                ..
-            } => match *status {
-                429 => {
-                    let mut a = ApiError::new(ErrorKind::RateLimited, e.to_string());
-                    a.retry_after_s = retry_after_ms.map(|ms| ms.div_ceil(1000).max(1));
-                    a
-                }
-                400..=499 if *status != 408 => {
-                    ApiError::new(ErrorKind::InvalidRequest, e.to_string())
-                }
-                _ => ApiError::new(ErrorKind::BadGateway, e.to_string()),
-            },
-            EngineError::Unreachable { .. } => ApiError::new(ErrorKind::BadGateway, e.to_string()),
-        }
-    }
-}
+use crate::error::{ApiError, ErrorCode, ErrorKind, RenderedError};
 
 /// The native envelope, with the status, `Retry-After` and `WWW-Authenticate`; the error's
 /// kind rides along in the response's extensions for the metrics and for adapters that render

@@ -28,12 +28,11 @@ use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::app::{record_request, AppState, Outcome};
+use super::app::AppState;
 use super::predict::{render, serve_request, PredictRequest};
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::metrics::ModelLabel;
-use crate::serving::{Caller, StreamItem};
+use crate::serving::{Entry, StreamItem, Ticket, Who};
 
 /// Requests one connection may have open at once (each also takes a
 /// `server.max_concurrent_requests` slot).
@@ -194,7 +193,7 @@ async fn serve(state: AppState, principal: Option<Principal>, socket: WebSocket)
                         if out.send(reply).await.is_err() { break }
                     }
                     request => {
-                        let (id, started) = match admit(&state, principal.as_ref(), &open, request, draining).await {
+                        let (id, started) = match admit(&state, principal.as_ref(), &open, request).await {
                             Ok(admitted) => admitted,
                             Err((id, e)) => {
                                 if out.send(error_message(id.as_deref(), &e)).await.is_err() { break }
@@ -276,28 +275,22 @@ fn parse(raw: &str) -> Result<ClientMessage, (Option<String>, ApiError)> {
 /// A request that passed the connection's checks, with its slot and in-flight count.
 struct Started {
     state: AppState,
-    principal: Option<Principal>,
     id: String,
     request: crate::serving::ServeRequest,
-    arrived: Instant,
-    guards: (
-        tokio::sync::OwnedSemaphorePermit,
-        crate::lifecycle::InFlightOwned,
-    ),
+    ticket: Ticket,
 }
 
 type Refusal = (Option<String>, ApiError);
 
-/// Check a request against the connection and the server (id free, draining, per-connection
-/// and server-wide caps, the principal's request rate) and turn it into the core's request.
+/// Check a request against the connection (id free, the per-connection cap), take its ticket
+/// from the serving gate (not draining, a place, the principal's request rate) and turn it into
+/// the core's request.
 async fn admit(
     state: &AppState,
     principal: Option<&Principal>,
     open: &HashMap<String, tokio::task::AbortHandle>,
     msg: ClientMessage,
-    draining: bool,
 ) -> Result<(String, Started), Refusal> {
-    let arrived = Instant::now();
     let (id, model, version, body) = match msg {
         ClientMessage::Predict {
             id,
@@ -336,43 +329,28 @@ async fn admit(
             format!("a request with id `{id}` is still open on this connection"),
         )));
     }
-    if draining {
-        return Err(refuse(ApiError::unavailable(
-            "the server is shutting down",
-            1,
-        )));
-    }
     if open.len() >= MAX_OPEN_PER_CONNECTION {
         return Err(refuse(ApiError::unavailable(
             format!("{MAX_OPEN_PER_CONNECTION} requests are already open on this connection"),
             1,
         )));
     }
-    if let (Some(limits), Some(p)) = (&state.limits, principal) {
-        if let Some(d) = limits.check_request(&p.sub, p.tier.as_deref()).await {
-            if !d.allowed {
-                return Err(refuse(crate::admission::refusal(&d)));
-            }
-        }
-    }
-    let permit = state.concurrency.clone().try_acquire_owned().map_err(|_| {
-        refuse(ApiError::unavailable(
-            "too many requests in flight (server.max_concurrent_requests); retry later",
-            1,
-        ))
-    })?;
-    let in_flight = state.lifecycle.enter_owned();
+    let entry = Entry {
+        endpoint: ENDPOINT,
+        method: "WS",
+        who: principal.map_or(Who::Anyone, Who::Known),
+        place: true,
+    };
+    let ticket = state.gate.admit(entry).await.map_err(|r| refuse(r.error))?;
     let (request, _stream) =
         serve_request(&model, version.as_deref(), false, body).map_err(refuse)?;
     Ok((
         id.clone(),
         Started {
             state: state.clone(),
-            principal: principal.cloned(),
             id,
             request,
-            arrived,
-            guards: (permit, in_flight),
+            ticket,
         },
     ))
 }
@@ -382,16 +360,11 @@ impl Started {
     async fn run(self, out: Outbox) {
         let Started {
             state,
-            principal,
             id,
             request,
-            arrived,
-            guards,
+            mut ticket,
         } = self;
-        let caller = Caller {
-            principal: principal.as_ref(),
-        };
-        let (label, outcome) = state.core.infer_stream(caller, request).await;
+        let (label, outcome) = state.core.infer_stream(ticket.caller(), request).await;
         let mut status = 200;
         let mut code = None;
         match outcome {
@@ -427,20 +400,8 @@ impl Started {
                 }
             }
         }
-        drop(guards);
-        let label = label.unwrap_or_else(ModelLabel::default);
-        record_request(
-            &state,
-            &label,
-            principal.as_ref(),
-            &Outcome {
-                endpoint: ENDPOINT,
-                method: "WS",
-                status,
-                code,
-                elapsed: arrived.elapsed(),
-            },
-        );
+        ticket.answered_by(label);
+        drop(ticket.close(status, code));
     }
 }
 

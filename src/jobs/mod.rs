@@ -2,7 +2,9 @@
 //! restart. One runner serves both protocols: a native job (`/jobs`, inputs of one model) and an
 //! OpenAI batch (`/v1/batches`, lines each holding a `/v1` request); what differs is the
 //! `Executor` that turns stored inputs into result lines. Native inputs run through the serving
-//! core here; OpenAI lines through the `/v1` adapter, which registers its executor at start.
+//! core here; OpenAI lines through the executor the OpenAI adapter provides (given at `open`).
+//! Every inference a job makes holds a background ticket (`serving::Gate::background`), so its
+//! tokens and cost reach `/usage`, the per-model windows and the metrics like any request's.
 //!
 //! A job is validated whole before it is stored (nothing is stored for a bad input), then runs
 //! in chunks on the engine's background lane (behind interactive requests, never refused for a
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -311,7 +313,7 @@ pub struct Jobs {
     cfg: JobsSection,
     core: Arc<Core>,
     native: Arc<native::NativeExecutor>,
-    openai: OnceLock<Arc<dyn Executor>>,
+    openai: Arc<dyn Executor>,
     /// Cancellation flags of the jobs running here.
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
     hooks: webhook::Hooks,
@@ -320,7 +322,12 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn open(cfg: &JobsSection, core: Arc<Core>) -> Result<Arc<Self>, JobError> {
+    /// Open the store; `openai` runs OpenAI batch lines (the OpenAI adapter's mapping).
+    pub fn open(
+        cfg: &JobsSection,
+        core: Arc<Core>,
+        openai: Arc<dyn Executor>,
+    ) -> Result<Arc<Self>, JobError> {
         let store = match &cfg.redis_url {
             Some(url) => {
                 let shared = Shared::connect(url, &cfg.redis_prefix)?;
@@ -345,7 +352,7 @@ impl Jobs {
             cfg: cfg.clone(),
             native: Arc::new(native::NativeExecutor::new(core.clone())),
             core,
-            openai: OnceLock::new(),
+            openai,
             running: Mutex::new(HashMap::new()),
             hooks,
             stopping: AtomicBool::new(false),
@@ -364,15 +371,10 @@ impl Jobs {
         &self.hooks
     }
 
-    /// The executor of OpenAI batch lines (registered by the `/v1` adapter at start).
-    pub fn set_openai_executor(&self, e: Arc<dyn Executor>) {
-        let _ = self.openai.set(e);
-    }
-
     fn executor(&self, kind: JobKind) -> Option<Arc<dyn Executor>> {
         match kind {
             JobKind::Native => Some(self.native.clone() as Arc<dyn Executor>),
-            JobKind::Openai => self.openai.get().cloned(),
+            JobKind::Openai => Some(self.openai.clone()),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::auth::Principal;
 use crate::cache::CachedOutput;
 use crate::config::JobsSection;
 use crate::error::{ApiError, ErrorKind};
-use crate::serving::{validate, Caller, Core, Input, Item, ServeRequest};
+use crate::serving::{validate, Core, Input, Item, ServeRequest};
 
 /// Validate every input of a native job as the predict API would (in requests of the model's
 /// `max_inputs`), off the async runtime. An error names the input by its index in the job.
@@ -113,6 +113,9 @@ pub fn wait_before(e: &ApiError, n: u32) -> Duration {
         .unwrap_or(doubling)
 }
 
+/// The endpoint a native job's inferences are booked under.
+const ENDPOINT: &str = "job/native";
+
 impl NativeExecutor {
     pub fn new(core: Arc<Core>) -> Self {
         Self { core }
@@ -135,17 +138,24 @@ impl NativeExecutor {
                 user: None,
                 background: true,
             };
-            let caller = Caller {
-                principal: Some(&job.owner),
-            };
-            let (_, outcome) = self.core.infer(caller, req).await;
+            // The books of this inference: background traffic of the job's owner.
+            let mut ticket = self.core.gate.background(ENDPOINT, &job.owner);
+            let (label, outcome) = self.core.infer(ticket.caller(), req).await;
+            ticket.answered_by(label);
             match outcome {
-                Ok(answer) => return Ok(answer.items.into_iter().map(output).collect()),
+                Ok(answer) => {
+                    drop(ticket.close(200, None));
+                    return Ok(answer.items.into_iter().map(output).collect());
+                }
                 Err(e) if worth_waiting(&e) && tries < MAX_TRIES => {
+                    ticket.retried();
                     tries += 1;
                     tokio::time::sleep(wait_before(&e, tries)).await;
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    drop(ticket.close(e.status().as_u16(), Some(e.kind.code())));
+                    return Err(e);
+                }
             }
         }
     }

@@ -16,6 +16,8 @@ pub mod heads;
 pub mod params;
 mod shadow;
 pub mod stream;
+pub mod tensor;
+pub mod ticket;
 pub mod validate;
 
 use std::sync::Arc;
@@ -34,6 +36,7 @@ use crate::registry::{Registry, Resolved};
 use crate::usage::{now_unix, UsageEvent, UsageStore};
 pub use fallback::Route;
 pub use stream::{AnswerStream, StreamItem};
+pub use ticket::{Entry, Gate, Hold, Refusal, Ticket, Who};
 pub use validate::Valid;
 
 /// One input, as a protocol adapter hands it over.
@@ -191,6 +194,8 @@ pub struct Core {
     pub heads: heads::Trainings,
     /// Drift windows of every model version (fed when monitoring is on).
     pub drift: Arc<crate::drift::DriftStore>,
+    /// Admission and the books of every request, whatever carried it.
+    pub gate: Arc<Gate>,
 }
 
 /// How long a background request may wait for the engine: behind interactive traffic it can

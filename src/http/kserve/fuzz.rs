@@ -7,10 +7,10 @@ use axum::http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 use serde_json::json;
 
-use super::tensor::encode_bytes;
 use super::{parse_body, prepare, HEADER_LENGTH};
 use crate::error::ErrorKind;
 use crate::registry::Registry;
+use crate::serving::tensor::encode_bytes;
 
 const LIMIT: usize = 1 << 20;
 

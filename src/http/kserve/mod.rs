@@ -10,7 +10,7 @@
 //! past the end, bytes left over, or elements that do not fill a tensor are 400s.
 
 pub mod doc;
-pub mod tensor;
+use crate::serving::tensor;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -72,7 +72,7 @@ pub async fn live() -> Json<Value> {
 /// `GET /v2/health/ready`: the readiness of `/ready` (every model loaded, not draining); 503
 /// with `{"ready": false}` otherwise.
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let ready = super::health::is_ready(&state);
+    let ready = state.is_ready();
     let status = if ready {
         StatusCode::OK
     } else {

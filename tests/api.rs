@@ -522,3 +522,183 @@ async fn concurrent_requests_are_batched() {
     assert!(sizes.iter().all(|&s| s <= 4), "{sizes:?}");
     assert!(sizes.iter().any(|&s| s > 1), "no batching seen: {sizes:?}");
 }
+
+// The serving core in process, without HTTP: what every protocol adapter relies on.
+
+mod core_in_process {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use anya::services::Services;
+    use anya::serving::{Caller, Core, Input, ServeRequest, StreamItem};
+    use serde_json::{json, Map, Value};
+
+    use super::common::{settings, EchoRepo};
+
+    /// The services over an echo repository, every model loaded.
+    async fn core(repo: &EchoRepo) -> (Arc<Services>, Arc<Core>) {
+        let st = settings(repo.path());
+        let sources = anya::server::select_sources(&st, &[]).expect("sources");
+        let registry = Arc::new(anya::registry::Registry::new());
+        let services = Arc::new(
+            Services::build(st, registry, |core, settings| {
+                anya::http::batches::openai_executor(core, settings)
+            })
+            .expect("services"),
+        );
+        let core = services.core.clone();
+        for s in &sources {
+            assert!(core.load_source(s).await, "{s:?} loads");
+        }
+        (services, core)
+    }
+
+    fn request(model: &str, inputs: Vec<Value>, delay_ms: u64) -> ServeRequest {
+        let mut params = Map::new();
+        params.insert("delay_ms".into(), json!(delay_ms));
+        ServeRequest {
+            model: model.into(),
+            version: None,
+            inputs: inputs.into_iter().map(Input::from_json).collect(),
+            params,
+            cache: false,
+            logprobs: None,
+            headers: Default::default(),
+            user: None,
+            background: false,
+        }
+    }
+
+    fn echo_repo() -> EchoRepo {
+        let repo = EchoRepo::new();
+        let echo = super::common::DELAY_PARAM;
+        repo.add("echo", "1.0.0", echo);
+        repo.add(
+            "busy",
+            "1.0.0",
+            &format!(
+                "{echo}batching: {{max_batch_size: 1, queue_capacity: 1}}\nfallbacks: [spare]\n"
+            ),
+        );
+        repo.add("spare", "1.0.0", echo);
+        repo
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn infer_answers_every_input_in_order_and_names_its_version() {
+        let repo = echo_repo();
+        let (_services, core) = core(&repo).await;
+        let inputs = vec![json!({"a": 1}), json!("two"), json!([3])];
+        let (label, answer) = core
+            .infer(Caller::default(), request("echo", inputs.clone(), 0))
+            .await;
+        let answer = answer.expect("answered");
+        assert_eq!(label.expect("a label").model, "echo");
+        assert_eq!(
+            (answer.model.as_str(), answer.version.as_str()),
+            ("echo", "1.0.0")
+        );
+        let outputs: Vec<Value> = answer
+            .items
+            .iter()
+            .map(|i| match i {
+                anya::serving::Item::Value(v) => v.clone(),
+                other => panic!("an echo answers values: {other:?}"),
+            })
+            .collect();
+        assert_eq!(outputs, inputs);
+        // Bad input is the caller's error, named by its field.
+        let (_, bad) = core
+            .infer(Caller::default(), request("echo", vec![json!(1); 5], 0))
+            .await;
+        let e = bad.expect_err("too many inputs");
+        assert_eq!(e.status(), 400, "{e:?}");
+        let (_, missing) = core
+            .infer(Caller::default(), request("nope", vec![json!(1)], 0))
+            .await;
+        assert_eq!(missing.expect_err("no such model").status(), 404);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn infer_stream_ends_with_the_whole_answer() {
+        let repo = echo_repo();
+        let (_services, core) = core(&repo).await;
+        let (_, stream) = core
+            .infer_stream(Caller::default(), request("echo", vec![json!("x")], 0))
+            .await;
+        let mut stream = stream.expect("a stream");
+        let mut done = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                StreamItem::Delta { .. } => {}
+                StreamItem::Done(a) => done = Some(a),
+                StreamItem::Error(e) => panic!("{e:?}"),
+            }
+        }
+        let answer = done.expect("a Done item");
+        assert_eq!(answer.items.len(), 1);
+        assert!(stream.next().await.is_none(), "nothing after the end");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_model_falls_back_to_its_spare() {
+        let repo = echo_repo();
+        let (_services, core) = core(&repo).await;
+        // One running and one queued fill `busy`; the rest go to `spare`.
+        let calls = (0..4).map(|i| {
+            let core = core.clone();
+            async move {
+                core.infer(Caller::default(), request("busy", vec![json!(i)], 300))
+                    .await
+                    .1
+            }
+        });
+        let answers: Vec<_> = futures::future::join_all(calls).await;
+        let mut by = Vec::new();
+        for a in answers {
+            let a = a.expect("every request is answered, by one or the other");
+            by.push(a.route.served_by.clone());
+            if a.route.served_by.starts_with("spare@") {
+                assert_eq!(
+                    a.route.fallback_from.as_deref(),
+                    Some("busy"),
+                    "{:?}",
+                    a.route
+                );
+            }
+        }
+        assert!(by.iter().any(|b| b.starts_with("busy@")), "{by:?}");
+        assert!(by.iter().any(|b| b.starts_with("spare@")), "{by:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_stream_closes_its_books_once_and_frees_the_model() {
+        let repo = echo_repo();
+        let (services, core) = core(&repo).await;
+        let (_, stream) = core
+            .infer_stream(Caller::default(), request("echo", vec![json!(1)], 300))
+            .await;
+        drop(stream.expect("a stream"));
+        // The books: one request, recorded when the stream was dropped.
+        let hourly = anya::usage::Period::parse("hourly").unwrap();
+        let w = services
+            .usage
+            .model_window("echo", hourly, None, anya::usage::now_unix());
+        assert_eq!(w.requests_count, 1, "{w:?}");
+        // The model goes on serving.
+        let (_, next) = tokio::time::timeout(
+            Duration::from_secs(10),
+            core.infer(Caller::default(), request("echo", vec![json!(2)], 0)),
+        )
+        .await
+        .expect("answered in time");
+        next.expect("answered");
+        let w = services
+            .usage
+            .model_window("echo", hourly, None, anya::usage::now_unix());
+        assert_eq!(
+            w.requests_count, 1,
+            "infer books through its caller's ticket: {w:?}"
+        );
+    }
+}

@@ -779,3 +779,179 @@ async fn bench_interactive_latency_beside_a_large_job() {
         pct(&with_native, 99.0) / pct(&alone, 99.0)
     );
 }
+
+/// A repository with the real SmolLM2 model (its weights linked) and prices in its manifest.
+fn priced_generation_repo(models: &Path) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let from = models.join("smollm2-135m-instruct/1.0.0");
+    let to = repo.path().join("smollm2-135m-instruct/1.0.0");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(&from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == "anya.yaml" {
+            let manifest = std::fs::read_to_string(entry.path()).unwrap();
+            let priced = format!(
+                "{manifest}\npricing:\n  per_request: 0.5\n  per_1k_input_tokens: 2.0\n  per_1k_output_tokens: 4.0\n"
+            );
+            std::fs::write(to.join(name), priced).unwrap();
+        } else {
+            std::os::unix::fs::symlink(entry.path(), to.join(name)).unwrap();
+        }
+    }
+    repo
+}
+
+fn usage_row(u: &Value) -> Value {
+    let rows = u["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{u}");
+    rows[0].clone()
+}
+
+/// Issue 31: a job's inferences are booked like any request's. An OpenAI batch's tokens and cost
+/// in `/usage` equal the sum of its answers' own `usage`; a native job's equal those of the same
+/// inputs sent directly; the model's window counts both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_tokens_and_cost_reach_usage() {
+    let Some(models) = real_models() else {
+        return;
+    };
+    let repo = priced_generation_repo(&models);
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("secret"), SECRET).unwrap();
+    let mut st = settings(repo.path());
+    st.cache.enabled = false;
+    st.model.warmup = false;
+    st.security.auth_required = true;
+    st.security.jwt_secret_file = Some(keys.path().join("secret"));
+    let s = start(st, &[]).await;
+    s.wait_ready(180).await;
+    let model = "smollm2-135m-instruct";
+    let (batcher, jobber, direct) = (token("batcher"), token("jobber"), token("direct"));
+
+    // An OpenAI batch of three chat requests.
+    let lines: String = (0..3)
+        .map(|i| {
+            let line = json!({"custom_id": format!("c{i}"), "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "max_tokens": 6 + i, "temperature": 0,
+                         "messages": [{"role": "user", "content": format!("Count to {}", i + 3)}]}});
+            format!("{line}\n")
+        })
+        .collect();
+    let boundary = "anyaUsageBoundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.jsonl\"\r\n\
+         Content-Type: application/jsonl\r\n\r\n{lines}\r\n--{boundary}--\r\n"
+    );
+    let r = s
+        .client
+        .post(s.url("/v1/files"))
+        .bearer_auth(&batcher)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let file: Value = r.json().await.unwrap();
+    let (st, batch) = call(
+        &s,
+        reqwest::Method::POST,
+        "/v1/batches",
+        &batcher,
+        Some(
+            json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h"}),
+        ),
+    )
+    .await;
+    assert_eq!(st, 200, "{batch}");
+    let path = format!("/v1/batches/{}", batch["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let batch = loop {
+        let (_, b) = call(&s, reqwest::Method::GET, &path, &batcher, None).await;
+        if b["status"] == "completed" {
+            break b;
+        }
+        assert!(Instant::now() < deadline, "batch stuck: {b}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = s
+        .client
+        .get(s.url(&format!(
+            "/v1/files/{}/content",
+            batch["output_file_id"].as_str().unwrap()
+        )))
+        .bearer_auth(&batcher)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (mut prompt, mut completion) = (0u64, 0u64);
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["response"]["status_code"], 200, "{v}");
+        prompt += v["response"]["body"]["usage"]["prompt_tokens"]
+            .as_u64()
+            .unwrap();
+        completion += v["response"]["body"]["usage"]["completion_tokens"]
+            .as_u64()
+            .unwrap();
+    }
+    assert!(prompt > 0 && completion > 0, "{out}");
+    let (st, u) = call(&s, reqwest::Method::GET, "/usage", &batcher, None).await;
+    assert_eq!(st, 200, "{u}");
+    let row = usage_row(&u);
+    assert_eq!(row["key"], model, "{u}");
+    assert_eq!(row["requests"], 3, "{u}");
+    assert_eq!(row["tokens_input"], prompt, "{u}");
+    assert_eq!(row["tokens_output"], completion, "{u}");
+    let cost = 3.0 * 0.5 + 2.0 * prompt as f64 / 1e3 + 4.0 * completion as f64 / 1e3;
+    let booked = row["estimated_cost"].as_f64().unwrap();
+    assert!((booked - cost).abs() < 1e-9, "{booked} != {cost}: {u}");
+
+    // A native job of three prompts, and the same prompts sent directly.
+    let inputs = json!(["The sky is", "Two plus two is", "Once upon a time"]);
+    let params = json!({"max_tokens": 5, "temperature": 0});
+    let (st, job) = call(
+        &s,
+        reqwest::Method::POST,
+        "/jobs",
+        &jobber,
+        Some(json!({"model": model, "inputs": inputs, "parameters": params})),
+    )
+    .await;
+    assert_eq!(st, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_job(&s, &jobber, &id, |j| j["status"] == "completed").await;
+    let (st, answer) = call(
+        &s,
+        reqwest::Method::POST,
+        &format!("/models/{model}/predict"),
+        &direct,
+        Some(json!({"inputs": inputs, "parameters": params})),
+    )
+    .await;
+    assert_eq!(st, 200, "{answer}");
+    let (_, by_job) = call(&s, reqwest::Method::GET, "/usage", &jobber, None).await;
+    let (_, by_hand) = call(&s, reqwest::Method::GET, "/usage", &direct, None).await;
+    let (job_row, hand_row) = (usage_row(&by_job), usage_row(&by_hand));
+    for k in ["tokens_input", "tokens_output", "estimated_cost"] {
+        assert_eq!(
+            job_row[k], hand_row[k],
+            "{k}: job {by_job} vs direct {by_hand}"
+        );
+    }
+    assert!(job_row["tokens_output"].as_u64().unwrap() > 0, "{by_job}");
+    assert_eq!(
+        hand_row["tokens_input"], answer["metadata"]["tokens_processed"],
+        "{answer}"
+    );
+}

@@ -147,7 +147,7 @@ fn out_tensor(t: &OutTensor) -> pb::model_infer_response::InferOutputTensor {
 impl Reply {
     /// Whether the answer streams text (generation).
     pub fn generates(&self) -> bool {
-        self.task == Task::TextGeneration
+        crate::serving::tasks::of(self.task).generates()
     }
 
     /// The whole answer.

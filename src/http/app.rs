@@ -465,9 +465,8 @@ mod tests {
         let rules = super::super::routes::table(&crate::config::Settings::default())
             .into_parts()
             .1;
-        let refused = rule_of(&rules, &Method::GET, Some("/added/without/a/rule"))
-            .err()
-            .expect("fail closed");
+        let refused =
+            rule_of(&rules, &Method::GET, Some("/added/without/a/rule")).expect_err("fail closed");
         assert_eq!(refused.status(), 403);
         assert!(
             refused.message.contains("no access rule"),

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::app::AppState;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::registry::{ModelRecord, RegistryError, VersionRecord, VersionState};
-use crate::spec::manifest::{Manifest, Task};
+use crate::spec::manifest::Manifest;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelList {
@@ -274,7 +274,7 @@ pub async fn get_model(
         versions,
         input_schema: input_schema(m),
         output_schema: output_schema(m, dimensions),
-        parameters: crate::serving::classify::params_of(m)
+        parameters: crate::serving::tasks::params_of(m)
             .iter()
             .map(|p| ParameterInfo {
                 name: p.name.clone(),
@@ -328,18 +328,8 @@ pub async fn list_versions(
 }
 
 fn input_schema(m: &Manifest) -> Value {
-    let items = match m.task {
-        Task::Embedding | Task::Classification => json!({"type": "string"}),
-        Task::TextGeneration => json!({"oneOf": [
-            {"type": "string", "description": "a raw prompt"},
-            {"type": "array", "description": "a conversation; the chat template is applied",
-             "items": {"type": "object", "required": ["role", "content"],
-                       "properties": {"role": {"enum": ["system", "user", "assistant"]},
-                                      "content": {"type": "string"}}}}
-        ]}),
-        Task::Echo => {
-            return json!({"description": "any JSON; a list is one input per item"});
-        }
+    let Some(items) = crate::serving::tasks::of(m.task).input_item_schema() else {
+        return json!({"description": "any JSON; a list is one input per item"});
     };
     // The same shape as `inputs` in /openapi.json: a list of inputs, or one input alone.
     json!({"oneOf": [
@@ -349,17 +339,5 @@ fn input_schema(m: &Manifest) -> Value {
 }
 
 fn output_schema(m: &Manifest, dims: Option<usize>) -> Value {
-    match m.task {
-        Task::Embedding => {
-            let mut vector = json!({"type": "array", "items": {"type": "number"}});
-            if let Some(d) = dims {
-                vector["minItems"] = json!(d);
-                vector["maxItems"] = json!(d);
-            }
-            json!({"type": "array", "items": vector})
-        }
-        Task::TextGeneration => json!({"type": "array", "items": {"type": "string"}}),
-        Task::Classification => crate::serving::classify::output_schema(),
-        Task::Echo => json!({"type": "array"}),
-    }
+    crate::serving::tasks::of(m.task).output_schema(dims)
 }

@@ -11,12 +11,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::params::ValidParams;
 use super::Item;
 use crate::cache::CachedOutput;
 use crate::error::ApiError;
-use crate::models::Frontend;
-use crate::spec::manifest::{Manifest, ParamSpec, ParamType, Task};
+use crate::spec::manifest::{ParamSpec, ParamType};
 
 /// Most candidate labels in one zero-shot request.
 pub const MAX_CANDIDATE_LABELS: usize = 64;
@@ -31,7 +29,7 @@ pub enum Function {
 }
 
 impl Function {
-    fn parse(s: &str) -> Result<Self, ApiError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, ApiError> {
         match s {
             "softmax" => Ok(Function::Softmax),
             "sigmoid" => Ok(Function::Sigmoid),
@@ -73,7 +71,13 @@ pub enum Shaping {
     ZeroShot { inputs: usize, labels: Vec<String> },
 }
 
-fn spec(name: &str, kind: ParamType, default: Option<Value>, max: Option<f64>) -> ParamSpec {
+/// A built-in parameter's spec (the task modules describe theirs).
+pub(crate) fn spec(
+    name: &str,
+    kind: ParamType,
+    default: Option<Value>,
+    max: Option<f64>,
+) -> ParamSpec {
     ParamSpec {
         name: name.into(),
         kind,
@@ -81,117 +85,6 @@ fn spec(name: &str, kind: ParamType, default: Option<Value>, max: Option<f64>) -
         min: matches!(kind, ParamType::Integer | ParamType::StringList).then_some(1.0),
         max,
         description: None,
-    }
-}
-
-/// The parameters this module reads for a task, each with its description.
-pub fn builtin_params(task: Task) -> Vec<ParamSpec> {
-    let describe = |mut s: ParamSpec, d: &str| {
-        s.description = Some(d.into());
-        s
-    };
-    match task {
-        Task::Classification => vec![
-            describe(
-                spec("truncate", ParamType::Boolean, Some(json!(false)), None),
-                "cut inputs longer than max_input_length instead of refusing them",
-            ),
-            describe(
-                spec("top_k", ParamType::Integer, None, Some(10_000.0)),
-                "how many labels to answer per input, highest score first (default: all)",
-            ),
-            describe(
-                spec("function_to_apply", ParamType::String, None, Some(16.0)),
-                "softmax, sigmoid or none (raw scores); default softmax for single-label models with more than one label, else sigmoid",
-            ),
-        ],
-        Task::Embedding => vec![
-            describe(
-                spec(
-                    "candidate_labels",
-                    ParamType::StringList,
-                    None,
-                    Some(MAX_CANDIDATE_LABELS as f64),
-                ),
-                "zero-shot classification: answer these labels ranked by cosine similarity to each input instead of vectors",
-            ),
-            describe(
-                spec("hypothesis_template", ParamType::String, None, Some(512.0)),
-                "with candidate_labels: the text embedded for a label, `{}` standing for it (default `{}`)",
-            ),
-        ],
-        Task::TextGeneration | Task::Echo => vec![],
-    }
-}
-
-/// The parameters a model version takes: its manifest's, then this module's built-in ones that
-/// the manifest does not declare.
-pub fn params_of(manifest: &Manifest) -> Vec<ParamSpec> {
-    let mut specs = manifest.parameters.clone();
-    for b in builtin_params(manifest.task) {
-        if !specs.iter().any(|s| s.name == b.name) {
-            specs.push(b);
-        }
-    }
-    specs
-}
-
-/// The shaping a request asks for, from its checked parameters; `None` for plain outputs.
-pub fn plan(
-    task: Task,
-    frontend: &Frontend,
-    params: &ValidParams,
-) -> Result<Option<Shaping>, ApiError> {
-    match task {
-        Task::Classification => {
-            let info = frontend
-                .classes
-                .as_ref()
-                .ok_or_else(|| ApiError::internal("a classifier without labels"))?;
-            let function = match params.str("function_to_apply") {
-                Some(s) => Function::parse(s)?,
-                None if info.multi_label || info.labels.len() == 1 => Function::Sigmoid,
-                None => Function::Softmax,
-            };
-            let n = info.labels.len();
-            let top_k = params.u64("top_k").map_or(n, |k| (k as usize).min(n));
-            Ok(Some(Shaping::Classify {
-                labels: info.labels.clone().into(),
-                function,
-                top_k,
-            }))
-        }
-        Task::Embedding => {
-            let labels = params.strings("candidate_labels");
-            let template = params.str("hypothesis_template");
-            if labels.is_empty() {
-                if template.is_some() {
-                    return Err(ApiError::invalid(
-                        "parameters.hypothesis_template",
-                        "only applies with parameters.candidate_labels",
-                    ));
-                }
-                return Ok(None);
-            }
-            if let Some(t) = template {
-                if t.matches("{}").count() != 1 {
-                    return Err(ApiError::invalid(
-                        "parameters.hypothesis_template",
-                        "must contain `{}` exactly once (where the label goes)",
-                    ));
-                }
-            }
-            for (j, l) in labels.iter().enumerate() {
-                if labels[..j].contains(l) {
-                    return Err(ApiError::invalid(
-                        format!("parameters.candidate_labels[{j}]"),
-                        format!("label `{l}` is listed twice"),
-                    ));
-                }
-            }
-            Ok(Some(Shaping::ZeroShot { inputs: 0, labels }))
-        }
-        Task::TextGeneration | Task::Echo => Ok(None),
     }
 }
 

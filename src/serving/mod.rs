@@ -16,6 +16,7 @@ pub mod heads;
 pub mod params;
 mod shadow;
 pub mod stream;
+pub mod tasks;
 pub mod tensor;
 pub mod ticket;
 pub mod validate;
@@ -500,27 +501,21 @@ impl Core {
     fn observe_drift(&self, p: &Prepared, answer: &Answer) {
         let manifest = &p.resolved.manifest;
         let config = manifest.drift.clone().unwrap_or_default();
-        if !config.enabled {
+        let task = tasks::of(manifest.task);
+        if !config.enabled || !task.drifts() {
             return;
         }
-        if !matches!(
-            manifest.task,
-            crate::spec::manifest::Task::Embedding
-                | crate::spec::manifest::Task::Classification
-                | crate::spec::manifest::Task::TextGeneration
-        ) {
-            return;
-        }
+        let vectors = task.answers_vectors();
         let samples = answer
             .items
             .iter()
             .enumerate()
             .map(|(i, item)| {
-                let vector = match (manifest.task, p.items.get(i)) {
-                    (
-                        crate::spec::manifest::Task::Embedding,
-                        Some(Some(Item::Output(CachedOutput::Vector(v)))),
-                    ) => Some(v.to_vec()),
+                // An embedding model's vector of the input (a zero-shot answer's too).
+                let vector = match p.items.get(i) {
+                    Some(Some(Item::Output(CachedOutput::Vector(v)))) if vectors => {
+                        Some(v.to_vec())
+                    }
                     _ => None,
                 };
                 let label = match item {

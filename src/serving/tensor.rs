@@ -37,12 +37,7 @@ pub struct ModelMeta {
 
 /// The input and output tensor names of a task.
 pub fn io_names(task: Task) -> (&'static str, &'static str) {
-    match task {
-        Task::Embedding => ("text", "embedding"),
-        Task::Classification => ("text", "labels"),
-        Task::TextGeneration => ("text_input", "text_output"),
-        Task::Echo => ("input", "output"),
-    }
+    super::tasks::of(task).tensor_names()
 }
 
 /// Metadata of `name` (the version named, or the default one); 404 for an unknown model or
@@ -59,17 +54,18 @@ pub fn model_meta(
         VersionState::Ready(h) => h.frontend().dimensions.map_or(-1, |d| d as i64),
         _ => -1,
     };
-    let out = match task {
-        Task::Embedding => TensorMeta {
+    let out = if super::tasks::of(task).answers_vectors() {
+        TensorMeta {
             name: output,
             datatype: "FP32",
             shape: vec![-1, dim],
-        },
-        _ => TensorMeta {
+        }
+    } else {
+        TensorMeta {
             name: output,
             datatype: "BYTES",
             shape: vec![-1],
-        },
+        }
     };
     Ok(ModelMeta {
         name: record.id.clone(),
@@ -362,7 +358,7 @@ pub fn output(task: Task, answer: &Answer, input_shape: &[i64]) -> Result<OutTen
         .items
         .iter()
         .all(|i| matches!(i, Item::Output(CachedOutput::Vector(_))));
-    if task == Task::Embedding && vectors {
+    if super::tasks::of(task).answers_vectors() && vectors {
         let mut dim = None;
         let mut values = Vec::new();
         for item in &answer.items {

@@ -480,8 +480,7 @@ mod tests {
         let slow = t
             .within(tokio::time::sleep(Duration::from_secs(5)))
             .await
-            .err()
-            .expect("timed out");
+            .expect_err("timed out");
         assert_eq!(slow.status(), 504);
         assert!(slow.message.contains("not answered within 50 ms"));
         assert_eq!(t.within(async { 3 }).await.ok(), Some(3));

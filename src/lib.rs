@@ -1,31 +1,27 @@
 //! anya: a model-serving daemon.
 //!
-//! Module map (dependencies point inward: `http` knows `engine`, `engine` knows `models`,
-//! `models` knows nothing of HTTP or tokio):
-//! - [`admission`]: the checks every protocol runs before serving a call (token, scope, model
-//!   list, request rate).
-//! - [`auth`]: JWT bearer tokens → `Principal` (scopes, tier, models); key reload.
-//! - [`ratelimit`]: per-principal request and token limits by tier.
-//! - [`cache`]: the response cache (memory, Redis behind it, fail-open).
-//! - [`config`]: layered settings (defaults < `config/anya.yaml` < `ANYA__…` env < flags).
-//! - [`error`]: `ApiError`, the one error envelope every route answers with.
-//! - [`registry`]: the model repository on disk (manifests, hashes, path safety) and the live
-//!   map of model id → versions → handle.
-//! - [`engine`]: per model version a bounded queue, a batching policy and a worker thread.
-//! - [`models`]: the model code (candle BERT embeddings, quantized llama generation, echo),
-//!   tokenizers and chat templates.
-//! - [`net`]: client addresses and trusted proxies.
+//! Module map (dependencies point down: `server` → the adapters `http` and `grpc`, siblings
+//! that never import each other → `services` → `jobs` → `serving` → `registry` → `engine` →
+//! `models` → `spec`; the rest is cross-cutting and imports no adapter; see
+//! `docs/architecture.md`):
+//! - [`server`]: binds the listeners, builds the [`services`], serves `http` and `grpc`, drains.
+//! - [`services`]: the composition root: core, gate, jobs, fleet, cache, limits, built once.
+//! - [`http`]: the HTTP adapters; `http::routes` is the one route table, each route with its
+//!   access rule; `http::app` the state, the layers and the request envelope's HTTP side.
 //! - [`grpc`]: the KServe v2 gRPC service (tonic), a thin adapter over `serving`.
-//! - [`http`]: the routes (predict, models, health, OpenAPI) and the JSON extractor.
-//! - [`lifecycle`]: serving vs draining after SIGTERM, requests in flight.
-//! - [`metrics`]: every `anya_ai_*` metric, recorded in one place per event.
-//! - [`conn`]: HTTP/1.1 connections on hyper with header-read and idle timeouts, a connection
-//!   cap, and hyper's own parse errors rewritten into the envelope.
-//! - [`serving`]: the serving core every protocol adapter calls: typed requests, validation,
-//!   model access, cache, token budget, streaming answers and their accounting.
-//! - [`server`]: `app(AppState) -> Router`, the layers, binding and serving.
-//! - [`telemetry`]: tracing setup.
-//! - [`usage`]: usage and cost accounting in time buckets.
+//! - [`jobs`]: batch jobs (native and OpenAI batches), their stores, runners and webhooks.
+//! - [`serving`]: the serving core every protocol adapter calls: typed requests, the request
+//!   envelope (`serving::ticket`), tasks as modules (`serving::tasks`), validation, model
+//!   access, cache, token budget, streaming answers, fallbacks, traffic, heads, the KServe v2
+//!   tensor mapping (`serving::tensor`).
+//! - [`registry`]: the model repository on disk and the live map id → versions → handle.
+//! - [`engine`]: per model version a bounded queue, a batching policy and a worker thread.
+//! - [`models`]: the model code (BERT, llama, kernels, tokenizers, chat templates, echo).
+//! - [`spec`]: manifests, signing and repository scans (a leaf).
+//! - [`admission`]: token, scope, model list, request rate (called by the gate).
+//! - [`auth`], [`ratelimit`], [`cache`], [`config`], [`error`], [`metrics`], [`usage`],
+//!   [`lifecycle`], [`drift`], [`traffic`], [`fleet`], [`objstore`], [`net`], [`conn`],
+//!   [`telemetry`], [`loadgen`]: cross-cutting pieces, each documented in its own module.
 
 pub mod admission;
 pub mod auth;

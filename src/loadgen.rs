@@ -465,29 +465,7 @@ pub async fn run(args: Args) -> Result<Value, LoadgenError> {
         Some(b) => serde_json::from_str(b).map_err(LoadgenError::Body)?,
         None => json!({"inputs": ["$SENTENCE"]}),
     };
-    let mut default_headers = reqwest::header::HeaderMap::new();
-    for h in &args.headers {
-        let bad = || LoadgenError::Usage(format!("--header {h:?}: give NAME: VALUE"));
-        let (k, v) = h.split_once(':').ok_or_else(bad)?;
-        default_headers.insert(
-            reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| bad())?,
-            reqwest::header::HeaderValue::from_str(v.trim()).map_err(|_| bad())?,
-        );
-    }
-    let client = reqwest::Client::builder()
-        .default_headers(default_headers)
-        .pool_max_idle_per_host(if args.fresh_connections {
-            0
-        } else {
-            concurrency
-        })
-        // Below the servers' keep-alive (uvicorn's is 5 s): a connection the server is about to
-        // close is not reused, so no request is lost to that race.
-        .pool_idle_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .timeout(Duration::from_secs_f64(args.timeout.max(0.001)))
-        .build()
-        .map_err(|e| LoadgenError::Client(e.to_string()))?;
+    let client = client(&args, concurrency)?;
     let next = Arc::new(AtomicUsize::new(args.seed));
     let load = Load {
         client,
@@ -501,22 +479,71 @@ pub async fn run(args: Args) -> Result<Value, LoadgenError> {
     let args = load.args.clone();
 
     // Warm-up: the same load, not counted.
-    let mut warmup_errors = 0usize;
+    let warmup_errors = warm_up(&load).await;
+    let (samples, elapsed) = measure(&load).await;
+    Ok(report(
+        &args,
+        &url,
+        concurrency,
+        &samples,
+        elapsed,
+        warmup_errors,
+    ))
+}
+
+/// The HTTP client of a load: `--header`s sent with every request, a connection per worker
+/// kept alive (none with `--fresh-connections`), and the request timeout.
+fn client(args: &Args, concurrency: usize) -> Result<reqwest::Client, LoadgenError> {
+    let mut default_headers = reqwest::header::HeaderMap::new();
+    for h in &args.headers {
+        let bad = || LoadgenError::Usage(format!("--header {h:?}: give NAME: VALUE"));
+        let (k, v) = h.split_once(':').ok_or_else(bad)?;
+        default_headers.insert(
+            reqwest::header::HeaderName::from_bytes(k.trim().as_bytes()).map_err(|_| bad())?,
+            reqwest::header::HeaderValue::from_str(v.trim()).map_err(|_| bad())?,
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(default_headers)
+        .pool_max_idle_per_host(if args.fresh_connections {
+            0
+        } else {
+            concurrency
+        })
+        // Below the servers' keep-alive (uvicorn's is 5 s): a connection the server is about to
+        // close is not reused, so no request is lost to that race.
+        .pool_idle_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .timeout(Duration::from_secs_f64(args.timeout.max(0.001)))
+        .build()
+        .map_err(|e| LoadgenError::Client(e.to_string()))
+}
+
+/// The warm-up phase (`--warmup` seconds and / or `--warmup-requests`): the same load, not
+/// counted. Answers how many of its requests failed.
+async fn warm_up(load: &Load) -> usize {
+    let args = &load.args;
     if args.warmup > 0.0 || args.warmup_requests > 0 {
         let until =
             (args.warmup > 0.0).then(|| Instant::now() + Duration::from_secs_f64(args.warmup));
         let total = (args.warmup_requests > 0).then_some(args.warmup_requests);
-        let (w, _) = phase(&load, total, until).await;
-        warmup_errors = w
+        let (w, _) = phase(load, total, until).await;
+        return w
             .iter()
             .filter(|(s, _)| s.status != 200 || s.error.is_some())
             .count();
     }
+    0
+}
 
+/// The measured phase, with a progress bar: its samples (each with its input count) and the
+/// seconds it took.
+async fn measure(load: &Load) -> (Vec<(Sample, usize)>, f64) {
+    let (args, concurrency) = (&load.args, load.concurrency);
     let until = args
         .duration
         .map(|d| Instant::now() + Duration::from_secs_f64(d));
-    let bar = progress(&args, &format!("c={concurrency}"));
+    let bar = progress(args, &format!("c={concurrency}"));
     let ticker = {
         let (bar, done, started) = (bar.clone(), load.done.clone(), Instant::now());
         let by_time = args.requests.is_none();
@@ -533,10 +560,21 @@ pub async fn run(args: Args) -> Result<Value, LoadgenError> {
             }
         })
     };
-    let (samples, elapsed) = phase(&load, args.requests, until).await;
+    let measured = phase(load, args.requests, until).await;
     ticker.abort();
     bar.finish_and_clear();
+    measured
+}
 
+/// The summary of the measured samples.
+fn report(
+    args: &Args,
+    url: &str,
+    concurrency: usize,
+    samples: &[(Sample, usize)],
+    elapsed: f64,
+    warmup_errors: usize,
+) -> Value {
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let mut first_error: Option<String> = None;
     let mut batches: BTreeMap<u64, usize> = BTreeMap::new();
@@ -545,7 +583,7 @@ pub async fn run(args: Args) -> Result<Value, LoadgenError> {
     let (mut ok, mut inputs, mut tokens, mut short) = (0usize, 0usize, 0u64, 0usize);
     let mut cache_hits = 0usize;
     let mut prompt_tokens: Vec<f64> = vec![];
-    for (s, n_inputs) in &samples {
+    for (s, n_inputs) in samples {
         if s.status != 200 || s.error.is_some() {
             *errors.entry(s.status.to_string()).or_default() += 1;
             if first_error.is_none() {
@@ -590,7 +628,7 @@ pub async fn run(args: Args) -> Result<Value, LoadgenError> {
             / batched as f64
     });
     let latency = summary(lat);
-    Ok(json!({
+    json!({
             "label": args.label, "url": url, "stream": args.stream,
             "concurrency": concurrency, "requests": samples.len(), "ok": ok,
             "errors": errors, "first_error": first_error, "warmup_errors": warmup_errors,
@@ -607,7 +645,7 @@ pub async fn run(args: Args) -> Result<Value, LoadgenError> {
             "prompt_tokens": summary(prompt_tokens),
             "queue_ms": summary(queue),
             "mean_batch_size": mean_batch, "batch_sizes": batches,
-    }))
+    })
 }
 
 /// The summary as a few lines for people (`anya bench` prints it before the JSON).

@@ -241,15 +241,7 @@ async fn sync_version(
     {
         return Ok(VersionOutcome::Ready);
     }
-    // Every object of the version as listed (key, size, tag), sorted.
-    let version_prefix = format!("{id}/{version}/");
-    let mut objects: Vec<String> = listing
-        .iter()
-        .filter(|(k, _)| k.starts_with(&version_prefix))
-        .map(|(k, (size, tag))| format!("{k} {size} {tag}"))
-        .collect();
-    objects.sort();
-    let version_tag = objects.join("\n");
+    let version_tag = version_tag(listing, id, version);
     let failed_marker = dir.join(FAILED_MARKER);
     if let Ok(text) = tokio::fs::read_to_string(&failed_marker).await {
         if let Some((tag, reason)) = text.split_once("\n\n") {
@@ -258,46 +250,116 @@ async fn sync_version(
             }
         }
     }
-    let manifest_bytes = store
-        .get(&key(prefix, &manifest_rel))
+    let manifest_bytes = get_manifest(store, prefix, &manifest_rel).await?;
+    report.downloaded += 1;
+    report.downloaded_bytes += manifest_bytes.len() as u64;
+    let manifest = match check_manifest(&manifest_bytes, &manifest_rel, &dir, listing, id, version)?
+    {
+        Ok(m) => m,
+        Err(why) => return Ok(VersionOutcome::Skipped(why)),
+    };
+    remove_partials(&dir);
+    tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+    let mismatches = fetch_files(store, prefix, &dir, id, version, &manifest, report).await?;
+    // The manifest last: the scan sees the version only once its files are in place.
+    write_atomically(&dir.join(MANIFEST_FILE), &manifest_bytes).await?;
+    if mismatches.is_empty() {
+        let _ = tokio::fs::remove_file(&failed_marker).await;
+        write_atomically(&marker, manifest_tag.as_bytes()).await?;
+        Ok(VersionOutcome::Ready)
+    } else {
+        let _ = tokio::fs::remove_file(&marker).await;
+        let reason = mismatches.join("; ");
+        write_atomically(
+            &failed_marker,
+            format!("{version_tag}\n\n{reason}").as_bytes(),
+        )
+        .await?;
+        Ok(VersionOutcome::Failed(reason))
+    }
+}
+
+/// The version's objects as listed, one `key size tag` line each, sorted: what its failed
+/// marker was written for.
+fn version_tag(listing: &HashMap<String, (u64, String)>, id: &str, version: &str) -> String {
+    let version_prefix = format!("{id}/{version}/");
+    let mut objects: Vec<String> = listing
+        .iter()
+        .filter(|(k, _)| k.starts_with(&version_prefix))
+        .map(|(k, (size, tag))| format!("{k} {size} {tag}"))
+        .collect();
+    objects.sort();
+    objects.join("\n")
+}
+
+/// The bytes of the version's manifest (`manifest_rel`, under `prefix`).
+async fn get_manifest(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    manifest_rel: &str,
+) -> Result<axum::body::Bytes, ObjStoreError> {
+    store
+        .get(&key(prefix, manifest_rel))
         .await
         .map_err(|source| ObjStoreError::Store {
-            url: manifest_rel.clone(),
+            url: manifest_rel.to_string(),
             source,
         })?
         .bytes()
         .await
         .map_err(|source| ObjStoreError::Store {
-            url: manifest_rel.clone(),
+            url: manifest_rel.to_string(),
             source,
-        })?;
-    report.downloaded += 1;
-    report.downloaded_bytes += manifest_bytes.len() as u64;
-    let text = String::from_utf8_lossy(&manifest_bytes);
+        })
+}
+
+/// The manifest parsed and checked: valid, naming `id@version`, with every file in the listing
+/// and inside the version's folder. `Ok(Err(why))` when the version is skipped for now.
+fn check_manifest(
+    manifest_bytes: &[u8],
+    manifest_rel: &str,
+    dir: &Path,
+    listing: &HashMap<String, (u64, String)>,
+    id: &str,
+    version: &str,
+) -> Result<Result<Manifest, String>, ObjStoreError> {
+    let text = String::from_utf8_lossy(manifest_bytes);
     let manifest: Manifest = match serde_yaml::from_str(&text) {
         Ok(m) => m,
-        Err(e) => return Ok(VersionOutcome::Skipped(format!("{manifest_rel}: {e}"))),
+        Err(e) => return Ok(Err(format!("{manifest_rel}: {e}"))),
     };
     if let Err(e) = manifest.check() {
-        return Ok(VersionOutcome::Skipped(format!("{manifest_rel}: {e}")));
+        return Ok(Err(format!("{manifest_rel}: {e}")));
     }
     if manifest.id != id || manifest.version.to_string() != version {
-        return Ok(VersionOutcome::Skipped(format!(
+        return Ok(Err(format!(
             "{manifest_rel} names {}@{}",
             manifest.id, manifest.version
         )));
     }
     for f in &manifest.files {
-        safe_join(&dir, &f.path)?;
+        safe_join(dir, &f.path)?;
         if !listing.contains_key(&format!("{id}/{version}/{}", f.path)) {
-            return Ok(VersionOutcome::Skipped(format!(
+            return Ok(Err(format!(
                 "`{}` is listed in the manifest but not in the bucket yet",
                 f.path
             )));
         }
     }
-    remove_partials(&dir);
-    tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+    Ok(Ok(manifest))
+}
+
+/// Download the manifest's files into `dir` (those already there with the right hash are
+/// kept), counting them in `report`; answers the hash mismatches.
+async fn fetch_files(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    dir: &Path,
+    id: &str,
+    version: &str,
+    manifest: &Manifest,
+    report: &mut SyncReport,
+) -> Result<Vec<String>, ObjStoreError> {
     // Owned values only: the downloads run inside spawned tasks (repository polling).
     let jobs: Vec<(object_store::path::Path, String, String)> = manifest
         .files
@@ -309,7 +371,7 @@ async fn sync_version(
         .collect();
     let results: Vec<Result<FileOutcome, ObjStoreError>> =
         futures::stream::iter(jobs.into_iter().map(|(object, path, sha)| {
-            let dir = dir.clone();
+            let dir = dir.to_path_buf();
             async move { fetch_file(store, &object, &dir, &path, &sha).await }
         }))
         .buffer_unordered(PARALLEL_DOWNLOADS)
@@ -330,22 +392,7 @@ async fn sync_version(
             }
         }
     }
-    // The manifest last: the scan sees the version only once its files are in place.
-    write_atomically(&dir.join(MANIFEST_FILE), &manifest_bytes).await?;
-    if mismatches.is_empty() {
-        let _ = tokio::fs::remove_file(&failed_marker).await;
-        write_atomically(&marker, manifest_tag.as_bytes()).await?;
-        Ok(VersionOutcome::Ready)
-    } else {
-        let _ = tokio::fs::remove_file(&marker).await;
-        let reason = mismatches.join("; ");
-        write_atomically(
-            &failed_marker,
-            format!("{version_tag}\n\n{reason}").as_bytes(),
-        )
-        .await?;
-        Ok(VersionOutcome::Failed(reason))
-    }
+    Ok(mismatches)
 }
 
 /// Remove temporary files a killed process left in `dir` (one sync per cache at a time).

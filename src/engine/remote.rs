@@ -292,6 +292,23 @@ impl RemoteModel {
         tx: &mpsc::Sender<Event>,
     ) -> Result<(Generation, usize, usize, u32), EngineError> {
         let started = Instant::now();
+        let (path, body) = self.completion_body(prompt, params, stream);
+        let (resp, attempts) = self.send(path, &body, deadline).await?;
+        if !stream {
+            return self.read_generation(resp, attempts, started).await;
+        }
+        self.relay_generation(index, resp, attempts, started, deadline, tx)
+            .await
+    }
+
+    /// The provider's path (`completions` or `chat/completions`) and request body for one
+    /// prompt.
+    fn completion_body(
+        &self,
+        prompt: &Prompt,
+        params: &GenParams,
+        stream: bool,
+    ) -> (&'static str, Value) {
         let mut body = Map::new();
         body.insert("model".into(), self.spec.model.clone().into());
         let path = match prompt {
@@ -320,32 +337,51 @@ impl RemoteModel {
             body.insert("stream".into(), true.into());
             body.insert("stream_options".into(), json!({"include_usage": true}));
         }
-        let body = Value::Object(body);
-        let (resp, attempts) = self.send(path, &body, deadline).await?;
-        if !stream {
-            let v = self.read_json(resp, attempts).await?;
-            let choice = v
-                .get("choices")
-                .and_then(|c| c.get(0))
-                .ok_or_else(|| self.bad_answer("no choices".into(), attempts))?;
-            let text = choice_text(choice).unwrap_or_default().to_string();
-            let elapsed = started.elapsed().as_secs_f64();
-            let g = Generation {
-                text,
-                tokens: Vec::new(),
-                finish_reason: finish_reason(choice.get("finish_reason")),
-                time_to_first_token: elapsed,
-                duration: elapsed,
-                logprobs: Vec::new(),
-                counted_tokens: usage(&v, "completion_tokens"),
-            };
-            return Ok((
-                g,
-                usage(&v, "prompt_tokens"),
-                usage(&v, "completion_tokens"),
-                attempts,
-            ));
-        }
+        (path, Value::Object(body))
+    }
+
+    /// A whole (not streamed) answer: its generation, prompt and completion tokens.
+    async fn read_generation(
+        &self,
+        resp: reqwest::Response,
+        attempts: u32,
+        started: Instant,
+    ) -> Result<(Generation, usize, usize, u32), EngineError> {
+        let v = self.read_json(resp, attempts).await?;
+        let choice = v
+            .get("choices")
+            .and_then(|c| c.get(0))
+            .ok_or_else(|| self.bad_answer("no choices".into(), attempts))?;
+        let text = choice_text(choice).unwrap_or_default().to_string();
+        let elapsed = started.elapsed().as_secs_f64();
+        let g = Generation {
+            text,
+            tokens: Vec::new(),
+            finish_reason: finish_reason(choice.get("finish_reason")),
+            time_to_first_token: elapsed,
+            duration: elapsed,
+            logprobs: Vec::new(),
+            counted_tokens: usage(&v, "completion_tokens"),
+        };
+        Ok((
+            g,
+            usage(&v, "prompt_tokens"),
+            usage(&v, "completion_tokens"),
+            attempts,
+        ))
+    }
+
+    /// A streamed answer: each delta relayed to `tx` as it arrives; the generation, prompt and
+    /// completion tokens once the stream ends.
+    async fn relay_generation(
+        &self,
+        index: usize,
+        resp: reqwest::Response,
+        attempts: u32,
+        started: Instant,
+        deadline: Instant,
+        tx: &mpsc::Sender<Event>,
+    ) -> Result<(Generation, usize, usize, u32), EngineError> {
         // Server-sent events: relay each delta as it arrives.
         let mut text = String::new();
         let mut finish = FinishReason::Length;

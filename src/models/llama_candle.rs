@@ -75,6 +75,53 @@ fn load_err(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Load(format!("{}: {e}", path.display()))
 }
 
+/// A norm's weights as a flat f32 vector.
+fn f32_vec(path: &Path, t: Tensor, name: &str) -> Result<Tensor, ModelError> {
+    t.to_dtype(DType::F32)
+        .and_then(|t| t.flatten_all())
+        .map_err(|e| load_err(path, format!("{name}: {e}")))
+}
+
+/// Every layer's weights, read with `dense` (q, k and v stacked; gate and up stacked) and
+/// checked against the model's shape.
+fn read_layers(
+    path: &Path,
+    cfg: &Config,
+    dense: &mut impl FnMut(&str) -> Result<Tensor, ModelError>,
+) -> Result<Vec<Layer>, ModelError> {
+    let cat = |ts: &[Tensor]| Tensor::cat(ts, 0).map_err(|e| load_err(path, e));
+    let mut layers = Vec::with_capacity(cfg.layers);
+    let (dim, kv_dim) = (cfg.dim, cfg.kv_heads * cfg.head_dim);
+    for l in 0..cfg.layers {
+        let p = format!("blk.{l}.");
+        let mut m = |n: &str| dense(&format!("{p}{n}.weight"));
+        let attn_norm = f32_vec(path, m("attn_norm")?, "attn_norm")?;
+        let ffn_norm = f32_vec(path, m("ffn_norm")?, "ffn_norm")?;
+        let wqkv = cat(&[m("attn_q")?, m("attn_k")?, m("attn_v")?])?;
+        let wo = m("attn_output")?;
+        let w13 = cat(&[m("ffn_gate")?, m("ffn_up")?])?;
+        let w2 = m("ffn_down")?;
+        let shapes_ok = wqkv.dims() == [dim + 2 * kv_dim, dim]
+            && wo.dims() == [dim, dim]
+            && w13.dims() == [2 * cfg.ffn, dim]
+            && w2.dims() == [dim, cfg.ffn]
+            && attn_norm.dims() == [dim]
+            && ffn_norm.dims() == [dim];
+        if !shapes_ok {
+            return Err(load_err(path, format!("layer {l}: unexpected shapes")));
+        }
+        layers.push(Layer {
+            attn_norm,
+            wqkv,
+            wo,
+            ffn_norm,
+            w13,
+            w2,
+        });
+    }
+    Ok(layers)
+}
+
 impl CandleLlama {
     /// The weight type for a device: f16 on GPUs, f32 on the CPU.
     pub fn dtype_for(device: &Device) -> DType {
@@ -155,42 +202,8 @@ impl CandleLlama {
                 .unwrap_or(2048),
             vocab,
         };
-        let f32_vec = |t: Tensor, name: &str| -> Result<Tensor, ModelError> {
-            t.to_dtype(DType::F32)
-                .and_then(|t| t.flatten_all())
-                .map_err(|e| load_err(path, format!("{name}: {e}")))
-        };
-        let out_norm = f32_vec(dense("output_norm.weight")?, "output_norm")?;
-        let cat = |ts: &[Tensor]| Tensor::cat(ts, 0).map_err(|e| load_err(path, e));
-        let mut layers = Vec::with_capacity(cfg.layers);
-        let kv_dim = kv_heads * head_dim;
-        for l in 0..cfg.layers {
-            let p = format!("blk.{l}.");
-            let mut m = |n: &str| dense(&format!("{p}{n}.weight"));
-            let attn_norm = f32_vec(m("attn_norm")?, "attn_norm")?;
-            let ffn_norm = f32_vec(m("ffn_norm")?, "ffn_norm")?;
-            let wqkv = cat(&[m("attn_q")?, m("attn_k")?, m("attn_v")?])?;
-            let wo = m("attn_output")?;
-            let w13 = cat(&[m("ffn_gate")?, m("ffn_up")?])?;
-            let w2 = m("ffn_down")?;
-            let shapes_ok = wqkv.dims() == [dim + 2 * kv_dim, dim]
-                && wo.dims() == [dim, dim]
-                && w13.dims() == [2 * cfg.ffn, dim]
-                && w2.dims() == [dim, cfg.ffn]
-                && attn_norm.dims() == [dim]
-                && ffn_norm.dims() == [dim];
-            if !shapes_ok {
-                return Err(load_err(path, format!("layer {l}: unexpected shapes")));
-            }
-            layers.push(Layer {
-                attn_norm,
-                wqkv,
-                wo,
-                ffn_norm,
-                w13,
-                w2,
-            });
-        }
+        let out_norm = f32_vec(path, dense("output_norm.weight")?, "output_norm")?;
+        let layers = read_layers(path, &cfg, &mut dense)?;
         if embed.dims() != [vocab, dim]
             || output.as_ref().is_some_and(|o| o.dims() != [vocab, dim])
             || out_norm.dims() != [dim]

@@ -167,133 +167,10 @@ pub fn load(
     dir: &Path,
     device: &Device,
 ) -> Result<(Backend, Frontend), ModelError> {
-    let path = |rel: &Option<String>, what: &str| -> Result<std::path::PathBuf, ModelError> {
-        let rel = rel
-            .as_ref()
-            .ok_or_else(|| ModelError::Load(format!("the manifest names no {what}")))?;
-        manifest
-            .path_of(dir, rel)
-            .map_err(|e| ModelError::Load(e.to_string()))
-    };
-    let device_name = device::describe(device);
     match (manifest.task, manifest.format) {
-        (Task::Embedding, Format::Safetensors) => {
-            let codec = TextCodec::from_file(
-                &path(&manifest.tokenizer, "tokenizer")?,
-                true,
-                manifest.max_input_length,
-            )?;
-            let pooling = match &manifest.pooling_config {
-                Some(_) => {
-                    bert::Pooling::from_file(&path(&manifest.pooling_config, "pooling config")?)?
-                }
-                None => bert::Pooling::Mean,
-            };
-            let model = bert::BertEmbedder::load(
-                &path(&manifest.weights, "weights")?,
-                &path(&manifest.config, "config")?,
-                pooling,
-                manifest.normalize,
-                device,
-            )?;
-            let dims = model.dimensions();
-            Ok((
-                Backend::Embedding(Box::new(model)),
-                Frontend {
-                    task: Task::Embedding,
-                    codec: Some(codec),
-                    chat_template: None,
-                    dimensions: Some(dims),
-                    eos_token_ids: vec![],
-                    context_length: None,
-                    device: device_name,
-                    classes: None,
-                },
-            ))
-        }
-        (Task::Classification, Format::Safetensors) => {
-            // The classifier runs on the CPU encoder whatever the device setting says.
-            if !device.is_cpu() {
-                tracing::warn!(model = %manifest.id, "classification models run on the CPU");
-            }
-            let codec = TextCodec::from_file(
-                &path(&manifest.tokenizer, "tokenizer")?,
-                true,
-                manifest.max_input_length,
-            )?;
-            let (model, classes): (Box<dyn Embedder>, _) = match &manifest.head {
-                // A trained head on an embedding model's vectors.
-                Some(head) => {
-                    let pooling = match &manifest.pooling_config {
-                        Some(_) => bert::Pooling::from_file(&path(
-                            &manifest.pooling_config,
-                            "pooling config",
-                        )?)?,
-                        None => bert::Pooling::Mean,
-                    };
-                    let base = bert::BertEmbedder::load(
-                        &path(&manifest.weights, "weights")?,
-                        &path(&manifest.config, "config")?,
-                        pooling,
-                        manifest.normalize,
-                        &Device::Cpu,
-                    )?;
-                    let m = classify::HeadClassifier::new(
-                        base,
-                        &path(&Some(head.weights.clone()), "head weights")?,
-                        head.classes.clone(),
-                    )?;
-                    let info = m.info().clone();
-                    (Box::new(m), info)
-                }
-                None => {
-                    let m = classify::BertClassifier::load(
-                        &path(&manifest.weights, "weights")?,
-                        &path(&manifest.config, "config")?,
-                    )?;
-                    let info = m.info().clone();
-                    (Box::new(m), info)
-                }
-            };
-            Ok((
-                Backend::Embedding(model),
-                Frontend {
-                    task: Task::Classification,
-                    codec: Some(codec),
-                    chat_template: None,
-                    dimensions: Some(classes.labels.len()),
-                    eos_token_ids: vec![],
-                    context_length: None,
-                    device: "cpu".into(),
-                    classes: Some(classes),
-                },
-            ))
-        }
-        (Task::TextGeneration, Format::Gguf) => {
-            let tokenizer = match &manifest.tokenizer {
-                Some(_) => Some(path(&manifest.tokenizer, "tokenizer")?),
-                None => None,
-            };
-            let loaded = llama::GgufLlama::load(
-                &path(&manifest.weights, "weights")?,
-                tokenizer.as_deref(),
-                manifest.max_input_length,
-                device,
-                manifest.batching.max_batch_size,
-                compute_threads(),
-            )?;
-            let frontend = Frontend {
-                task: Task::TextGeneration,
-                codec: Some(loaded.codec),
-                chat_template: loaded.chat_template,
-                dimensions: None,
-                eos_token_ids: loaded.eos_token_ids,
-                context_length: Some(loaded.model.context_length()),
-                device: device_name,
-                classes: None,
-            };
-            Ok((Backend::Generation(loaded.model), frontend))
-        }
+        (Task::Embedding, Format::Safetensors) => load_embedder(manifest, dir, device),
+        (Task::Classification, Format::Safetensors) => load_classifier(manifest, dir, device),
+        (Task::TextGeneration, Format::Gguf) => load_generator(manifest, dir, device),
         (Task::Echo, _) => Ok((
             Backend::Echo,
             Frontend {
@@ -312,4 +189,166 @@ pub fn load(
             task.as_str()
         ))),
     }
+}
+
+/// The file the manifest names in `rel` (a `what`), inside the version's folder.
+fn manifest_path(
+    manifest: &Manifest,
+    dir: &Path,
+    rel: &Option<String>,
+    what: &str,
+) -> Result<std::path::PathBuf, ModelError> {
+    let rel = rel
+        .as_ref()
+        .ok_or_else(|| ModelError::Load(format!("the manifest names no {what}")))?;
+    manifest
+        .path_of(dir, rel)
+        .map_err(|e| ModelError::Load(e.to_string()))
+}
+
+/// An embedding model (safetensors BERT) on `device`.
+fn load_embedder(
+    manifest: &Manifest,
+    dir: &Path,
+    device: &Device,
+) -> Result<(Backend, Frontend), ModelError> {
+    let device_name = device::describe(device);
+    let codec = TextCodec::from_file(
+        &manifest_path(manifest, dir, &manifest.tokenizer, "tokenizer")?,
+        true,
+        manifest.max_input_length,
+    )?;
+    let pooling = match &manifest.pooling_config {
+        Some(_) => bert::Pooling::from_file(&manifest_path(
+            manifest,
+            dir,
+            &manifest.pooling_config,
+            "pooling config",
+        )?)?,
+        None => bert::Pooling::Mean,
+    };
+    let model = bert::BertEmbedder::load(
+        &manifest_path(manifest, dir, &manifest.weights, "weights")?,
+        &manifest_path(manifest, dir, &manifest.config, "config")?,
+        pooling,
+        manifest.normalize,
+        device,
+    )?;
+    let dims = model.dimensions();
+    Ok((
+        Backend::Embedding(Box::new(model)),
+        Frontend {
+            task: Task::Embedding,
+            codec: Some(codec),
+            chat_template: None,
+            dimensions: Some(dims),
+            eos_token_ids: vec![],
+            context_length: None,
+            device: device_name,
+            classes: None,
+        },
+    ))
+}
+
+/// A classifier (a BERT classifier, or a trained head on an embedding model), on the CPU.
+fn load_classifier(
+    manifest: &Manifest,
+    dir: &Path,
+    device: &Device,
+) -> Result<(Backend, Frontend), ModelError> {
+    // The classifier runs on the CPU encoder whatever the device setting says.
+    if !device.is_cpu() {
+        tracing::warn!(model = %manifest.id, "classification models run on the CPU");
+    }
+    let codec = TextCodec::from_file(
+        &manifest_path(manifest, dir, &manifest.tokenizer, "tokenizer")?,
+        true,
+        manifest.max_input_length,
+    )?;
+    let (model, classes): (Box<dyn Embedder>, _) = match &manifest.head {
+        // A trained head on an embedding model's vectors.
+        Some(head) => {
+            let pooling = match &manifest.pooling_config {
+                Some(_) => bert::Pooling::from_file(&manifest_path(
+                    manifest,
+                    dir,
+                    &manifest.pooling_config,
+                    "pooling config",
+                )?)?,
+                None => bert::Pooling::Mean,
+            };
+            let base = bert::BertEmbedder::load(
+                &manifest_path(manifest, dir, &manifest.weights, "weights")?,
+                &manifest_path(manifest, dir, &manifest.config, "config")?,
+                pooling,
+                manifest.normalize,
+                &Device::Cpu,
+            )?;
+            let m = classify::HeadClassifier::new(
+                base,
+                &manifest_path(manifest, dir, &Some(head.weights.clone()), "head weights")?,
+                head.classes.clone(),
+            )?;
+            let info = m.info().clone();
+            (Box::new(m), info)
+        }
+        None => {
+            let m = classify::BertClassifier::load(
+                &manifest_path(manifest, dir, &manifest.weights, "weights")?,
+                &manifest_path(manifest, dir, &manifest.config, "config")?,
+            )?;
+            let info = m.info().clone();
+            (Box::new(m), info)
+        }
+    };
+    Ok((
+        Backend::Embedding(model),
+        Frontend {
+            task: Task::Classification,
+            codec: Some(codec),
+            chat_template: None,
+            dimensions: Some(classes.labels.len()),
+            eos_token_ids: vec![],
+            context_length: None,
+            device: "cpu".into(),
+            classes: Some(classes),
+        },
+    ))
+}
+
+/// A text generation model (GGUF llama) on `device`.
+fn load_generator(
+    manifest: &Manifest,
+    dir: &Path,
+    device: &Device,
+) -> Result<(Backend, Frontend), ModelError> {
+    let device_name = device::describe(device);
+    let tokenizer = match &manifest.tokenizer {
+        Some(_) => Some(manifest_path(
+            manifest,
+            dir,
+            &manifest.tokenizer,
+            "tokenizer",
+        )?),
+        None => None,
+    };
+    let loaded = llama::GgufLlama::load(
+        &manifest_path(manifest, dir, &manifest.weights, "weights")?,
+        tokenizer.as_deref(),
+        manifest.max_input_length,
+        device,
+        manifest.batching.max_batch_size,
+        compute_threads(),
+    )?;
+    let frontend = Frontend {
+        task: Task::TextGeneration,
+        codec: Some(loaded.codec),
+        chat_template: loaded.chat_template,
+        dimensions: None,
+        eos_token_ids: loaded.eos_token_ids,
+        context_length: Some(loaded.model.context_length()),
+        device: device_name,
+        classes: None,
+    };
+    Ok((Backend::Generation(loaded.model), frontend))
 }

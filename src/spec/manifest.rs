@@ -472,8 +472,19 @@ impl Manifest {
         serde_yaml::to_string(self).unwrap_or_default()
     }
 
-    /// Internal consistency: ids, paths, referenced files listed, parameters sane.
+    /// Internal consistency: ids, paths, referenced files listed, parameters sane (checked in
+    /// this order; the first problem is the error).
     pub fn check(&self) -> Result<(), String> {
+        self.check_ids_and_limits()?;
+        self.check_files()?;
+        self.check_remote_and_fallbacks()?;
+        self.check_task_format()?;
+        self.check_pricing_and_parameters()?;
+        Ok(())
+    }
+
+    /// The id, the input limits and the batching sizes.
+    fn check_ids_and_limits(&self) -> Result<(), String> {
         if !is_valid_id(&self.id) {
             return Err(format!(
                 "id `{}` must be letters, digits, `.`, `_` or `-`, starting with a letter or digit",
@@ -493,6 +504,11 @@ impl Manifest {
                     .into(),
             );
         }
+        Ok(())
+    }
+
+    /// Every file's path and sha256, and every file the manifest refers to listed.
+    fn check_files(&self) -> Result<(), String> {
         for f in &self.files {
             safe_join(Path::new("."), &f.path).map_err(|e| e.to_string())?;
             if f.sha256.len() != 64 || !f.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
@@ -513,6 +529,11 @@ impl Manifest {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A remote model's provider, the fallbacks and the circuit breaker.
+    fn check_remote_and_fallbacks(&self) -> Result<(), String> {
         if let Some(p) = &self.provider {
             if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
                 return Err("provider.base_url must start with http:// or https://".into());
@@ -541,6 +562,11 @@ impl Manifest {
         if let Some(b) = &self.breaker {
             b.check()?;
         }
+        Ok(())
+    }
+
+    /// The task and format go together, with the files each needs.
+    fn check_task_format(&self) -> Result<(), String> {
         match (self.task, self.format) {
             (Task::Embedding | Task::TextGeneration, Format::None) if self.provider.is_some() => {}
             (Task::Embedding, Format::Safetensors) => {
@@ -578,6 +604,11 @@ impl Manifest {
                 ))
             }
         }
+        Ok(())
+    }
+
+    /// Prices, and the parameters (each once, min at most max).
+    fn check_pricing_and_parameters(&self) -> Result<(), String> {
         if let Some(p) = &self.pricing {
             let prices = [p.per_1k_input_tokens, p.per_1k_output_tokens, p.per_request];
             if prices.iter().any(|x| !x.is_finite() || *x < 0.0) {

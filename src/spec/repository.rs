@@ -147,36 +147,128 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
     };
     let meta = std::fs::metadata(path).map_err(io)?;
     if meta.is_file() && path.extension().is_some_and(|e| e == "gguf") {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf();
-        let name = file_name(path);
+        return gguf_source(path);
+    }
+    if meta.is_dir() {
+        if let Some(source) = safetensors_source(path)? {
+            return Ok(source);
+        }
+    }
+    Err(RepositoryError::UnrecognisedPath(path.to_path_buf()))
+}
+
+/// A `.gguf` file as a text generation model.
+fn gguf_source(path: &Path) -> Result<ModelSource, RepositoryError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let name = file_name(path);
+    let manifest = Manifest {
+        id: derive_id(path.file_stem().map(|s| s.to_string_lossy().into_owned())),
+        version: semver::Version::new(1, 0, 0),
+        default: true,
+        task: Task::TextGeneration,
+        format: Format::Gguf,
+        description: Some(format!("{name} (manifest generated from the path)")),
+        license: None,
+        weights: Some(name.clone()),
+        config: None,
+        tokenizer: None,
+        pooling_config: None,
+        normalize: true,
+        max_input_length: 2048,
+        max_inputs: 8,
+        parameters: generation_parameters(),
+        batching: BatchingConfig {
+            max_batch_size: 8,
+            max_batch_tokens: 512,
+            max_queue_delay_ms: 0,
+            queue_capacity: 64,
+        },
+        device: None,
+        files: vec![hash_entry(&dir, &name)?],
+        pricing: None,
+        signature: None,
+        labels: Default::default(),
+        provider: None,
+        fallbacks: vec![],
+        breaker: None,
+        head: None,
+        drift: None,
+    };
+    Ok(ModelSource { dir, manifest })
+}
+
+/// A folder with `*.safetensors` weights, `config.json` and `tokenizer.json` as an embedding
+/// model (a classifier when its config names a `…ForSequenceClassification` architecture);
+/// `None` for another folder.
+fn safetensors_source(path: &Path) -> Result<Option<ModelSource>, RepositoryError> {
+    let io = |source| RepositoryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let weights = std::fs::read_dir(path)
+        .map_err(io)?
+        .filter_map(|e| e.ok())
+        .map(|e| file_name(&e.path()))
+        .filter(|n| n.ends_with(".safetensors"))
+        .min();
+    let has = |f: &str| path.join(f).is_file();
+    if let (Some(weights), true, true) = (weights, has("config.json"), has("tokenizer.json")) {
+        let pooling = has("1_Pooling/config.json").then(|| "1_Pooling/config.json".to_string());
+        let mut files = vec![
+            hash_entry(path, "config.json")?,
+            hash_entry(path, &weights)?,
+            hash_entry(path, "tokenizer.json")?,
+        ];
+        if let Some(p) = &pooling {
+            files.push(hash_entry(path, p)?);
+        }
+        let canonical = path.canonicalize().map_err(io)?;
+        // `BertForSequenceClassification` and kin serve as classifiers.
+        let classifier = std::fs::read_to_string(path.join("config.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v.get("architectures").cloned())
+            .and_then(|a| a.as_array().cloned())
+            .is_some_and(|a| {
+                a.iter().any(|x| {
+                    x.as_str()
+                        .is_some_and(|x| x.ends_with("ForSequenceClassification"))
+                })
+            });
         let manifest = Manifest {
-            id: derive_id(path.file_stem().map(|s| s.to_string_lossy().into_owned())),
+            id: derive_id(
+                canonical
+                    .file_name()
+                    .map(|s| s.to_string_lossy().into_owned()),
+            ),
             version: semver::Version::new(1, 0, 0),
             default: true,
-            task: Task::TextGeneration,
-            format: Format::Gguf,
-            description: Some(format!("{name} (manifest generated from the path)")),
-            license: None,
-            weights: Some(name.clone()),
-            config: None,
-            tokenizer: None,
-            pooling_config: None,
-            normalize: true,
-            max_input_length: 2048,
-            max_inputs: 8,
-            parameters: generation_parameters(),
-            batching: BatchingConfig {
-                max_batch_size: 8,
-                max_batch_tokens: 512,
-                max_queue_delay_ms: 0,
-                queue_capacity: 64,
+            task: if classifier {
+                Task::Classification
+            } else {
+                Task::Embedding
             },
+            format: Format::Safetensors,
+            description: Some(format!(
+                "{} (manifest generated from the path)",
+                path.display()
+            )),
+            license: None,
+            weights: Some(weights),
+            config: Some("config.json".into()),
+            tokenizer: Some("tokenizer.json".into()),
+            pooling_config: pooling,
+            normalize: true,
+            max_input_length: 512,
+            max_inputs: 256,
+            parameters: embedding_parameters(),
+            batching: BatchingConfig::default(),
             device: None,
-            files: vec![hash_entry(&dir, &name)?],
+            files,
             pricing: None,
             signature: None,
             labels: Default::default(),
@@ -186,85 +278,12 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
             head: None,
             drift: None,
         };
-        return Ok(ModelSource { dir, manifest });
+        return Ok(Some(ModelSource {
+            dir: path.to_path_buf(),
+            manifest,
+        }));
     }
-    if meta.is_dir() {
-        let weights = std::fs::read_dir(path)
-            .map_err(io)?
-            .filter_map(|e| e.ok())
-            .map(|e| file_name(&e.path()))
-            .filter(|n| n.ends_with(".safetensors"))
-            .min();
-        let has = |f: &str| path.join(f).is_file();
-        if let (Some(weights), true, true) = (weights, has("config.json"), has("tokenizer.json")) {
-            let pooling = has("1_Pooling/config.json").then(|| "1_Pooling/config.json".to_string());
-            let mut files = vec![
-                hash_entry(path, "config.json")?,
-                hash_entry(path, &weights)?,
-                hash_entry(path, "tokenizer.json")?,
-            ];
-            if let Some(p) = &pooling {
-                files.push(hash_entry(path, p)?);
-            }
-            let canonical = path.canonicalize().map_err(io)?;
-            // `BertForSequenceClassification` and kin serve as classifiers.
-            let classifier = std::fs::read_to_string(path.join("config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v.get("architectures").cloned())
-                .and_then(|a| a.as_array().cloned())
-                .is_some_and(|a| {
-                    a.iter().any(|x| {
-                        x.as_str()
-                            .is_some_and(|x| x.ends_with("ForSequenceClassification"))
-                    })
-                });
-            let manifest = Manifest {
-                id: derive_id(
-                    canonical
-                        .file_name()
-                        .map(|s| s.to_string_lossy().into_owned()),
-                ),
-                version: semver::Version::new(1, 0, 0),
-                default: true,
-                task: if classifier {
-                    Task::Classification
-                } else {
-                    Task::Embedding
-                },
-                format: Format::Safetensors,
-                description: Some(format!(
-                    "{} (manifest generated from the path)",
-                    path.display()
-                )),
-                license: None,
-                weights: Some(weights),
-                config: Some("config.json".into()),
-                tokenizer: Some("tokenizer.json".into()),
-                pooling_config: pooling,
-                normalize: true,
-                max_input_length: 512,
-                max_inputs: 256,
-                parameters: embedding_parameters(),
-                batching: BatchingConfig::default(),
-                device: None,
-                files,
-                pricing: None,
-                signature: None,
-                labels: Default::default(),
-                provider: None,
-                fallbacks: vec![],
-                breaker: None,
-                head: None,
-                drift: None,
-            };
-            return Ok(ModelSource {
-                dir: path.to_path_buf(),
-                manifest,
-            });
-        }
-    }
-    Err(RepositoryError::UnrecognisedPath(path.to_path_buf()))
+    Ok(None)
 }
 
 fn hash_entry(dir: &Path, rel: &str) -> Result<FileEntry, RepositoryError> {

@@ -89,27 +89,116 @@ pub struct Server {
     loading: JoinHandle<()>,
 }
 
+/// The registry with every source registered (`loading`), and the configured default version.
+fn registry_of(
+    settings: &Settings,
+    sources: &[ModelSource],
+) -> Result<Arc<Registry>, StartupError> {
+    let registry = Arc::new(Registry::new());
+    for s in sources {
+        registry.register(s)?;
+    }
+    if let (Some(name), Some(version)) = (&settings.model.name, &settings.model.version) {
+        if let (Some(id), Ok(v)) = (
+            sources
+                .iter()
+                .find(|s| &s.manifest.id == name || s.dir.to_string_lossy() == name.as_str())
+                .map(|s| s.manifest.id.clone()),
+            semver::Version::parse(version),
+        ) {
+            registry.set_default(&id, &v)?;
+        }
+    }
+    Ok(registry)
+}
+
+/// The connection limits of the HTTP ports and of the gRPC port.
+fn conn_limits(settings: &Settings) -> (crate::conn::ConnLimits, crate::conn::ConnLimits) {
+    let conn_limits = crate::conn::ConnLimits {
+        header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
+        keep_alive_timeout: Duration::from_millis(settings.server.keep_alive_timeout_ms),
+        max_head_bytes: settings
+            .server
+            .max_header_bytes
+            .saturating_mul(4)
+            .max(128 * 1024),
+        protocol: crate::conn::Protocol::Http1,
+    };
+    let grpc_limits = crate::conn::ConnLimits {
+        protocol: crate::conn::Protocol::Http2 {
+            keepalive_interval: Duration::from_millis(settings.server.grpc_keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(settings.server.grpc_keepalive_timeout_ms),
+            max_concurrent_streams: settings.server.grpc_max_concurrent_streams,
+        },
+        ..conn_limits
+    };
+    (conn_limits, grpc_limits)
+}
+
+/// HTTP, gRPC and the metrics port share one set of places, within the open-file limit.
+fn places(settings: &Settings) -> Arc<crate::conn::Places> {
+    let (max_connections, nofile) =
+        crate::conn::effective_max_connections(settings.server.max_connections);
+    if max_connections < settings.server.max_connections {
+        tracing::warn!(
+            configured = settings.server.max_connections,
+            effective = max_connections,
+            nofile,
+            "server.max_connections lowered to fit the open-file limit (raise `ulimit -n`)"
+        );
+    }
+    tracing::info!(
+        max_connections,
+        nofile,
+        max_concurrent_requests = settings.server.max_concurrent_requests,
+        grpc_max_concurrent_streams = settings.server.grpc_max_concurrent_streams,
+        "connection limits"
+    );
+    crate::conn::Places::new(max_connections)
+}
+
+/// The core's background tasks (lifecycle, fleet), the jobs' stop at shutdown, and the loading
+/// of every source (then the jobs left unfinished resume).
+fn spawn_background(
+    services: &Arc<crate::services::Services>,
+    sources: Vec<ModelSource>,
+    shutdown_rx: &tokio::sync::watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let core = services.core.clone();
+    let loader = services.registry.clone();
+    core.restore_traffic();
+    let lifecycle_core = core.clone();
+    tokio::spawn(lifecycle_core.clone().run_lifecycle(shutdown_rx.clone()));
+    tokio::spawn(lifecycle_core.run_fleet(shutdown_rx.clone()));
+    let jobs = services.jobs.clone();
+    let stop_jobs = jobs.clone();
+    let mut jobs_stop = shutdown_rx.clone();
+    tokio::spawn(async move {
+        let _ = jobs_stop.wait_for(|stop| *stop).await;
+        stop_jobs.stop();
+    });
+    tokio::spawn(async move {
+        let loads = sources.iter().map(|s| core.load_source(s));
+        futures::future::join_all(loads).await;
+        core.mark_started();
+        // Jobs left unfinished by the last run resume once their models are loaded.
+        jobs.resume().await;
+        let r = loader.readiness();
+        if r.ready {
+            tracing::info!(models = sources.len(), "ready");
+        } else {
+            tracing::warn!(failed = ?r.failed, "not ready: some models failed to load");
+        }
+    })
+}
+
 impl Server {
     /// Bind, register `sources`, start loading them in the background, and serve.
     pub async fn start(
         settings: Settings,
         sources: Vec<ModelSource>,
     ) -> Result<Server, StartupError> {
-        let registry = Arc::new(Registry::new());
-        for s in &sources {
-            registry.register(s)?;
-        }
-        if let (Some(name), Some(version)) = (&settings.model.name, &settings.model.version) {
-            if let (Some(id), Ok(v)) = (
-                sources
-                    .iter()
-                    .find(|s| &s.manifest.id == name || s.dir.to_string_lossy() == name.as_str())
-                    .map(|s| s.manifest.id.clone()),
-                semver::Version::parse(version),
-            ) {
-                registry.set_default(&id, &v)?;
-            }
-        }
+        let registry = registry_of(&settings, &sources)?;
         let addr = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
@@ -139,45 +228,8 @@ impl Server {
             None => None,
         };
         let drain_timeout = Duration::from_secs(settings.server.drain_timeout_s);
-        let conn_limits = crate::conn::ConnLimits {
-            header_read_timeout: Duration::from_millis(settings.server.header_read_timeout_ms),
-            keep_alive_timeout: Duration::from_millis(settings.server.keep_alive_timeout_ms),
-            max_head_bytes: settings
-                .server
-                .max_header_bytes
-                .saturating_mul(4)
-                .max(128 * 1024),
-            protocol: crate::conn::Protocol::Http1,
-        };
-        let grpc_limits = crate::conn::ConnLimits {
-            protocol: crate::conn::Protocol::Http2 {
-                keepalive_interval: Duration::from_millis(
-                    settings.server.grpc_keepalive_interval_ms,
-                ),
-                keepalive_timeout: Duration::from_millis(settings.server.grpc_keepalive_timeout_ms),
-                max_concurrent_streams: settings.server.grpc_max_concurrent_streams,
-            },
-            ..conn_limits
-        };
-        // HTTP, gRPC and the metrics port share one set of places, within the open-file limit.
-        let (max_connections, nofile) =
-            crate::conn::effective_max_connections(settings.server.max_connections);
-        if max_connections < settings.server.max_connections {
-            tracing::warn!(
-                configured = settings.server.max_connections,
-                effective = max_connections,
-                nofile,
-                "server.max_connections lowered to fit the open-file limit (raise `ulimit -n`)"
-            );
-        }
-        tracing::info!(
-            max_connections,
-            nofile,
-            max_concurrent_requests = settings.server.max_concurrent_requests,
-            grpc_max_concurrent_streams = settings.server.grpc_max_concurrent_streams,
-            "connection limits"
-        );
-        let places = crate::conn::Places::new(max_connections);
+        let (conn_limits, grpc_limits) = conn_limits(&settings);
+        let places = places(&settings);
         let (tx, shutdown_rx) = tokio::sync::watch::channel(false);
         // The composition root: the services, then the adapters over them.
         let late = Arc::new(crate::http::batches::LateOpenAi::default());
@@ -190,33 +242,7 @@ impl Server {
         let state = AppState::new(services.clone());
         late.set(crate::http::batches::OpenAiExecutor::new(state.clone()));
         let lifecycle = state.lifecycle.clone();
-        let core = state.core.clone();
-        core.restore_traffic();
-        let loader = registry.clone();
-        let lifecycle_core = core.clone();
-        tokio::spawn(lifecycle_core.clone().run_lifecycle(shutdown_rx.clone()));
-        tokio::spawn(lifecycle_core.run_fleet(shutdown_rx.clone()));
-        let jobs = state.jobs.clone();
-        let stop_jobs = jobs.clone();
-        let mut jobs_stop = shutdown_rx.clone();
-        tokio::spawn(async move {
-            let _ = jobs_stop.wait_for(|stop| *stop).await;
-            stop_jobs.stop();
-        });
-        let loading = tokio::spawn(async move {
-            let loads = sources.iter().map(|s| core.load_source(s));
-            futures::future::join_all(loads).await;
-            core.mark_started();
-            // Jobs left unfinished by the last run resume once their models are loaded.
-            jobs.resume().await;
-            let r = loader.readiness();
-            if r.ready {
-                tracing::info!(models = sources.len(), "ready");
-            } else {
-                tracing::warn!(failed = ?r.failed, "not ready: some models failed to load");
-            }
-        });
-
+        let loading = spawn_background(&services, sources, &shutdown_rx);
         if let Some(port) = metrics_port {
             // /metrics on its own port too, so it can stay off the public ingress.
             let addr = format!("{metrics_host}:{port}");

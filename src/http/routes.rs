@@ -204,7 +204,7 @@ pub fn table(settings: &Settings) -> Routes {
     if settings.monitoring.enabled {
         r = r.on(M::GET, "/metrics", Watch, health::metrics);
     }
-    r
+    let r = r
         // Probes and the console.
         .on(M::GET, "/health", Probe, health::health)
         .on(M::GET, "/ready", Probe, health::ready)
@@ -261,7 +261,15 @@ pub fn table(settings: &Settings) -> Routes {
             ModelAdmin,
             traffic::rollback,
         )
-        .on(M::POST, "/repository/rescan", Admin, traffic::rescan)
+        .on(M::POST, "/repository/rescan", Admin, traffic::rescan);
+    operations(r, upload, train)
+}
+
+/// Figures, training, jobs and native inference.
+fn operations(r: Routes, upload: usize, train: usize) -> Routes {
+    use Method as M;
+    use Rule::*;
+    let r = r
         // Figures.
         .on(
             M::GET,
@@ -305,7 +313,15 @@ pub fn table(settings: &Settings) -> Routes {
             "/models/{id}/versions/{version}/predict",
             Predict,
             predict::predict_version,
-        )
+        );
+    protocols(r, upload)
+}
+
+/// The OpenAI-compatible and KServe v2 routes.
+fn protocols(r: Routes, upload: usize) -> Routes {
+    use Method as M;
+    use Rule::*;
+    r
         // OpenAI.
         .on(M::GET, "/v1/models", Token, openai::list_models)
         .on(

@@ -335,28 +335,7 @@ impl Core {
     pub async fn rescan(&self) -> Result<RescanReport, ApiError> {
         let settings = self.load_settings()?.clone();
         let mut scans = self.loading.scans.lock().await;
-        if let Some(url) = &settings.remote {
-            // Only complete, verified versions are placed in the mirror; an unreachable store
-            // leaves it as it is.
-            if let Err(e) = crate::objstore::sync(url, &settings.models_dir).await {
-                tracing::warn!(repository = %url, error = %e, "rescan: object store unreachable; scanning the local mirror");
-            }
-        }
-        let root = settings.models_dir.clone();
-        let scanned = tokio::task::spawn_blocking(move || {
-            let (found, _problems) = repository::scan(&root)?;
-            let with_prints: Vec<(ModelSource, Fingerprint)> = found
-                .into_iter()
-                .map(|s| {
-                    let fp = fingerprint(&s.dir, &s.manifest);
-                    (s, fp)
-                })
-                .collect();
-            Ok::<_, repository::RepositoryError>(with_prints)
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::new(ErrorKind::Unavailable, e.to_string()))?;
+        let scanned = scan_repository(&settings).await?;
         let mut report = RescanReport::default();
         let mut present = std::collections::HashSet::new();
         for (source, fp) in scanned {
@@ -602,4 +581,33 @@ pub fn known(registry: &crate::registry::Registry, m: &str, v: Option<&str>) -> 
             Some(v) => Version::parse(v).is_ok_and(|v| rec.versions.contains_key(&v)),
         },
     }
+}
+
+/// The repository's complete version folders with their fingerprints (an object store is
+/// mirrored first; unreachable, the local mirror is scanned as it is).
+async fn scan_repository(
+    settings: &LoadSettings,
+) -> Result<Vec<(ModelSource, Fingerprint)>, ApiError> {
+    if let Some(url) = &settings.remote {
+        // Only complete, verified versions are placed in the mirror; an unreachable store
+        // leaves it as it is.
+        if let Err(e) = crate::objstore::sync(url, &settings.models_dir).await {
+            tracing::warn!(repository = %url, error = %e, "rescan: object store unreachable; scanning the local mirror");
+        }
+    }
+    let root = settings.models_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let (found, _problems) = repository::scan(&root)?;
+        let with_prints: Vec<(ModelSource, Fingerprint)> = found
+            .into_iter()
+            .map(|s| {
+                let fp = fingerprint(&s.dir, &s.manifest);
+                (s, fp)
+            })
+            .collect();
+        Ok::<_, repository::RepositoryError>(with_prints)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| ApiError::new(ErrorKind::Unavailable, e.to_string()))
 }

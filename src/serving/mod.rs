@@ -238,14 +238,13 @@ impl Core {
         }
     }
 
-    /// Resolve, check access, validate, look up the cache, charge the token budget.
-    async fn prepare(
+    /// The routing step (a pinned version bypasses the model's traffic policy) and the version
+    /// it picked, with the shadow copy the policy asks for.
+    fn plan_route(
         &self,
         caller: Caller<'_>,
-        req: ServeRequest,
-        charge: bool,
-    ) -> Result<Prepared, (Option<ModelLabel>, ApiError)> {
-        let arrived = Instant::now();
+        req: &ServeRequest,
+    ) -> Result<(Resolved, Option<shadow::ShadowJob>), ApiError> {
         // The routing step: a pinned version bypasses the model's traffic policy.
         let (model, version, shadow_version) = match req.version.as_deref() {
             Some(_) => (req.model.clone(), req.version.clone(), None),
@@ -258,16 +257,25 @@ impl Core {
                 None => (req.model.clone(), None, None),
             },
         };
-        let resolved = self
-            .registry
-            .resolve(&model, version.as_deref())
-            .map_err(|e| (None, e.into()))?;
+        let resolved = self.registry.resolve(&model, version.as_deref())?;
         let shadow = shadow_version.map(|version| shadow::ShadowJob {
             model: req.model.clone(),
             version,
             inputs: req.inputs.clone(),
             params: req.params.clone(),
         });
+        Ok((resolved, shadow))
+    }
+
+    /// Resolve, check access, validate, look up the cache, charge the token budget.
+    async fn prepare(
+        &self,
+        caller: Caller<'_>,
+        req: ServeRequest,
+        charge: bool,
+    ) -> Result<Prepared, (Option<ModelLabel>, ApiError)> {
+        let arrived = Instant::now();
+        let (resolved, shadow) = self.plan_route(caller, &req).map_err(|e| (None, e))?;
         let label = Self::label(&resolved);
         let fail = |e: ApiError| (Some(label.clone()), e);
         if let Some(p) = caller.principal {
@@ -334,28 +342,10 @@ impl Core {
             m if m == n => Some(valid.work),
             _ => Some(valid.work.subset(&missing)),
         };
-        let generates = matches!(
-            &work,
-            Some(
-                Work::Generate { .. }
-                    | Work::Remote(crate::engine::remote::RemoteWork::Generate { .. })
-            )
-        );
-        if let (true, true, Some(limits), Some(p), Some(w)) =
-            (charge, generates, &self.limits, caller.principal, &work)
-        {
-            let tokens = u32::try_from(w.tokens()).unwrap_or(u32::MAX);
-            if let Err(wait) = limits
-                .charge_tokens(&p.sub, p.tier.as_deref(), tokens)
+        if charge {
+            self.charge_tokens(caller, work.as_ref())
                 .await
-            {
-                let mut e = ApiError::new(
-                    ErrorKind::RateLimited,
-                    "over this principal's generation token budget per minute (prompt + max_tokens)",
-                );
-                e.retry_after_s = Some(wait);
-                return Err(fail(e));
-            }
+                .map_err(fail)?;
         }
         Ok(Prepared {
             resolved,
@@ -372,6 +362,34 @@ impl Core {
             unknown,
             background,
         })
+    }
+
+    /// Charge a generation's tokens (prompt + `max_tokens`) to the principal's budget.
+    async fn charge_tokens(&self, caller: Caller<'_>, work: Option<&Work>) -> Result<(), ApiError> {
+        let generates = matches!(
+            work,
+            Some(
+                Work::Generate { .. }
+                    | Work::Remote(crate::engine::remote::RemoteWork::Generate { .. })
+            )
+        );
+        if let (true, Some(limits), Some(p), Some(w)) =
+            (generates, &self.limits, caller.principal, work)
+        {
+            let tokens = u32::try_from(w.tokens()).unwrap_or(u32::MAX);
+            if let Err(wait) = limits
+                .charge_tokens(&p.sub, p.tier.as_deref(), tokens)
+                .await
+            {
+                let mut e = ApiError::new(
+                    ErrorKind::RateLimited,
+                    "over this principal's generation token budget per minute (prompt + max_tokens)",
+                );
+                e.retry_after_s = Some(wait);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Run a request to its end, on the model it names or, when that fails for a reason worth

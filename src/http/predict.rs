@@ -18,7 +18,6 @@ use utoipa::ToSchema;
 use super::app::AppState;
 use super::extract::{ApiJson, ApiPath};
 use crate::auth::Principal;
-use crate::cache::CachedOutput;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::metrics::ModelLabel;
 use crate::models::{ChatMessage, FinishReason};
@@ -282,8 +281,8 @@ pub(crate) fn render(answer: Answer) -> PredictResponse {
         .items
         .into_iter()
         .map(|item| match item {
-            Item::Output(CachedOutput::Vector(v)) => Value::from(v.to_vec()),
-            Item::Output(CachedOutput::Generation(g)) => {
+            Item::Vector(v) => Value::from(v.to_vec()),
+            Item::Generation(g) => {
                 finish_reasons.push(g.finish_reason);
                 Value::from(g.text.clone())
             }

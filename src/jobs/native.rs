@@ -11,7 +11,6 @@ use serde_json::{json, Map, Value};
 use super::store::StoredResult;
 use super::{BoxFuture, Executor, JobRecord};
 use crate::auth::Principal;
-use crate::cache::CachedOutput;
 use crate::config::JobsSection;
 use crate::error::{ApiError, ErrorKind};
 use crate::serving::{validate, Core, Input, Item, ServeRequest};
@@ -164,8 +163,8 @@ impl NativeExecutor {
 /// The predict API's output of one item.
 fn output(item: Item) -> Value {
     match item {
-        Item::Output(CachedOutput::Vector(v)) => Value::from(v.to_vec()),
-        Item::Output(CachedOutput::Generation(g)) => Value::from(g.text.clone()),
+        Item::Vector(v) => Value::from(v.to_vec()),
+        Item::Generation(g) => Value::from(g.text.clone()),
         Item::Value(v) => v,
     }
 }

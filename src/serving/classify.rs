@@ -12,7 +12,6 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::Item;
-use crate::cache::CachedOutput;
 use crate::error::ApiError;
 use crate::spec::manifest::{ParamSpec, ParamType};
 
@@ -101,7 +100,7 @@ pub fn hypotheses(labels: &[String], template: Option<&str>) -> Vec<String> {
 
 fn vector(item: &Item) -> Result<&[f32], ApiError> {
     match item {
-        Item::Output(CachedOutput::Vector(v)) => Ok(v),
+        Item::Vector(v) => Ok(v),
         _ => Err(ApiError::internal("expected a vector output")),
     }
 }
@@ -184,7 +183,7 @@ mod tests {
     use super::*;
 
     fn vec_item(v: &[f32]) -> Item {
-        Item::Output(CachedOutput::Vector(v.to_vec().into()))
+        Item::Vector(v.to_vec().into())
     }
 
     fn scores(v: &Value) -> Vec<(String, f64)> {

@@ -134,18 +134,43 @@ pub struct Caller<'a> {
     pub principal: Option<&'a Principal>,
 }
 
-/// One input's output, computed or from the cache.
+/// One input's output in an answer, computed or from the cache — the core's own type (the
+/// cache keeps `CachedOutput`s: vectors and complete generations only).
 #[derive(Debug, Clone)]
 pub enum Item {
-    Output(CachedOutput),
+    /// An embedding, or a classifier's raw scores before shaping.
+    Vector(Arc<[f32]>),
+    /// Generated text, with its tokens and finish reason.
+    Generation(Arc<Generation>),
+    /// Anything else: an echo's JSON, shaped labels.
     Value(Value),
 }
 
 impl Item {
     pub fn generation(&self) -> Option<&Arc<Generation>> {
         match self {
-            Item::Output(CachedOutput::Generation(g)) => Some(g),
+            Item::Generation(g) => Some(g),
             _ => None,
+        }
+    }
+
+    /// What the cache may keep of this item: vectors and complete generations.
+    fn cached(&self) -> Option<CachedOutput> {
+        match self {
+            Item::Vector(v) => Some(CachedOutput::Vector(v.clone())),
+            Item::Generation(g) if g.finish_reason != FinishReason::Cancelled => {
+                Some(CachedOutput::Generation(g.clone()))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<CachedOutput> for Item {
+    fn from(c: CachedOutput) -> Self {
+        match c {
+            CachedOutput::Vector(v) => Item::Vector(v),
+            CachedOutput::Generation(g) => Item::Generation(g),
         }
     }
 }
@@ -333,7 +358,7 @@ impl Core {
         if let Some(cache) = cache {
             let found = futures::future::join_all(keys.iter().map(|k| cache.get(k))).await;
             for (slot, hit) in items.iter_mut().zip(found) {
-                *slot = hit.map(|(v, _tier)| Item::Output(v));
+                *slot = hit.map(|(v, _tier)| Item::from(v));
             }
         }
         let missing: Vec<usize> = (0..n).filter(|&i| items[i].is_none()).collect();
@@ -455,11 +480,8 @@ impl Core {
             return;
         };
         for (&slot, item) in p.missing.iter().zip(computed) {
-            if let Item::Output(out) = item {
-                let complete = !matches!(out, CachedOutput::Generation(g) if g.finish_reason == FinishReason::Cancelled);
-                if let (true, Some(key)) = (complete, p.keys.get(slot)) {
-                    cache.put(key.clone(), out.clone()).await;
-                }
+            if let (Some(out), Some(key)) = (item.cached(), p.keys.get(slot)) {
+                cache.put(key.clone(), out).await;
             }
         }
     }
@@ -531,7 +553,7 @@ impl Core {
             .map(|(i, item)| {
                 // An embedding model's vector of the input (a zero-shot answer's too).
                 let vector = match p.items.get(i) {
-                    Some(Some(Item::Output(CachedOutput::Vector(v)))) if vectors => {
+                    Some(Some(Item::Vector(v))) if vectors => {
                         Some(v.to_vec())
                     }
                     _ => None,
@@ -597,11 +619,11 @@ fn items_of(output: Output) -> Vec<Item> {
     match output {
         Output::Vectors(vs) => vs
             .into_iter()
-            .map(|v| Item::Output(CachedOutput::Vector(v.into())))
+            .map(|v| Item::Vector(v.into()))
             .collect(),
         Output::Generations(gs) => gs
             .into_iter()
-            .map(|g| Item::Output(CachedOutput::Generation(Arc::new(g))))
+            .map(|g| Item::Generation(Arc::new(g)))
             .collect(),
         Output::Values(vs) => vs.into_iter().map(Item::Value).collect(),
     }

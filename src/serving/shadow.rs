@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 use super::{items_of, validate, Answer, Core, Input, Item};
-use crate::cache::CachedOutput;
 
 /// Vectors at least this similar count as the same answer.
 pub const AGREE_COSINE: f32 = 0.999;
@@ -27,10 +26,10 @@ pub struct ShadowJob {
 /// Whether two answers to the same input agree.
 fn agree(primary: &Item, shadow: &Item) -> bool {
     match (primary, shadow) {
-        (Item::Output(CachedOutput::Vector(a)), Item::Output(CachedOutput::Vector(b))) => {
+        (Item::Vector(a), Item::Vector(b)) => {
             cosine(a, b) >= AGREE_COSINE
         }
-        (Item::Output(CachedOutput::Generation(a)), Item::Output(CachedOutput::Generation(b))) => {
+        (Item::Generation(a), Item::Generation(b)) => {
             a.text == b.text
         }
         (Item::Value(a), Item::Value(b)) => a == b,
@@ -124,12 +123,12 @@ mod tests {
 
     #[test]
     fn agreement_by_output_kind() {
-        let v = |x: &[f32]| Item::Output(CachedOutput::Vector(x.to_vec().into()));
+        let v = |x: &[f32]| Item::Vector(x.to_vec().into());
         assert!(agree(&v(&[1.0, 0.0]), &v(&[2.0, 0.0])));
         assert!(!agree(&v(&[1.0, 0.0]), &v(&[0.0, 1.0])));
         assert!(!agree(&v(&[1.0]), &v(&[1.0, 0.0])));
         let g = |t: &str| {
-            Item::Output(CachedOutput::Generation(Arc::new(Generation {
+            Item::Generation(Arc::new(Generation {
                 text: t.into(),
                 tokens: vec![],
                 finish_reason: FinishReason::Length,
@@ -137,7 +136,7 @@ mod tests {
                 duration: 0.0,
                 logprobs: Vec::new(),
                 counted_tokens: 0,
-            })))
+            }))
         };
         assert!(agree(&g("a b"), &g("a b")));
         assert!(!agree(&g("a b"), &g("a c")));

@@ -5,7 +5,6 @@
 
 use serde_json::{Map, Value};
 
-use crate::cache::CachedOutput;
 use crate::error::ApiError;
 use crate::registry::manifest::Task;
 use crate::registry::{ModelRecord, Registry, VersionRecord, VersionState};
@@ -357,12 +356,12 @@ pub fn output(task: Task, answer: &Answer, input_shape: &[i64]) -> Result<OutTen
     let vectors = answer
         .items
         .iter()
-        .all(|i| matches!(i, Item::Output(CachedOutput::Vector(_))));
+        .all(|i| matches!(i, Item::Vector(_)));
     if super::tasks::of(task).answers_vectors() && vectors {
         let mut dim = None;
         let mut values = Vec::new();
         for item in &answer.items {
-            let Item::Output(CachedOutput::Vector(v)) = item else {
+            let Item::Vector(v) = item else {
                 return Err(ApiError::internal(
                     "an embedding model answered without a vector",
                 ));
@@ -385,8 +384,8 @@ pub fn output(task: Task, answer: &Answer, input_shape: &[i64]) -> Result<OutTen
         .items
         .iter()
         .map(|item| match item {
-            Item::Output(CachedOutput::Generation(g)) => g.text.clone().into_bytes(),
-            Item::Output(CachedOutput::Vector(v)) => {
+            Item::Generation(g) => g.text.clone().into_bytes(),
+            Item::Vector(v) => {
                 Value::from(v.to_vec()).to_string().into_bytes()
             }
             Item::Value(Value::String(s)) => s.clone().into_bytes(),

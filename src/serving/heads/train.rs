@@ -8,7 +8,6 @@ use serde_json::Map;
 use super::check::check;
 use super::write::{next_version, write_version};
 use super::{evaluate, split, HeadMetrics, HeadRequest, Plan, Training};
-use crate::cache::CachedOutput;
 use crate::error::ApiError;
 use crate::models::logreg;
 use crate::models::text::EncodeError;
@@ -261,7 +260,7 @@ impl Core {
                 })?;
                 for item in answer.items {
                     match item {
-                        Item::Output(CachedOutput::Vector(v)) => vectors.push(v.to_vec()),
+                        Item::Vector(v) => vectors.push(v.to_vec()),
                         _ => return Err(ApiError::internal("the base model answered no vector")),
                     }
                 }

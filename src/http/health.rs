@@ -44,7 +44,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<ReadyStatus>, A
         return Err(
             ApiError::unavailable("draining", 1).with_details(ErrorDetails {
                 field: None,
-                issue: Some("the server is shutting down".into()),
+                issue: Some(crate::serving::ticket::SHUTTING_DOWN.into()),
             }),
         );
     }

@@ -151,7 +151,7 @@ async fn serve(state: AppState, principal: Option<Principal>, socket: WebSocket)
             let _ = out
                 .send(Message::Close(Some(CloseFrame {
                     code: 1001,
-                    reason: Utf8Bytes::from_static("the server is shutting down"),
+                    reason: Utf8Bytes::from_static(crate::serving::ticket::SHUTTING_DOWN),
                 })))
                 .await;
             break;

@@ -205,8 +205,11 @@ impl Gate {
     }
 }
 
+/// What a draining server says (refusals, readiness, a WebSocket's close frame).
+pub const SHUTTING_DOWN: &str = "the server is shutting down";
+
 fn shutting_down() -> ApiError {
-    ApiError::unavailable("the server is shutting down", 1)
+    ApiError::unavailable(SHUTTING_DOWN, 1)
 }
 
 fn too_many_in_flight() -> ApiError {

@@ -232,15 +232,12 @@ impl Server {
         let places = places(&settings);
         let (tx, shutdown_rx) = tokio::sync::watch::channel(false);
         // The composition root: the services, then the adapters over them.
-        let late = Arc::new(crate::http::batches::LateOpenAi::default());
-        let openai: Arc<dyn crate::jobs::Executor> = late.clone();
         let services = Arc::new(crate::services::Services::build(
             settings,
             registry.clone(),
-            |_, _| openai,
+            crate::http::batches::openai_executor,
         )?);
         let state = AppState::new(services.clone());
-        late.set(crate::http::batches::OpenAiExecutor::new(state.clone()));
         let lifecycle = state.lifecycle.clone();
         let loading = spawn_background(&services, sources, &shutdown_rx);
         if let Some(port) = metrics_port {

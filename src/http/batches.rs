@@ -3,17 +3,15 @@
 //! `GET /v1/batches`, `GET /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`.
 //!
 //! A batch is a job of `crate::jobs` whose inputs are the file's lines. Each line runs through
-//! the same `/v1` adapter functions as a direct request (on the background lane), so its
-//! `response.body` is what the direct request would have answered. A batch's output and error
+//! the same `/v1` functions as a direct request (on the background lane, see
+//! `openai::batch::OpenAiExecutor`), so its `response.body` is what the direct request would have
+//! answered. A batch's output and error
 //! files are its job's results, read from the store when asked (ids `file-<batch>-output` and
 //! `file-<batch>-errors`).
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::{Multipart, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
@@ -23,13 +21,23 @@ use utoipa::ToSchema;
 
 use super::app::AppState;
 use super::extract::{parse_json, ApiJson, ApiPath};
-use super::openai::{self, OpenAiErrorEnvelope};
+use super::openai::errors::{NotAboutModel, OpenAiErrorEnvelope};
+use super::openai::types::{ChatRequest, CompletionRequest, EmbeddingRequest};
 use crate::auth::Principal;
-use crate::config::JobsSection;
 use crate::error::{ApiError, ErrorKind};
-use crate::jobs::store::StoredResult;
-use crate::jobs::{BoxFuture, Executor, FileRecord, JobKind, JobRecord, NewJob, Status};
+use crate::jobs::{FileRecord, JobKind, JobRecord, NewJob, Status};
 use crate::usage::now_unix;
+
+/// Where the server registers it from (`jobs.set_openai_executor`).
+pub use super::openai::batch::OpenAiExecutor;
+
+/// The executor of OpenAI batch lines, for the composition root (`services::Services::build`).
+pub fn openai_executor(
+    core: &std::sync::Arc<crate::serving::Core>,
+    _settings: &crate::config::Settings,
+) -> std::sync::Arc<dyn crate::jobs::Executor> {
+    OpenAiExecutor::with_core(core.clone(), super::openai::batch::RetryPolicy::default())
+}
 
 /// The endpoints a batch line may call.
 const ENDPOINTS: [&str; 3] = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"];
@@ -50,7 +58,7 @@ fn not_found(object: &str, id: &str, param: &'static str) -> Response {
     )
     .into_response();
     r.extensions_mut()
-        .insert(openai::NotAboutModel { param: Some(param) });
+        .insert(NotAboutModel { param: Some(param) });
     r
 }
 
@@ -474,9 +482,9 @@ fn check_line(
     }
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let parsed = match endpoint {
-        "/v1/chat/completions" => parse_json::<openai::ChatRequest>(&bytes).map(|_| ()),
-        "/v1/completions" => parse_json::<openai::CompletionRequest>(&bytes).map(|_| ()),
-        _ => parse_json::<openai::EmbeddingRequest>(&bytes).map(|_| ()),
+        "/v1/chat/completions" => parse_json::<ChatRequest>(&bytes).map(|_| ()),
+        "/v1/completions" => parse_json::<CompletionRequest>(&bytes).map(|_| ()),
+        _ => parse_json::<EmbeddingRequest>(&bytes).map(|_| ()),
     };
     parsed.map_err(|e| bad(format!("body: {}", e.message)))?;
     body.get("model")
@@ -688,156 +696,4 @@ pub async fn list(
         has_more,
     })
     .into_response()
-}
-
-/// Runs batch lines through the `/v1` adapter, in process, on the background lane.
-pub struct OpenAiExecutor {
-    state: AppState,
-}
-
-impl OpenAiExecutor {
-    pub fn new(state: AppState) -> Arc<Self> {
-        Arc::new(Self { state })
-    }
-
-    /// One line: (HTTP status, response body).
-    async fn call(&self, owner: &Principal, line: &[u8]) -> (u16, Value) {
-        let v: Value = serde_json::from_slice(line).unwrap_or(Value::Null);
-        let url = v.get("url").and_then(Value::as_str).unwrap_or_default();
-        let body = serde_json::to_vec(v.get("body").unwrap_or(&Value::Null)).unwrap_or_default();
-        let mut tries = 0u32;
-        loop {
-            let response = match url {
-                "/v1/chat/completions" => match parse_json(&body) {
-                    Ok(req) => {
-                        openai::chat(
-                            self.state.clone(),
-                            Some(owner.clone()),
-                            HeaderMap::new(),
-                            req,
-                            true,
-                        )
-                        .await
-                    }
-                    Err(e) => e.into_response(),
-                },
-                "/v1/completions" => match parse_json(&body) {
-                    Ok(req) => {
-                        openai::complete(
-                            self.state.clone(),
-                            Some(owner.clone()),
-                            HeaderMap::new(),
-                            req,
-                            true,
-                        )
-                        .await
-                    }
-                    Err(e) => e.into_response(),
-                },
-                "/v1/embeddings" => match parse_json(&body) {
-                    Ok(req) => {
-                        openai::embed(
-                            self.state.clone(),
-                            Some(owner.clone()),
-                            HeaderMap::new(),
-                            req,
-                            true,
-                        )
-                        .await
-                    }
-                    Err(e) => e.into_response(),
-                },
-                _ => ApiError::invalid("url", "is not a batch endpoint").into_response(),
-            };
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get(header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            // Busy or over a budget: wait, as a job never fails an input for that.
-            if matches!(status, 429 | 502 | 503 | 504) && tries < 40 {
-                tries += 1;
-                let wait = retry_after
-                    .map(Duration::from_secs)
-                    .unwrap_or(Duration::from_millis(200u64 << tries.min(7)))
-                    .min(Duration::from_secs(30));
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            let response = openai::openai_error(response);
-            let bytes = axum::body::to_bytes(response.into_body(), 256 << 20)
-                .await
-                .unwrap_or_default();
-            let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return (status, body);
-        }
-    }
-}
-
-impl Executor for OpenAiExecutor {
-    fn chunk(&self, cfg: &JobsSection) -> usize {
-        // Lines are requests of their own; a chunk's lines run at once, so the model batches them.
-        cfg.chunk.clamp(1, 16)
-    }
-
-    fn run<'a>(
-        &'a self,
-        job: &'a JobRecord,
-        inputs: Vec<(u64, Vec<u8>)>,
-    ) -> BoxFuture<'a, Vec<StoredResult>> {
-        Box::pin(async move {
-            let calls = inputs.into_iter().map(|(index, line)| async move {
-                let (status, body) = self.call(&job.owner, &line).await;
-                let custom_id = serde_json::from_slice::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("custom_id").cloned())
-                    .unwrap_or(Value::Null);
-                let out = json!({
-                    "id": format!("batch_req_{}", uuid::Uuid::new_v4().simple()),
-                    "custom_id": custom_id,
-                    "response": {
-                        "status_code": status,
-                        "request_id": uuid::Uuid::new_v4().simple().to_string(),
-                        "body": body,
-                    },
-                    "error": null,
-                });
-                StoredResult {
-                    index,
-                    ok: (200..300).contains(&status),
-                    line: serde_json::to_vec(&out).unwrap_or_default(),
-                }
-            });
-            futures::future::join_all(calls).await
-        })
-    }
-}
-
-/// The OpenAI executor, bound once the HTTP state exists (the executor still runs lines
-/// through the handlers, which take the state).
-#[derive(Default)]
-pub struct LateOpenAi(std::sync::OnceLock<Arc<OpenAiExecutor>>);
-
-impl LateOpenAi {
-    pub fn set(&self, e: Arc<OpenAiExecutor>) {
-        let _ = self.0.set(e);
-    }
-}
-
-impl Executor for LateOpenAi {
-    fn chunk(&self, cfg: &JobsSection) -> usize {
-        cfg.chunk.clamp(1, 16)
-    }
-
-    fn run<'a>(
-        &'a self,
-        job: &'a JobRecord,
-        inputs: Vec<(u64, Vec<u8>)>,
-    ) -> BoxFuture<'a, Vec<StoredResult>> {
-        match self.0.get() {
-            Some(e) => e.run(job, inputs),
-            None => Box::pin(async { Vec::new() }),
-        }
-    }
 }

@@ -553,9 +553,7 @@ impl Core {
             .map(|(i, item)| {
                 // An embedding model's vector of the input (a zero-shot answer's too).
                 let vector = match p.items.get(i) {
-                    Some(Some(Item::Vector(v))) if vectors => {
-                        Some(v.to_vec())
-                    }
+                    Some(Some(Item::Vector(v))) if vectors => Some(v.to_vec()),
                     _ => None,
                 };
                 let label = match item {
@@ -617,10 +615,7 @@ impl Core {
 /// The engine's output as items, one per computed input.
 fn items_of(output: Output) -> Vec<Item> {
     match output {
-        Output::Vectors(vs) => vs
-            .into_iter()
-            .map(|v| Item::Vector(v.into()))
-            .collect(),
+        Output::Vectors(vs) => vs.into_iter().map(|v| Item::Vector(v.into())).collect(),
         Output::Generations(gs) => gs
             .into_iter()
             .map(|g| Item::Generation(Arc::new(g)))

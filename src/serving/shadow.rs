@@ -26,12 +26,8 @@ pub struct ShadowJob {
 /// Whether two answers to the same input agree.
 fn agree(primary: &Item, shadow: &Item) -> bool {
     match (primary, shadow) {
-        (Item::Vector(a), Item::Vector(b)) => {
-            cosine(a, b) >= AGREE_COSINE
-        }
-        (Item::Generation(a), Item::Generation(b)) => {
-            a.text == b.text
-        }
+        (Item::Vector(a), Item::Vector(b)) => cosine(a, b) >= AGREE_COSINE,
+        (Item::Generation(a), Item::Generation(b)) => a.text == b.text,
         (Item::Value(a), Item::Value(b)) => a == b,
         _ => false,
     }

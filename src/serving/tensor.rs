@@ -353,10 +353,7 @@ pub fn output(task: Task, answer: &Answer, input_shape: &[i64]) -> Result<OutTen
     let n = answer.items.len();
     // Embeddings are an FP32 tensor; zero-shot answers (label lists) go as JSON, like a
     // classifier's.
-    let vectors = answer
-        .items
-        .iter()
-        .all(|i| matches!(i, Item::Vector(_)));
+    let vectors = answer.items.iter().all(|i| matches!(i, Item::Vector(_)));
     if super::tasks::of(task).answers_vectors() && vectors {
         let mut dim = None;
         let mut values = Vec::new();
@@ -385,9 +382,7 @@ pub fn output(task: Task, answer: &Answer, input_shape: &[i64]) -> Result<OutTen
         .iter()
         .map(|item| match item {
             Item::Generation(g) => g.text.clone().into_bytes(),
-            Item::Vector(v) => {
-                Value::from(v.to_vec()).to_string().into_bytes()
-            }
+            Item::Vector(v) => Value::from(v.to_vec()).to_string().into_bytes(),
             Item::Value(Value::String(s)) => s.clone().into_bytes(),
             Item::Value(v) => v.to_string().into_bytes(),
         })

@@ -29,6 +29,16 @@ pub enum OpenAiEndpoint {
     Embeddings,
 }
 
+impl OpenAiEndpoint {
+    /// The task such an endpoint serves, by its manifest name.
+    pub fn task_name(self) -> &'static str {
+        match self {
+            OpenAiEndpoint::Generation => "text-generation",
+            OpenAiEndpoint::Embeddings => "embedding",
+        }
+    }
+}
+
 /// What validation hands a task to make its work from.
 pub struct Local<'a> {
     pub frontend: &'a Frontend,

@@ -540,6 +540,9 @@ mod core_in_process {
         let st = settings(repo.path());
         let sources = anya::server::select_sources(&st, &[]).expect("sources");
         let registry = Arc::new(anya::registry::Registry::new());
+        for s in &sources {
+            registry.register(s).expect("registered");
+        }
         let services = Arc::new(
             Services::build(st, registry, |core, settings| {
                 anya::http::batches::openai_executor(core, settings)
@@ -607,12 +610,13 @@ mod core_in_process {
             })
             .collect();
         assert_eq!(outputs, inputs);
-        // Bad input is the caller's error, named by its field.
+        // Too many inputs is the caller's error, named by its field.
         let (_, bad) = core
             .infer(Caller::default(), request("echo", vec![json!(1); 5], 0))
             .await;
         let e = bad.expect_err("too many inputs");
-        assert_eq!(e.status(), 400, "{e:?}");
+        assert_eq!(e.status(), 413, "{e:?}");
+        assert_eq!(e.details.field.as_deref(), Some("inputs"), "{e:?}");
         let (_, missing) = core
             .infer(Caller::default(), request("nope", vec![json!(1)], 0))
             .await;

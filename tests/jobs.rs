@@ -780,7 +780,7 @@ async fn bench_interactive_latency_beside_a_large_job() {
     );
 }
 
-/// A repository with the real SmolLM2 model (its weights linked) and prices in its manifest.
+/// A repository with the real SmolLM2 model (its weights hard-linked) and prices in its manifest.
 fn priced_generation_repo(models: &Path) -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
     let from = models.join("smollm2-135m-instruct/1.0.0");
@@ -796,7 +796,10 @@ fn priced_generation_repo(models: &Path) -> tempfile::TempDir {
             );
             std::fs::write(to.join(name), priced).unwrap();
         } else {
-            std::os::unix::fs::symlink(entry.path(), to.join(name)).unwrap();
+            // The loader refuses symlinks out of a version folder: a hard link, else a copy.
+            if std::fs::hard_link(entry.path(), to.join(&name)).is_err() {
+                std::fs::copy(entry.path(), to.join(&name)).unwrap();
+            }
         }
     }
     repo

@@ -84,17 +84,18 @@ impl Settings {
         }
 
         let env: config::Map<String, String> = env.into_iter().collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("ANYA")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true)
-                .list_separator(",")
-                .with_list_parse_key("security.allowed_origins")
-                .with_list_parse_key("security.trusted_proxies")
-                .with_list_parse_key("security.trusted_keys")
-                .source(Some(env)),
-        );
+        let environment = config::Environment::with_prefix("ANYA")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",");
+        // Every list setting takes a comma-separated value from the environment (how Kubernetes
+        // users configure); the keys come from the settings themselves, so none is forgotten.
+        let environment = list_keys()
+            .into_iter()
+            .fold(environment, |e, key| e.with_list_parse_key(&key))
+            .source(Some(env));
+        builder = builder.add_source(environment);
 
         if let Some(h) = &overrides.host {
             builder = builder
@@ -123,4 +124,30 @@ impl Settings {
         settings.validate()?;
         Ok(settings)
     }
+}
+
+/// The dotted keys of every list setting (`jobs.webhook_allowed_hosts`, …), read from the
+/// defaults' own shape.
+pub fn list_keys() -> Vec<String> {
+    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Array(_) => out.push(prefix.to_string()),
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    if let Ok(v) = serde_json::to_value(Settings::default()) {
+        walk("", &v, &mut out);
+    }
+    out
 }

@@ -194,3 +194,61 @@ fn missing_explicit_file_is_an_error() {
     .unwrap_err();
     assert!(matches!(err, ConfigError::MissingFile(_)));
 }
+
+/// Every list setting, found by walking the settings (a new one cannot be forgotten), takes a
+/// comma-separated value from the environment.
+#[test]
+fn every_list_setting_is_read_from_the_environment() {
+    let keys = list_keys();
+    for known in [
+        "jobs.webhook_secrets",
+        "jobs.webhook_allowed_hosts",
+        "jobs.webhook_retry_delays_ms",
+        "security.allowed_origins",
+        "security.trusted_proxies",
+        "security.trusted_keys",
+    ] {
+        assert!(
+            keys.iter().any(|k| k == known),
+            "{known} missing from {keys:?}"
+        );
+    }
+    let value = |key: &str| {
+        match key {
+        "jobs.webhook_retry_delays_ms" => ("100,250", serde_json::json!([100, 250])),
+        "jobs.webhook_secrets" => (
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            serde_json::json!([
+                "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
+            ]),
+        ),
+        "security.allowed_origins" => (
+            "https://a.example,https://b.example",
+            serde_json::json!(["https://a.example", "https://b.example"]),
+        ),
+        "security.trusted_proxies" => (
+            "10.0.0.0/8,192.168.1.1",
+            serde_json::json!(["10.0.0.0/8", "192.168.1.1"]),
+        ),
+        // Two ed25519 public keys (the base point, and the key of RFC 8032's first test).
+        "security.trusted_keys" => (
+            "5866666666666666666666666666666666666666666666666666666666666666,d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+            serde_json::json!([
+                "5866666666666666666666666666666666666666666666666666666666666666",
+                "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+            ]),
+        ),
+        _ => ("a.example,b.example", serde_json::json!(["a.example", "b.example"])),
+    }
+    };
+    for key in &keys {
+        let (text, want) = value(key);
+        let var = format!("ANYA__{}", key.to_ascii_uppercase().replace('.', "__"));
+        let loaded = Settings::load_from(None, env(&[(var.as_str(), text)]), &Overrides::default());
+        let settings = loaded.unwrap_or_else(|e| panic!("{var}={text}: {e}"));
+        let got = serde_json::to_value(&settings).unwrap();
+        let at = key.split('.').fold(&got, |v, k| &v[k]);
+        assert_eq!(at, &want, "{var}={text}");
+    }
+}

@@ -72,6 +72,9 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, value_parser = ["text", "json"])]
     log_format: Option<String>,
+    /// Async runtime worker threads (server.workers; 0: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -308,6 +311,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         port: args.port,
         models_dir: args.models_dir,
         log_format: args.log_format,
+        workers: args.workers,
     };
     let settings = Settings::load(args.config.as_deref(), &overrides)?;
     anya::telemetry::init(&settings.server.log_level, &settings.server.log_format);

@@ -99,13 +99,20 @@ fn registry_of(
         registry.register(s)?;
     }
     if let (Some(name), Some(version)) = (&settings.model.name, &settings.model.version) {
-        if let (Some(id), Ok(v)) = (
-            sources
+        let id = sources
+            .iter()
+            .find(|s| &s.manifest.id == name || s.dir.to_string_lossy() == name.as_str())
+            .map(|s| s.manifest.id.clone());
+        let version = match version.as_str() {
+            // The highest version of the model among those served.
+            "latest" => sources
                 .iter()
-                .find(|s| &s.manifest.id == name || s.dir.to_string_lossy() == name.as_str())
-                .map(|s| s.manifest.id.clone()),
-            semver::Version::parse(version),
-        ) {
+                .filter(|s| Some(&s.manifest.id) == id.as_ref())
+                .map(|s| s.manifest.version.clone())
+                .max(),
+            v => semver::Version::parse(v).ok(),
+        };
+        if let (Some(id), Some(v)) = (id, version) {
             registry.set_default(&id, &v)?;
         }
     }

@@ -215,6 +215,17 @@ async fn versions_default_and_explicit() {
     assert_eq!(vs.len(), 2);
     assert_eq!(vs[0]["default"], true);
     assert_eq!(vs[1]["state"], "ready");
+    drop(srv);
+    // `model.version: latest` makes the highest version the default, over the manifest's.
+    let mut st = settings(repo.path());
+    st.model.name = Some("echo".into());
+    st.model.version = Some("latest".into());
+    let srv = start(st, &[]).await;
+    srv.wait_ready(10).await;
+    let (_, _, b) = srv
+        .post("/models/echo/predict", json!({"inputs": [1]}))
+        .await;
+    assert_eq!(b["model_version"], "2.0.0", "latest is the highest version");
 }
 
 #[tokio::test]

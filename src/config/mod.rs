@@ -50,6 +50,8 @@ pub struct Overrides {
     pub port: Option<u16>,
     pub models_dir: Option<PathBuf>,
     pub log_format: Option<String>,
+    /// `--workers`: the async runtime's worker threads (`server.workers`).
+    pub workers: Option<usize>,
 }
 
 /// The default config file, used when present.
@@ -108,6 +110,11 @@ impl Settings {
         if let Some(d) = &overrides.models_dir {
             builder = builder
                 .set_override("model.models_dir", d.to_string_lossy().as_ref())
+                .map_err(parse)?;
+        }
+        if let Some(w) = overrides.workers {
+            builder = builder
+                .set_override("server.workers", w as u64)
                 .map_err(parse)?;
         }
         if let Some(f) = &overrides.log_format {

@@ -72,7 +72,8 @@ impl Default for JobsSection {
 pub struct ModelSection {
     /// Model to serve (a repository id or a path). Empty: serve the whole repository.
     pub name: Option<String>,
-    /// Version of `name` to make the default (else the manifest's default).
+    /// Version of `name` to make the default (else the manifest's default); `latest` is the
+    /// highest version found.
     pub version: Option<String>,
     pub device: DeviceKind,
     /// The model repository: a folder, or `s3://bucket/prefix` (then mirrored into `cache_dir`).

@@ -70,6 +70,39 @@ fn layers_apply_in_order_file_env_flags() {
     };
     let s = Settings::load_from(Some(&file), e, &o).unwrap();
     assert_eq!(s.server.port, 9100);
+    // --workers sets server.workers.
+    let o = Overrides {
+        workers: Some(3),
+        ..Default::default()
+    };
+    let s = Settings::load_from(None, env(&[("ANYA__SERVER__WORKERS", "8")]), &o).unwrap();
+    assert_eq!(s.server.workers, 3);
+}
+
+#[test]
+fn model_version_takes_latest_or_a_semantic_version() {
+    for ok in ["latest", "1.2.3"] {
+        let s = Settings::load_from(
+            None,
+            env(&[("ANYA__MODEL__VERSION", ok)]),
+            &Overrides::default(),
+        );
+        assert_eq!(
+            s.map(|s| s.model.version).ok().flatten().as_deref(),
+            Some(ok)
+        );
+    }
+    let err = Settings::load_from(
+        None,
+        env(&[("ANYA__MODEL__VERSION", "newest")]),
+        &Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("model.version") && err.contains("latest"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -282,8 +282,11 @@ impl Settings {
             );
         }
         if let Some(v) = &self.model.version {
-            if semver::Version::parse(v).is_err() {
-                return bad("model.version", "must be a semantic version such as 1.0.0");
+            if v != "latest" && semver::Version::parse(v).is_err() {
+                return bad(
+                    "model.version",
+                    "must be a semantic version such as 1.0.0, or `latest`",
+                );
             }
         }
         for origin in &self.security.allowed_origins {

@@ -261,12 +261,15 @@ async fn watch(state: &AppState, need: Need, req: Request<Body>, next: Next) -> 
     }
 }
 
+/// `X-RateLimit-*` on every answer that passed (or failed) a limit check; `Reset` is the Unix
+/// time (seconds) at which the full limit is available again.
 fn rate_headers(response: &mut Response, decision: Option<&Decision>) {
     if let Some(d) = decision {
         let h = response.headers_mut();
         h.insert("x-ratelimit-limit", HeaderValue::from(d.limit));
         h.insert("x-ratelimit-remaining", HeaderValue::from(d.remaining));
-        h.insert("x-ratelimit-reset", HeaderValue::from(d.reset_s));
+        let reset = crate::usage::now_unix().saturating_add(d.reset_s);
+        h.insert("x-ratelimit-reset", HeaderValue::from(reset));
     }
 }
 

@@ -226,6 +226,18 @@ async fn versions_default_and_explicit() {
         .post("/models/echo/predict", json!({"inputs": [1]}))
         .await;
     assert_eq!(b["model_version"], "2.0.0", "latest is the highest version");
+    // One model served: `POST /predict` is its predict.
+    let (s, _, b) = srv.post("/predict", json!({"inputs": [7]})).await;
+    assert_eq!((s, &b["outputs"]), (200, &json!([7])), "{b}");
+    drop(srv);
+    // Two: a 400 that names them.
+    repo.add("other", "1.0.0", "");
+    let srv = start(settings(repo.path()), &[]).await;
+    srv.wait_ready(10).await;
+    let (s, _, b) = srv.post("/predict", json!({"inputs": [7]})).await;
+    assert_eq!(s, 400, "{b}");
+    let msg = b["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("echo") && msg.contains("other"), "{b}");
 }
 
 #[tokio::test]

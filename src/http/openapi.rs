@@ -27,6 +27,7 @@ use crate::error::{ErrorBody, ErrorDetails, ErrorEnvelope, ErrorKind};
     ),
     paths(
         predict::predict,
+        predict::predict_only,
         predict::predict_version,
         models::list_models,
         models::get_model,

@@ -166,6 +166,55 @@ pub async fn predict_version(
     run(&state, &id, Some(&version), p.as_ref(), &headers, req).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/predict",
+    request_body = PredictRequest,
+    responses(
+        (status = 200, description = "The one model served answers, as `POST /models/{id}/predict` would (JSON, or server-sent events with `\"stream\": true`)", content(
+            (PredictResponse = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = 400, description = "Invalid request, or more than one model is served (the message names them: use `/models/{id}/predict`)", body = ErrorEnvelope),
+        (status = 404, description = "No model is served", body = ErrorEnvelope),
+        (status = 413, description = "Body or number of inputs over the limit", body = ErrorEnvelope),
+        (status = 503, description = "Queue full or model not ready (see Retry-After)", body = ErrorEnvelope),
+        (status = 504, description = "No answer within server.request_timeout_ms", body = ErrorEnvelope),
+        (status = 500, description = "Inference failed", body = ErrorEnvelope),
+    ),
+    tag = "inference"
+)]
+/// `POST /predict`: the model, when the server serves exactly one.
+pub async fn predict_only(
+    State(state): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<PredictRequest>,
+) -> Response {
+    let p = principal.map(|e| e.0);
+    // The models this caller may use (a token's model list narrows what it sees).
+    let ids: Vec<String> = state
+        .registry
+        .list()
+        .into_iter()
+        .map(|r| r.id)
+        .filter(|id| p.as_ref().is_none_or(|p| p.may_use(id)))
+        .collect();
+    match ids.as_slice() {
+        [id] => run(&state, id, None, p.as_ref(), &headers, req).await,
+        [] => ApiError::not_found("no model is served").into_response(),
+        many => ApiError::invalid(
+            "model",
+            format!(
+                "{} models are served ({}); name one: POST /models/{{id}}/predict",
+                many.len(),
+                many.join(", ")
+            ),
+        )
+        .into_response(),
+    }
+}
+
 /// `Cache-Control: no-cache` (or `no-store`) asks for a fresh computation.
 pub(crate) fn no_cache(headers: &HeaderMap) -> bool {
     headers

@@ -308,6 +308,7 @@ fn operations(r: Routes, upload: usize, train: usize) -> Routes {
         .on(M::POST, "/jobs/{id}/cancel", Jobs, jobs::cancel)
         // Inference, native.
         .on(M::POST, "/models/{id}/predict", Predict, predict::predict)
+        .on(M::POST, "/predict", Predict, predict::predict_only)
         .on(
             M::POST,
             "/models/{id}/versions/{version}/predict",

@@ -218,22 +218,7 @@ fn load_embedder(
         true,
         manifest.max_input_length,
     )?;
-    let pooling = match &manifest.pooling_config {
-        Some(_) => bert::Pooling::from_file(&manifest_path(
-            manifest,
-            dir,
-            &manifest.pooling_config,
-            "pooling config",
-        )?)?,
-        None => bert::Pooling::Mean,
-    };
-    let model = bert::BertEmbedder::load(
-        &manifest_path(manifest, dir, &manifest.weights, "weights")?,
-        &manifest_path(manifest, dir, &manifest.config, "config")?,
-        pooling,
-        manifest.normalize,
-        device,
-    )?;
+    let model = bert_embedder(manifest, dir, device)?;
     let dims = model.dimensions();
     Ok((
         Backend::Embedding(Box::new(model)),
@@ -248,6 +233,30 @@ fn load_embedder(
             classes: None,
         },
     ))
+}
+
+/// The BERT embedder a manifest describes (weights, config, pooling from `1_Pooling` or mean).
+fn bert_embedder(
+    manifest: &Manifest,
+    dir: &Path,
+    device: &Device,
+) -> Result<bert::BertEmbedder, ModelError> {
+    let pooling = match &manifest.pooling_config {
+        Some(_) => bert::Pooling::from_file(&manifest_path(
+            manifest,
+            dir,
+            &manifest.pooling_config,
+            "pooling config",
+        )?)?,
+        None => bert::Pooling::Mean,
+    };
+    bert::BertEmbedder::load(
+        &manifest_path(manifest, dir, &manifest.weights, "weights")?,
+        &manifest_path(manifest, dir, &manifest.config, "config")?,
+        pooling,
+        manifest.normalize,
+        device,
+    )
 }
 
 /// A classifier (a BERT classifier, or a trained head on an embedding model), on the CPU.
@@ -268,22 +277,7 @@ fn load_classifier(
     let (model, classes): (Box<dyn Embedder>, _) = match &manifest.head {
         // A trained head on an embedding model's vectors.
         Some(head) => {
-            let pooling = match &manifest.pooling_config {
-                Some(_) => bert::Pooling::from_file(&manifest_path(
-                    manifest,
-                    dir,
-                    &manifest.pooling_config,
-                    "pooling config",
-                )?)?,
-                None => bert::Pooling::Mean,
-            };
-            let base = bert::BertEmbedder::load(
-                &manifest_path(manifest, dir, &manifest.weights, "weights")?,
-                &manifest_path(manifest, dir, &manifest.config, "config")?,
-                pooling,
-                manifest.normalize,
-                &Device::Cpu,
-            )?;
+            let base = bert_embedder(manifest, dir, &Device::Cpu)?;
             let m = classify::HeadClassifier::new(
                 base,
                 &manifest_path(manifest, dir, &Some(head.weights.clone()), "head weights")?,

@@ -35,42 +35,46 @@ use crate::serving::{Entry, Who};
 /// (in a profile of the echo route, dev build, the per-field clones and drops were about 14 % of
 /// the CPU: atomic counts shared by the cores).
 #[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-/// The services, and the access rules of the HTTP routes.
-pub struct Shared {
-    services: Arc<Services>,
-    rules: Rules,
-}
+pub struct AppState(Arc<Services>);
 
 impl std::ops::Deref for AppState {
     type Target = Services;
 
     fn deref(&self) -> &Services {
-        &self.0.services
+        &self.0
     }
 }
 
 impl AppState {
     pub fn new(services: Arc<Services>) -> Self {
-        let rules = super::routes::table(&services.settings).into_parts().1;
-        Self(Arc::new(Shared { services, rules }))
+        Self(services)
     }
 
     /// The services behind the state.
     pub fn services(&self) -> &Arc<Services> {
-        &self.0.services
+        &self.0
     }
+}
+
+/// What the envelope layer holds: the state and the route table's rules.
+#[derive(Clone)]
+struct Envelope {
+    state: AppState,
+    rules: Arc<Rules>,
 }
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.settings.server.max_body_bytes;
-    let (router, _rules) = super::routes::table(&state.settings).into_parts();
+    let (router, rules) = super::routes::table(&state.settings).into_parts();
+    let envelope_state = Envelope {
+        state: state.clone(),
+        rules: Arc::new(rules),
+    };
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(state.clone(), envelope))
+        .layer(middleware::from_fn_with_state(envelope_state, envelope))
         // Outside every layer that can refuse a request: /v1 errors in OpenAI's shape.
         .layer(middleware::from_fn(openai::errors))
         // And /v2 errors in KServe's `{"error": "..."}`.
@@ -109,10 +113,16 @@ pub fn metrics_app(state: AppState) -> Router {
 
 /// The rule a request meets: its route's; a route served without one is refused (fail closed);
 /// an unknown path or method needs a valid token before its 404 or 405.
-fn rule_of(rules: &Rules, method: &Method, route: Option<&str>) -> Result<Rule, ApiError> {
+fn rule_of(
+    rules: &Rules,
+    method: &Method,
+    route: Option<&str>,
+) -> Result<(&'static str, Rule), ApiError> {
     match rules.lookup(method, route) {
-        Lookup::Found(rule) => Ok(rule),
-        Lookup::OtherMethod | Lookup::Unmatched => Ok(Rule::Token),
+        Lookup::Found(template, rule) => Ok((template, rule)),
+        // A known path's template is in the table; an unknown one is booked as `unmatched`.
+        Lookup::OtherMethod => Ok((rules.template(route), Rule::Token)),
+        Lookup::Unmatched => Ok(("unmatched", Rule::Token)),
         Lookup::NoRule => Err(ApiError::new(
             ErrorKind::Forbidden,
             format!(
@@ -141,15 +151,19 @@ fn client_of(state: &AppState, req: &Request<Body>) -> std::net::IpAddr {
 /// once; `/metrics` and `/stats` pass admission only; every other request takes a ticket from
 /// the serving gate, runs within the request timeout, and closes its books when the response's
 /// head goes out (the body keeps the ticket's place until its last byte).
-async fn envelope(State(state): State<AppState>, mut req: Request<Body>, next: Next) -> Response {
+async fn envelope(
+    State(Envelope { state, rules }): State<Envelope>,
+    mut req: Request<Body>,
+    next: Next,
+) -> Response {
     // Checks every route gets, probes included: a probe must never be a way around a limit.
     if let Some(refused) = refuse_early(&state, &req) {
         return refused;
     }
     let matched = req.extensions().get::<MatchedPath>().cloned();
     let route = matched.as_ref().map(MatchedPath::as_str);
-    let rule = match rule_of(&state.0.rules, req.method(), route) {
-        Ok(rule) => rule,
+    let (endpoint, rule) = match rule_of(&rules, req.method(), route) {
+        Ok(found) => found,
         Err(e) => return e.into_response(),
     };
     let need = rule.need(state.settings.security.metrics_public);
@@ -159,7 +173,6 @@ async fn envelope(State(state): State<AppState>, mut req: Request<Body>, next: N
             _ => watch(&state, need, req, next).await,
         };
     }
-    let endpoint = route.unwrap_or("unmatched");
     let model = route
         .filter(|_| rule.path_model())
         .and_then(|r| path_model(r, req.uri().path()));
@@ -178,7 +191,7 @@ async fn envelope(State(state): State<AppState>, mut req: Request<Body>, next: N
     };
     let entry = Entry {
         endpoint,
-        method: req.method().as_str(),
+        method: method_name(req.method()),
         who,
         place: true,
     };
@@ -228,6 +241,28 @@ async fn envelope(State(state): State<AppState>, mut req: Request<Body>, next: N
         Some(hold) => response.map(|b| crate::conn::GuardedBody::wrap(b, hold)),
         None => response,
     }
+}
+
+/// The method's name for the books, without an allocation (an extension method is `OTHER`).
+fn method_name(method: &Method) -> &'static str {
+    const KNOWN: [Method; 9] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PATCH,
+        Method::TRACE,
+        Method::CONNECT,
+    ];
+    const NAMES: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "TRACE", "CONNECT",
+    ];
+    KNOWN
+        .iter()
+        .position(|m| m == method)
+        .map_or("OTHER", |i| NAMES[i])
 }
 
 /// `/metrics` and `/stats`: admission (token, scope, request rate), no place, no books.
@@ -476,14 +511,22 @@ mod tests {
             "{}",
             refused.message
         );
-        assert_eq!(rule_of(&rules, &Method::GET, None).ok(), Some(Rule::Token));
+        assert_eq!(
+            rule_of(&rules, &Method::GET, None).ok(),
+            Some(("unmatched", Rule::Token))
+        );
         assert_eq!(
             rule_of(&rules, &Method::POST, Some("/health")).ok(),
-            Some(Rule::Token)
+            Some(("/health", Rule::Token))
         );
         assert_eq!(
             rule_of(&rules, &Method::GET, Some("/health")).ok(),
-            Some(Rule::Probe)
+            Some(("/health", Rule::Probe))
+        );
+        assert_eq!(method_name(&Method::DELETE), "DELETE");
+        assert_eq!(
+            method_name(&Method::from_bytes(b"PURGE").expect("a method")),
+            "OTHER"
         );
     }
 

@@ -69,10 +69,11 @@ pub enum Who<'a> {
 /// One request as it arrives at an entry point.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry<'a> {
-    /// Where it came in: a route template (never a raw path), `grpc/<Rpc>`, `job/<kind>`.
-    pub endpoint: &'a str,
+    /// Where it came in: a route template (never a raw path), `grpc/<Rpc>`, `job/<kind>` —
+    /// static names, so a ticket allocates nothing for them.
+    pub endpoint: &'static str,
     /// The HTTP method, `gRPC`, `WS` or `JOB`.
-    pub method: &'a str,
+    pub method: &'static str,
     pub who: Who<'a>,
     /// Take a place: refused while draining or when `server.max_concurrent_requests` are in
     /// flight. False for a message inside a call that holds one already.
@@ -88,8 +89,8 @@ pub struct Hold {
 /// An admitted request (see the module's documentation).
 pub struct Ticket {
     gate: Arc<Gate>,
-    endpoint: Box<str>,
-    method: Box<str>,
+    endpoint: &'static str,
+    method: &'static str,
     started: Instant,
     principal: Option<Principal>,
     decision: Option<Decision>,
@@ -173,15 +174,20 @@ impl Gate {
 
     /// The ticket of background work admitted earlier (a batch job's inference, on behalf of
     /// the job's owner): no place, no checks, the same books.
-    pub fn background(self: &Arc<Self>, endpoint: &str, owner: &Principal) -> Ticket {
+    pub fn background(self: &Arc<Self>, endpoint: &'static str, owner: &Principal) -> Ticket {
         self.ticket(endpoint, "JOB", Some(owner.clone()))
     }
 
-    fn ticket(self: &Arc<Self>, endpoint: &str, method: &str, who: Option<Principal>) -> Ticket {
+    fn ticket(
+        self: &Arc<Self>,
+        endpoint: &'static str,
+        method: &'static str,
+        who: Option<Principal>,
+    ) -> Ticket {
         Ticket {
             gate: self.clone(),
-            endpoint: endpoint.into(),
-            method: method.into(),
+            endpoint,
+            method,
             started: Instant::now(),
             principal: who,
             decision: None,
@@ -308,7 +314,7 @@ impl Ticket {
         let (gate, label) = (&self.gate, &self.label);
         if gate.monitoring {
             gate.metrics
-                .observe_http(label, &self.endpoint, status, code, elapsed);
+                .observe_http(label, self.endpoint, status, code, elapsed);
         }
         let account = self
             .principal

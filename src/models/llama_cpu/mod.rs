@@ -1,11 +1,21 @@
-//! Our own llama-family forward pass for the CPU, on the quantized kernels of [`super::quant`].
+//! Our own forward pass for the decoder-only GGUF architectures people download (`llama` —
+//! Llama 2/3, Mistral, SmolLM —, `qwen2`, `qwen3`, `gemma3`, `phi3`) on the CPU, on the
+//! quantized kernels of [`super::quant`].
 //!
 //! It serves several sequences at once: each has a slot with its own KV cache, and one
 //! [`CausalLm::step`] runs any mix of prompt chunks and single decode tokens from different
 //! slots as one batch, so every weight row is read once per step whatever the number of
 //! sequences (continuous batching). Numerics follow llama.cpp's CPU path: activations quantized
-//! to Q8_1 (Q8_0 against Q8_0 weights) before each matmul, K and V kept at f16 precision, the
-//! query and the attention weights rounded to f16 before their products with K and V.
+//! to the weight type's partner format before each matmul, K and V kept at f16 precision, the
+//! query and the attention weights rounded to f16 before their products with K and V, GELU read
+//! from a table of f16 values as ggml does.
+//!
+//! The architectures differ only in pieces a layer switches on: biases on q/k/v (qwen2),
+//! RMS norms of q and k per head (qwen3, gemma3), norms after attention and after the
+//! feed-forward block (gemma3), GELU instead of SiLU (gemma3), a scaled embedding (gemma3),
+//! sliding-window layers with their own rope base (gemma3), rope on adjacent pairs (llama) or
+//! on the two halves of a head (the others), per-pair rope frequency factors (Llama 3's
+//! `rope_freqs`), and fused q/k/v or gate/up tensors in the file (phi3).
 
 mod load;
 mod ops;
@@ -15,12 +25,60 @@ mod tests;
 
 use rayon::prelude::*;
 
-use super::quant::{round_f16, BlockQ8, Kernel, QMatrix};
+use super::quant::{round_f16, Acts, Kernel, QMatrix, QuantError};
 use super::{check_chunks, CausalLm, Chunk, ModelError};
-use ops::{apply_rope, attend, quantize_rows, rms_norm, rope_table, Head};
+use ops::{apply_rope, attend, gelu, rms_norm, rms_norm_in_place, rope_table, Head};
+
+/// The architectures [`CpuLlama`] runs, by their `general.architecture` name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Qwen2,
+    Qwen3,
+    Gemma3,
+    Phi3,
+}
+
+impl Arch {
+    pub const NAMES: &'static [&'static str] =
+        &["llama", "mistral", "qwen2", "qwen3", "gemma3", "phi3"];
+
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Some(match name {
+            "llama" | "mistral" => Arch::Llama,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
+            "gemma3" => Arch::Gemma3,
+            "phi3" => Arch::Phi3,
+            _ => return None,
+        })
+    }
+}
+
+/// How positions turn into rotations.
+#[derive(Debug, Clone)]
+struct Rope {
+    /// Rotate the two halves of a head (GPT-NeoX style) rather than adjacent pairs.
+    neox: bool,
+    base: f32,
+    /// The base of sliding-window layers.
+    base_swa: f32,
+    /// Linear position scaling (1 = none).
+    scale: f32,
+    /// Per-pair frequency divisors (`rope_freqs.weight`, Llama 3.1's long-context scaling).
+    factors: Option<Vec<f32>>,
+}
+
+/// The feed-forward block's gate activation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Silu,
+    Gelu,
+}
 
 #[derive(Debug, Clone)]
 struct Config {
+    arch: Arch,
     layers: usize,
     dim: usize,
     heads: usize,
@@ -28,19 +86,106 @@ struct Config {
     head_dim: usize,
     ffn: usize,
     eps: f32,
-    rope_base: f32,
+    rope: Rope,
     context: usize,
+    /// Multiply the token embeddings by this (gemma3: √dim).
+    embed_scale: Option<f32>,
+    /// Multiply the query by this before attention (gemma3, phi3); scores then unscaled.
+    q_scale: Option<f32>,
+    /// Scale of the attention scores.
+    kq_scale: f32,
+    /// Keys a sliding-window layer sees: the last `window` positions.
+    window: Option<usize>,
+    act: Act,
+    /// Final logit soft-capping (`c * tanh(x / c)`).
+    softcap: Option<f32>,
+}
+
+impl Config {
+    fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+}
+
+/// Matrices that read the same input, their outputs side by side (q, k and v; gate and up).
+/// Stacked into one matrix when the file stores them in one type, else run one after another.
+struct Proj {
+    parts: Vec<QMatrix>,
+    rows: usize,
+}
+
+impl Proj {
+    fn new(parts: Vec<QMatrix>) -> Result<Proj, QuantError> {
+        let rows = parts.iter().map(|m| m.rows).sum();
+        let same = parts
+            .windows(2)
+            .all(|w| w[0].ggml_type() == w[1].ggml_type());
+        let parts = if same && parts.len() > 1 {
+            vec![QMatrix::concat(parts)?]
+        } else {
+            parts
+        };
+        Ok(Proj { parts, rows })
+    }
+
+    fn cols(&self) -> usize {
+        self.parts.first().map_or(0, |m| m.cols)
+    }
+
+    /// `out[t * rows + r]` for every input row in `acts`.
+    fn matmul(
+        &self,
+        kernel: Kernel,
+        acts: &mut Acts,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+        tmp: &mut Vec<f32>,
+    ) {
+        if let [m] = self.parts.as_slice() {
+            m.matmul_acts(kernel, acts, out, scratch);
+            return;
+        }
+        let n = acts.rows();
+        let mut off = 0;
+        for m in &self.parts {
+            tmp.clear();
+            tmp.resize(n * m.rows, 0.0);
+            m.matmul_acts(kernel, acts, tmp, scratch);
+            for (o, part) in out
+                .chunks_exact_mut(self.rows)
+                .zip(tmp.chunks_exact(m.rows))
+            {
+                o[off..off + m.rows].copy_from_slice(part);
+            }
+            off += m.rows;
+        }
+    }
 }
 
 struct Layer {
     attn_norm: Vec<f32>,
-    /// q, k and v stacked: `dim + 2 * kv_dim` rows.
-    wqkv: QMatrix,
+    /// q, k and v: `q_dim + 2 * kv_dim` rows.
+    qkv: Proj,
+    /// Biases of q, k and v, side by side (qwen2).
+    qkv_bias: Option<Vec<f32>>,
+    /// RMS-norm weights applied to each head of q and of k (qwen3, gemma3).
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
     wo: QMatrix,
+    /// Norm of the attention output before the residual (gemma3).
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    /// gate and up stacked: `2 * ffn` rows.
-    w13: QMatrix,
-    w2: QMatrix,
+    /// gate and up: `2 * ffn` rows.
+    gate_up: Proj,
+    down: QMatrix,
+    /// Norm of the feed-forward output before the residual (gemma3).
+    post_ffn_norm: Option<Vec<f32>>,
+    /// A sliding-window layer.
+    swa: bool,
 }
 
 /// Positions per block of the K cache.
@@ -88,13 +233,14 @@ fn from_f16_bits(b: u16) -> f32 {
 struct Scratch {
     x: Vec<f32>,
     xn: Vec<f32>,
-    acts: Vec<BlockQ8>,
+    acts: Acts,
     qkv: Vec<f32>,
     att: Vec<f32>,
     proj: Vec<f32>,
     gu: Vec<f32>,
     h: Vec<f32>,
     transpose: Vec<f32>,
+    part: Vec<f32>,
 }
 
 pub struct CpuLlama {
@@ -112,6 +258,10 @@ pub struct CpuLlama {
 impl CpuLlama {
     pub fn kernel(&self) -> Kernel {
         self.kernel
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.cfg.arch
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -133,27 +283,44 @@ impl CpuLlama {
             where_.extend((0..c.tokens.len()).map(|i| (c.slot, c.start + i)));
         }
         let n = where_.len();
-        let rope = rope_table(&where_, cfg.head_dim, cfg.rope_base);
+        let rope = rope_table(&where_, cfg.head_dim, cfg.rope.base, &cfg.rope);
+        let rope_swa = if cfg.window.is_some() && cfg.rope.base_swa != cfg.rope.base {
+            Some(rope_table(
+                &where_,
+                cfg.head_dim,
+                cfg.rope.base_swa,
+                &cfg.rope,
+            ))
+        } else {
+            None
+        };
         let s = &mut self.scratch;
         s.x.resize(n * dim, 0.0);
         let mut t = 0;
         for c in chunks {
             for &tok in c.tokens {
-                self.embed
-                    .dequantize_row(tok as usize, &mut s.x[t * dim..(t + 1) * dim]);
+                let row = &mut s.x[t * dim..(t + 1) * dim];
+                self.embed.dequantize_row(tok as usize, row);
+                if let Some(k) = cfg.embed_scale {
+                    row.iter_mut().for_each(|v| *v *= k);
+                }
                 t += 1;
             }
         }
         let slots = &mut self.slots;
         let layers = &self.layers;
-        let step = Step {
-            cfg: &cfg,
-            kernel: self.kernel,
-            where_: &where_,
-            rope: &rope,
-        };
+        let kernel = self.kernel;
         self.pool.install(|| {
             for (l, layer) in layers.iter().enumerate() {
+                let step = Step {
+                    cfg: &cfg,
+                    kernel,
+                    where_: &where_,
+                    rope: match (&rope_swa, layer.swa) {
+                        (Some(r), true) => r,
+                        _ => &rope,
+                    },
+                };
                 step.attention(l, layer, s, slots);
                 step.feed_forward(layer, s);
             }
@@ -183,13 +350,15 @@ impl CpuLlama {
             return Vec::new();
         }
         rms_norm(&last, &self.out_norm, cfg.eps, &mut s.xn);
-        quantize_rows(&s.xn, dim, &mut s.acts);
+        s.acts.load(&s.xn, dim);
         let head = self.output.as_ref().unwrap_or(&self.embed);
         let mut logits = vec![0.0; m * head.rows];
-        let acts = &s.acts;
-        let transpose = &mut s.transpose;
+        let (acts, transpose) = (&mut s.acts, &mut s.transpose);
         self.pool
-            .install(|| head.matmul(kernel, acts, m, &mut logits, transpose));
+            .install(|| head.matmul_acts(kernel, acts, &mut logits, transpose));
+        if let Some(c) = cfg.softcap {
+            logits.iter_mut().for_each(|v| *v = (*v / c).tanh() * c);
+        }
         logits
             .chunks_exact(head.rows)
             .map(<[f32]>::to_vec)
@@ -198,12 +367,26 @@ impl CpuLlama {
 }
 
 /// What every layer of one step reads: the model's shape, the kernel, and each token's slot,
-/// position and rope table.
+/// position and rope table (the layer's own: sliding-window layers may have another base).
 struct Step<'a> {
     cfg: &'a Config,
     kernel: Kernel,
     where_: &'a [(usize, usize)],
     rope: &'a [Vec<(f32, f32)>],
+}
+
+/// Add `y` to the residual `x`, through the norm `post` first where the layer has one.
+fn add_residual(x: &mut [f32], y: &[f32], post: Option<&Vec<f32>>, eps: f32, tmp: &mut Vec<f32>) {
+    let y = match post {
+        Some(w) => {
+            rms_norm(y, w, eps, tmp);
+            &tmp[..]
+        }
+        None => y,
+    };
+    for (x, p) in x.iter_mut().zip(y) {
+        *x += p;
+    }
 }
 
 impl Step<'_> {
@@ -212,20 +395,36 @@ impl Step<'_> {
     fn attention(&self, l: usize, layer: &Layer, s: &mut Scratch, slots: &mut [Slot]) {
         let (cfg, kernel, where_) = (self.cfg, self.kernel, self.where_);
         let (dim, hd) = (cfg.dim, cfg.head_dim);
-        let kv_dim = cfg.kv_heads * hd;
-        let qkv_dim = dim + 2 * kv_dim;
+        let (q_dim, kv_dim) = (cfg.q_dim(), cfg.kv_dim());
+        let qkv_dim = q_dim + 2 * kv_dim;
         let group = cfg.heads / cfg.kv_heads;
         let n = where_.len();
         rms_norm(&s.x, &layer.attn_norm, cfg.eps, &mut s.xn);
-        quantize_rows(&s.xn, dim, &mut s.acts);
+        s.acts.load(&s.xn, dim);
         s.qkv.resize(n * qkv_dim, 0.0);
-        layer
-            .wqkv
-            .matmul(kernel, &s.acts, n, &mut s.qkv, &mut s.transpose);
+        layer.qkv.matmul(
+            kernel,
+            &mut s.acts,
+            &mut s.qkv,
+            &mut s.transpose,
+            &mut s.part,
+        );
         for (t, row) in s.qkv.chunks_exact_mut(qkv_dim).enumerate() {
-            let (q, kv) = row.split_at_mut(dim);
-            apply_rope(q, hd, &self.rope[t]);
-            apply_rope(&mut kv[..kv_dim], hd, &self.rope[t]);
+            if let Some(b) = &layer.qkv_bias {
+                row.iter_mut().zip(b).for_each(|(v, b)| *v += b);
+            }
+            let (q, kv) = row.split_at_mut(q_dim);
+            if let Some(w) = &layer.q_norm {
+                rms_norm_in_place(q, w, cfg.eps);
+            }
+            if let Some(w) = &layer.k_norm {
+                rms_norm_in_place(&mut kv[..kv_dim], w, cfg.eps);
+            }
+            apply_rope(q, hd, &self.rope[t], cfg.rope.neox);
+            apply_rope(&mut kv[..kv_dim], hd, &self.rope[t], cfg.rope.neox);
+            if let Some(k) = cfg.q_scale {
+                q.iter_mut().for_each(|v| *v *= k);
+            }
             let (slot, pos) = where_[t];
             let sl = &mut slots[slot];
             let (kc, vc) = (&mut sl.k[l], &mut sl.v[l]);
@@ -243,10 +442,10 @@ impl Step<'_> {
                 *v = round_f16(*v);
             }
         }
-        s.att.resize(n * dim, 0.0);
+        s.att.resize(n * q_dim, 0.0);
         let qkv = &s.qkv;
         let slots_ro: &[Slot] = slots;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let window = if layer.swa { cfg.window } else { None };
         s.att
             .par_chunks_mut(hd)
             .enumerate()
@@ -262,48 +461,57 @@ impl Step<'_> {
                     v: &sl.v[l],
                     kv_dim,
                     off,
+                    start: window.map_or(0, |w| (pos + 1).saturating_sub(w)),
                     len: pos + 1,
-                    scale,
+                    scale: cfg.kq_scale,
                 };
                 attend(kernel, &head, scores, out);
             });
-        quantize_rows(&s.att, dim, &mut s.acts);
+        s.acts.load(&s.att, q_dim);
         s.proj.resize(n * dim, 0.0);
         layer
             .wo
-            .matmul(kernel, &s.acts, n, &mut s.proj, &mut s.transpose);
-        for (x, p) in s.x.iter_mut().zip(&s.proj) {
-            *x += p;
-        }
+            .matmul_acts(kernel, &mut s.acts, &mut s.proj, &mut s.transpose);
+        let post = layer.post_attn_norm.as_ref();
+        add_residual(&mut s.x, &s.proj, post, cfg.eps, &mut s.xn);
     }
 
-    /// A layer's feed-forward block (SwiGLU), added to the residual `s.x`.
+    /// A layer's feed-forward block (SwiGLU or GeGLU), added to the residual `s.x`.
     fn feed_forward(&self, layer: &Layer, s: &mut Scratch) {
         let (cfg, kernel) = (self.cfg, self.kernel);
-        let (dim, n) = (cfg.dim, self.where_.len());
+        let (dim, n, ffn) = (cfg.dim, self.where_.len(), cfg.ffn);
         rms_norm(&s.x, &layer.ffn_norm, cfg.eps, &mut s.xn);
-        quantize_rows(&s.xn, dim, &mut s.acts);
-        s.gu.resize(n * 2 * cfg.ffn, 0.0);
-        layer
-            .w13
-            .matmul(kernel, &s.acts, n, &mut s.gu, &mut s.transpose);
-        s.h.resize(n * cfg.ffn, 0.0);
-        for (h, gu) in
-            s.h.chunks_exact_mut(cfg.ffn)
-                .zip(s.gu.chunks_exact(2 * cfg.ffn))
-        {
-            let (g, u) = gu.split_at(cfg.ffn);
-            for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
-                *h = g / (1.0 + (-g).exp()) * u;
+        s.acts.load(&s.xn, dim);
+        s.gu.resize(n * 2 * ffn, 0.0);
+        layer.gate_up.matmul(
+            kernel,
+            &mut s.acts,
+            &mut s.gu,
+            &mut s.transpose,
+            &mut s.part,
+        );
+        s.h.resize(n * ffn, 0.0);
+        for (h, gu) in s.h.chunks_exact_mut(ffn).zip(s.gu.chunks_exact(2 * ffn)) {
+            let (g, u) = gu.split_at(ffn);
+            match cfg.act {
+                Act::Silu => {
+                    for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
+                        *h = g / (1.0 + (-g).exp()) * u;
+                    }
+                }
+                Act::Gelu => {
+                    for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
+                        *h = gelu(g) * u;
+                    }
+                }
             }
         }
-        quantize_rows(&s.h, cfg.ffn, &mut s.acts);
+        s.acts.load(&s.h, ffn);
         layer
-            .w2
-            .matmul(kernel, &s.acts, n, &mut s.proj, &mut s.transpose);
-        for (x, p) in s.x.iter_mut().zip(&s.proj) {
-            *x += p;
-        }
+            .down
+            .matmul_acts(kernel, &mut s.acts, &mut s.proj, &mut s.transpose);
+        let post = layer.post_ffn_norm.as_ref();
+        add_residual(&mut s.x, &s.proj, post, cfg.eps, &mut s.xn);
     }
 }
 

@@ -1,55 +1,109 @@
-//! The per-token operations of a step: rope, RMS norm, quantizing activations, and attention
-//! over the f16 KV cache (portable and F16C).
+//! The per-token operations of a step: rope, RMS norms, GELU, and attention over the f16 KV
+//! cache (portable and F16C).
 
-use super::{from_f16_bits, KB};
-use crate::models::quant::{quantize_row, round_f16, BlockQ8, Kernel, QK};
+use std::sync::OnceLock;
 
-/// `(cos, sin)` per rotated pair, per token (llama's "normal" rope: adjacent pairs), computed
-/// the way ggml does: the angle of pair `i` is `pos * base^(-2i/d)` by repeated products.
-pub(super) fn rope_table(where_: &[(usize, usize)], hd: usize, base: f32) -> Vec<Vec<(f32, f32)>> {
-    let scale = base.powf(-2.0 / hd as f32);
+use super::{from_f16_bits, Rope, KB};
+use crate::models::quant::{round_f16, Kernel};
+
+/// `(cos, sin)` per rotated pair, per token, computed the way ggml does: the angle of pair `i`
+/// is `pos * base^(-2i/d)` by repeated products, divided by the pair's frequency factor and
+/// multiplied by the linear position scale.
+pub(super) fn rope_table(
+    where_: &[(usize, usize)],
+    hd: usize,
+    base: f32,
+    rope: &Rope,
+) -> Vec<Vec<(f32, f32)>> {
+    let step = base.powf(-2.0 / hd as f32);
     where_
         .iter()
         .map(|&(_, pos)| {
             let mut theta = pos as f32;
             (0..hd / 2)
-                .map(|_| {
-                    let cs = (theta.cos(), theta.sin());
-                    theta *= scale;
-                    cs
+                .map(|i| {
+                    let ff = rope.factors.as_ref().map_or(1.0, |f| f[i]);
+                    let angle = rope.scale * (theta / ff);
+                    theta *= step;
+                    (angle.cos(), angle.sin())
                 })
                 .collect()
         })
         .collect()
 }
 
-pub(super) fn apply_rope(x: &mut [f32], hd: usize, table: &[(f32, f32)]) {
+/// Rotate each head of `x`: adjacent pairs `(2i, 2i + 1)` (llama), or `(i, i + d/2)` (NeoX
+/// style: qwen, gemma, phi).
+pub(super) fn apply_rope(x: &mut [f32], hd: usize, table: &[(f32, f32)], neox: bool) {
+    let half = hd / 2;
     for head in x.chunks_exact_mut(hd) {
-        for (pair, &(c, s)) in head.chunks_exact_mut(2).zip(table) {
-            let (a, b) = (pair[0], pair[1]);
-            pair[0] = a * c - b * s;
-            pair[1] = a * s + b * c;
+        for (i, &(c, s)) in table.iter().enumerate().take(half) {
+            let (ia, ib) = if neox {
+                (i, i + half)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
+            let (a, b) = (head[ia], head[ib]);
+            head[ia] = a * c - b * s;
+            head[ib] = a * s + b * c;
         }
     }
+}
+
+/// ggml's RMS norm: squares summed in double, mean and scale in single precision, then the
+/// weight multiplied in.
+fn rms_scale(x: &[f32], eps: f32) -> f32 {
+    let ss: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (ss / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
 }
 
 pub(super) fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut Vec<f32>) {
     let dim = w.len();
     out.resize(x.len(), 0.0);
     for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        let scale = 1.0 / ((ss / dim as f64) as f32 + eps).sqrt();
+        let scale = rms_scale(xr, eps);
         for ((o, &v), &g) in or.iter_mut().zip(xr).zip(w) {
             *o = v * scale * g;
         }
     }
 }
 
-pub(super) fn quantize_rows(x: &[f32], width: usize, out: &mut Vec<BlockQ8>) {
-    out.resize(x.len() / QK, BlockQ8::default());
-    for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width / QK)) {
-        quantize_row(xr, or);
+/// [`rms_norm`] of every `w.len()`-long piece of `x` (each head), in place.
+pub(super) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
+    for xr in x.chunks_exact_mut(w.len()) {
+        let scale = rms_scale(xr, eps);
+        for (v, &g) in xr.iter_mut().zip(w) {
+            *v = *v * scale * g;
+        }
     }
+}
+
+/// GELU (tanh form) as ggml's CPU path computes it: inside (-10, 10) the input is rounded to
+/// f16 and the answer read from a table of f16 results.
+pub(super) fn gelu(x: f32) -> f32 {
+    static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let table = TABLE.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| {
+                let v = half::f16::from_bits(b).to_f32();
+                half::f16::from_f32(gelu_exact(v)).to_bits()
+            })
+            .collect()
+    });
+    from_f16_bits(table[half::f16::from_f32(x).to_bits() as usize])
+}
+
+fn gelu_exact(x: f32) -> f32 {
+    const A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + A * x * x)).tanh())
 }
 
 /// One head of one query over `len` cached positions of a slot's K and V (columns
@@ -60,6 +114,8 @@ pub(super) struct Head<'a> {
     pub(super) v: &'a [u16],
     pub(super) kv_dim: usize,
     pub(super) off: usize,
+    /// The first position the query sees (a sliding window), and one past the last.
+    pub(super) start: usize,
     pub(super) len: usize,
     pub(super) scale: f32,
 }
@@ -100,13 +156,19 @@ unsafe fn attend_avx2(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
         v,
         kv_dim,
         off,
+        start,
         len,
         scale,
     } = *head;
     let hd = q.len();
     scores.clear();
     let mut lanes = [0.0f32; KB];
-    for block in k.chunks_exact(kv_dim * KB).take(len.div_ceil(KB)) {
+    let first = start / KB;
+    for block in k
+        .chunks_exact(kv_dim * KB)
+        .take(len.div_ceil(KB))
+        .skip(first)
+    {
         let rows = &block[off * KB..(off + hd) * KB];
         let mut acc = _mm256_setzero_ps();
         for (&qd, kd) in q.iter().zip(rows.chunks_exact(KB)) {
@@ -118,10 +180,11 @@ unsafe fn attend_avx2(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
         scores.extend(lanes.iter().map(|a| a * scale));
     }
-    scores.truncate(len);
+    scores.truncate(len - first * KB);
+    scores.drain(..start - first * KB);
     let inv = softmax_unnormalized(scores);
     out.fill(0.0);
-    for (p, &w) in scores.iter().enumerate() {
+    for (p, &w) in (start..).zip(scores.iter()) {
         let w = round_f16(w * inv);
         let vr = &v[p * kv_dim + off..p * kv_dim + off + hd];
         let wv = _mm256_set1_ps(w);
@@ -149,12 +212,18 @@ fn attend_generic(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
         v,
         kv_dim,
         off,
+        start,
         len,
         scale,
     } = *head;
     let hd = q.len();
     scores.clear();
-    for block in k.chunks_exact(kv_dim * KB).take(len.div_ceil(KB)) {
+    let first = start / KB;
+    for block in k
+        .chunks_exact(kv_dim * KB)
+        .take(len.div_ceil(KB))
+        .skip(first)
+    {
         let mut acc = [0.0f32; KB];
         for (d, &qd) in q.iter().enumerate() {
             let kd = &block[(off + d) * KB..(off + d + 1) * KB];
@@ -164,10 +233,11 @@ fn attend_generic(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
         }
         scores.extend(acc.iter().map(|a| a * scale));
     }
-    scores.truncate(len);
+    scores.truncate(len - first * KB);
+    scores.drain(..start - first * KB);
     let inv = softmax_unnormalized(scores);
     out.fill(0.0);
-    for (p, &w) in scores.iter().enumerate() {
+    for (p, &w) in (start..).zip(scores.iter()) {
         let w = round_f16(w * inv);
         let vr = &v[p * kv_dim + off..p * kv_dim + off + hd];
         for (o, &x) in out.iter_mut().zip(vr) {

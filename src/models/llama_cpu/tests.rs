@@ -42,6 +42,7 @@ fn attention_on_the_half_float_cache_is_the_same_bits_on_every_kernel() {
             v: &v,
             kv_dim,
             off: hd,
+            start: 0,
             len,
             scale: 0.125,
         };

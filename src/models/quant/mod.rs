@@ -449,3 +449,128 @@ impl QMatrix {
 
 #[cfg(test)]
 mod tests;
+
+// ---- interim API (replaced by the k-quant work): the types, `Acts` and `matmul_acts` ----
+
+/// A GGML tensor type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum GgmlType {
+    F32,
+    F16,
+    BF16,
+    Q4_0,
+    Q4_1,
+    Q5_0,
+    Q8_0,
+    Q4_K,
+    Q5_K,
+    Q6_K,
+}
+
+impl GgmlType {
+    pub const ALL: &'static [GgmlType] = &[GgmlType::Q4_1, GgmlType::Q8_0];
+
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        Some(match id {
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            _ => return None,
+        })
+    }
+
+    pub fn block_elems(self) -> usize {
+        match self {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q8_0 => 32,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => 256,
+        }
+    }
+
+    pub fn block_bytes(self) -> usize {
+        match self {
+            GgmlType::F32 => 4,
+            GgmlType::F16 | GgmlType::BF16 => 2,
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q5_0 => 22,
+            GgmlType::Q8_0 => 34,
+            GgmlType::Q4_K => 144,
+            GgmlType::Q5_K => 176,
+            GgmlType::Q6_K => 210,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GgmlType::F32 => "F32",
+            GgmlType::F16 => "F16",
+            GgmlType::BF16 => "BF16",
+            GgmlType::Q4_0 => "Q4_0",
+            GgmlType::Q4_1 => "Q4_1",
+            GgmlType::Q5_0 => "Q5_0",
+            GgmlType::Q8_0 => "Q8_0",
+            GgmlType::Q4_K => "Q4_K",
+            GgmlType::Q5_K => "Q5_K",
+            GgmlType::Q6_K => "Q6_K",
+        }
+    }
+}
+
+/// Activations for one matmul input.
+#[derive(Default)]
+pub struct Acts {
+    q8: Vec<BlockQ8>,
+    n: usize,
+}
+
+impl Acts {
+    pub fn load(&mut self, x: &[f32], width: usize) {
+        self.n = x.len() / width;
+        self.q8.resize(x.len() / QK, BlockQ8::default());
+        for (xr, or) in x
+            .chunks_exact(width)
+            .zip(self.q8.chunks_exact_mut(width / QK))
+        {
+            quantize_row(xr, or);
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+}
+
+impl QMatrix {
+    pub fn from_type(
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        bytes: &[u8],
+    ) -> Result<QMatrix, QuantError> {
+        let id = match ty {
+            GgmlType::Q4_1 => 3,
+            GgmlType::Q8_0 => 8,
+            other => return Err(QuantError(format!("{} is not supported", other.name()))),
+        };
+        QMatrix::from_bytes(id, rows, cols, bytes)
+    }
+
+    pub fn ggml_type(&self) -> GgmlType {
+        match self.data {
+            QData::Q4_1(_) => GgmlType::Q4_1,
+            QData::Q8_0(_) => GgmlType::Q8_0,
+        }
+    }
+
+    pub fn matmul_acts(
+        &self,
+        kernel: Kernel,
+        acts: &mut Acts,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
+        let n = acts.n;
+        self.matmul(kernel, &acts.q8, n, out, scratch);
+    }
+}

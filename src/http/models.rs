@@ -56,6 +56,9 @@ pub struct VersionInfo {
     /// A remote model's provider and what its last probe saw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<ProviderInfo>,
+    /// A loaded GGUF's architecture, tensor types, parameter count, context length and engine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weights: Option<crate::models::gguf_meta::WeightsInfo>,
 }
 
 /// A remote model's provider (its key is never shown).
@@ -146,12 +149,13 @@ fn ts(t: OffsetDateTime) -> String {
 }
 
 pub(crate) fn version_info(state: &AppState, rec: &ModelRecord, v: &VersionRecord) -> VersionInfo {
-    let (error, device, queue_size) = match &v.state {
-        VersionState::Failed(e) => (Some(e.clone()), None, 0),
+    let (error, device, queue_size, weights) = match &v.state {
+        VersionState::Failed(e) => (Some(e.clone()), None, 0, None),
         VersionState::Ready(h) | VersionState::Draining(h) => {
-            (None, Some(h.frontend().device.clone()), h.queue_len())
+            let f = h.frontend();
+            (None, Some(f.device.clone()), h.queue_len(), f.weights.clone())
         }
-        VersionState::Loading => (None, None, 0),
+        VersionState::Loading => (None, None, 0, None),
     };
     let provider = match &v.state {
         VersionState::Ready(h) | VersionState::Draining(h) => h.remote_model().map(|r| {
@@ -189,6 +193,7 @@ pub(crate) fn version_info(state: &AppState, rec: &ModelRecord, v: &VersionRecor
         created_at: ts(v.created_at),
         updated_at: ts(v.updated_at),
         provider,
+        weights,
     }
 }
 

@@ -70,6 +70,7 @@ fn model(task: Task) -> (Manifest, Frontend) {
             labels: vec!["neg".into(), "pos".into()],
             multi_label: false,
         }),
+        weights: None,
     };
     (m, f)
 }

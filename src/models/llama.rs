@@ -8,14 +8,100 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::quantized_llama::ModelWeights;
+use candle_transformers::models::{
+    quantized_gemma3, quantized_llama, quantized_phi3, quantized_qwen2, quantized_qwen3,
+};
 
+pub use super::gguf_meta::{context_length_of, weights_info, WeightsInfo};
 use super::llama_candle::CandleLlama;
-use super::llama_cpu::CpuLlama;
+use super::llama_cpu::{Arch, CpuLlama};
 use super::{gguf_tokenizer, CausalLm, ChatTemplate, Chunk, ModelError, TextCodec};
 
+/// candle-transformers' quantized models, one per architecture.
+enum CandleWeights {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+    Qwen3(quantized_qwen3::ModelWeights),
+    Gemma3(quantized_gemma3::ModelWeights),
+    Phi3(quantized_phi3::ModelWeights),
+}
+
+impl CandleWeights {
+    fn load(
+        arch: Arch,
+        content: gguf_file::Content,
+        file: &mut std::fs::File,
+        device: &Device,
+    ) -> candle_core::Result<CandleWeights> {
+        Ok(match arch {
+            Arch::Llama => {
+                CandleWeights::Llama(quantized_llama::ModelWeights::from_gguf(content, file, device)?)
+            }
+            Arch::Qwen2 => {
+                CandleWeights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, file, device)?)
+            }
+            Arch::Qwen3 => {
+                CandleWeights::Qwen3(quantized_qwen3::ModelWeights::from_gguf(content, file, device)?)
+            }
+            Arch::Gemma3 => CandleWeights::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
+                content, file, device,
+            )?),
+            Arch::Phi3 => CandleWeights::Phi3(quantized_phi3::ModelWeights::from_gguf(
+                false, content, file, device,
+            )?),
+        })
+    }
+
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            CandleWeights::Llama(m) => m.forward(x, pos),
+            CandleWeights::Qwen2(m) => m.forward(x, pos),
+            CandleWeights::Qwen3(m) => m.forward(x, pos),
+            CandleWeights::Gemma3(m) => m.forward(x, pos),
+            CandleWeights::Phi3(m) => m.forward(x, pos),
+        }
+    }
+}
+
+/// The weights of `content` on the fastest engine that runs them, and that engine's name: our
+/// CPU forward pass; on a GPU, the candle-tensor llama for llama files; else candle's quantized
+/// model of the architecture (one sequence at a time).
+fn load_weights(
+    path: &Path,
+    content: gguf_file::Content,
+    file: &mut std::fs::File,
+    device: &Device,
+    sequences: usize,
+    threads: usize,
+) -> Result<(Box<dyn CausalLm>, &'static str), ModelError> {
+    let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
+    let (_, arch) = super::llama_cpu::arch_of(&content).map_err(|e| load(&e))?;
+    if device.is_cpu() && CpuLlama::supports(&content) {
+        let m = CpuLlama::load(path, &content, file, sequences, threads)?;
+        return Ok((Box::new(m), "anya-cpu"));
+    }
+    if !device.is_cpu() && arch == Arch::Llama {
+        let dtype = CandleLlama::dtype_for(device);
+        let m = CandleLlama::load(path, &content, file, device, dtype, sequences)?;
+        return Ok((Box::new(m), "candle-cuda"));
+    }
+    let context_length = context_length_of(&content).unwrap_or(2048);
+    let weights = CandleWeights::load(arch, content, file, device).map_err(|e| load(&e))?;
+    let engine = if device.is_cpu() {
+        "candle-cpu"
+    } else {
+        "candle-cuda"
+    };
+    let m = GgufLlama {
+        weights,
+        device: device.clone(),
+        context_length,
+    };
+    Ok((Box::new(m), engine))
+}
+
 pub struct GgufLlama {
-    weights: ModelWeights,
+    weights: CandleWeights,
     device: Device,
     context_length: usize,
 }
@@ -26,6 +112,8 @@ pub struct LoadedLlama {
     pub codec: TextCodec,
     pub chat_template: Option<ChatTemplate>,
     pub eos_token_ids: Vec<u32>,
+    /// What the file holds, for `GET /models/{id}`.
+    pub info: WeightsInfo,
 }
 
 impl GgufLlama {
@@ -40,7 +128,6 @@ impl GgufLlama {
         sequences: usize,
         threads: usize,
     ) -> Result<LoadedLlama, ModelError> {
-        let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
         let (mut file, content, context_length) = open_gguf(path)?;
         let meta = gguf_tokenizer::from_gguf(&content);
         let (codec, chat_template, eos) = match tokenizer_json {
@@ -75,33 +162,18 @@ impl GgufLlama {
                 eos_token_ids.push(id);
             }
         }
-        let model: Box<dyn CausalLm> = if device.is_cpu() && CpuLlama::supports(&content) {
-            Box::new(CpuLlama::load(
-                path, &content, &mut file, sequences, threads,
-            )?)
-        } else if !device.is_cpu() {
-            Box::new(CandleLlama::load(
-                path,
-                &content,
-                &mut file,
-                device,
-                CandleLlama::dtype_for(device),
-                sequences,
-            )?)
-        } else {
-            let weights =
-                ModelWeights::from_gguf(content, &mut file, device).map_err(|e| load(&e))?;
-            Box::new(GgufLlama {
-                weights,
-                device: device.clone(),
-                context_length,
-            })
+        let info = weights_info(&content, context_length);
+        let (model, engine) = load_weights(path, content, &mut file, device, sequences, threads)?;
+        let info = WeightsInfo {
+            engine: engine.into(),
+            ..info
         };
         Ok(LoadedLlama {
             model,
             codec,
             chat_template,
             eos_token_ids,
+            info,
         })
     }
 }
@@ -110,12 +182,18 @@ impl GgufLlama {
 fn open_gguf(path: &Path) -> Result<(std::fs::File, gguf_file::Content, usize), ModelError> {
     let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(|e| load(&e))?;
-    let content = gguf_file::Content::read(&mut file).map_err(|e| load(&e))?;
-    let context_length = content
-        .metadata
-        .get("llama.context_length")
-        .and_then(|v| v.to_u32().ok())
-        .unwrap_or(2048) as usize;
+    let content = gguf_file::Content::read(&mut file).map_err(|e| {
+        let e = e.to_string();
+        if e.contains("dtype") {
+            load(&format!(
+                "{e} (tensor types supported: {})",
+                super::llama_cpu::supported_types()
+            ))
+        } else {
+            load(&e)
+        }
+    })?;
+    let context_length = context_length_of(&content).unwrap_or(2048);
     Ok((file, content, context_length))
 }
 
@@ -125,9 +203,10 @@ impl GgufLlama {
     pub fn open_candle(path: &Path, device: &Device) -> Result<GgufLlama, ModelError> {
         let load = |e: &dyn std::fmt::Display| ModelError::Load(format!("{}: {e}", path.display()));
         let (mut file, content, context_length) = open_gguf(path)?;
-        let weights = ModelWeights::from_gguf(content, &mut file, device).map_err(|e| load(&e))?;
+        let weights = quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
+            .map_err(|e| load(&e))?;
         Ok(GgufLlama {
-            weights,
+            weights: CandleWeights::Llama(weights),
             device: device.clone(),
             context_length,
         })

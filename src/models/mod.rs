@@ -11,6 +11,7 @@ pub mod bert_fast;
 pub mod classify;
 pub mod device;
 pub mod generate;
+pub mod gguf_meta;
 pub mod gguf_tokenizer;
 pub mod kernels;
 pub mod llama;
@@ -159,6 +160,8 @@ pub struct Frontend {
     pub device: String,
     /// A classifier's labels and problem type.
     pub classes: Option<classify::ClassifierInfo>,
+    /// A GGUF's architecture, tensor types, size and engine.
+    pub weights: Option<gguf_meta::WeightsInfo>,
 }
 
 /// Load a model version from its folder onto `device`. Runs on the worker thread.
@@ -182,6 +185,7 @@ pub fn load(
                 context_length: None,
                 device: "cpu".into(),
                 classes: None,
+                weights: None,
             },
         )),
         (task, format) => Err(ModelError::Load(format!(
@@ -231,6 +235,7 @@ fn load_embedder(
             context_length: None,
             device: device_name,
             classes: None,
+            weights: None,
         },
     ))
 }
@@ -306,6 +311,7 @@ fn load_classifier(
             context_length: None,
             device: "cpu".into(),
             classes: Some(classes),
+            weights: None,
         },
     ))
 }
@@ -343,6 +349,7 @@ fn load_generator(
         context_length: Some(loaded.model.context_length()),
         device: device_name,
         classes: None,
+        weights: Some(loaded.info),
     };
     Ok((Backend::Generation(loaded.model), frontend))
 }

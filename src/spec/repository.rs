@@ -157,7 +157,33 @@ pub fn from_path(path: &Path) -> Result<ModelSource, RepositoryError> {
     Err(RepositoryError::UnrecognisedPath(path.to_path_buf()))
 }
 
-/// A `.gguf` file as a text generation model.
+/// What a GGUF's header says for its generated manifest.
+struct GgufHeader {
+    arch: String,
+    context: Option<usize>,
+    size_label: Option<String>,
+    license: Option<String>,
+}
+
+/// The header of a GGUF, if it reads.
+fn gguf_header(path: &Path) -> Option<GgufHeader> {
+    let mut f = std::fs::File::open(path).ok()?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut f).ok()?;
+    let string = |k: &str| {
+        content
+            .metadata
+            .get(k)
+            .and_then(|v| v.to_string().ok().cloned())
+    };
+    Some(GgufHeader {
+        arch: crate::models::gguf_meta::architecture(&content),
+        context: crate::models::gguf_meta::context_length_of(&content),
+        size_label: string("general.size_label"),
+        license: string("general.license"),
+    })
+}
+
+/// A `.gguf` file as a text generation model, described from its header where it reads.
 fn gguf_source(path: &Path) -> Result<ModelSource, RepositoryError> {
     let dir = path
         .parent()
@@ -165,20 +191,34 @@ fn gguf_source(path: &Path) -> Result<ModelSource, RepositoryError> {
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let name = file_name(path);
+    let header = gguf_header(path);
+    let description = match &header {
+        Some(h) => format!(
+            "{name}: {}{} (manifest generated from the file)",
+            h.size_label.as_ref().map_or(String::new(), |l| format!("{l} ")),
+            h.arch
+        ),
+        None => format!("{name} (manifest generated from the path)"),
+    };
+    // The prompt may fill the context the model was trained for, up to 32k positions.
+    let max_input_length = header
+        .as_ref()
+        .and_then(|h| h.context)
+        .map_or(2048, |c| c.clamp(16, 32_768));
     let manifest = Manifest {
         id: derive_id(path.file_stem().map(|s| s.to_string_lossy().into_owned())),
         version: semver::Version::new(1, 0, 0),
         default: true,
         task: Task::TextGeneration,
         format: Format::Gguf,
-        description: Some(format!("{name} (manifest generated from the path)")),
-        license: None,
+        description: Some(description),
+        license: header.as_ref().and_then(|h| h.license.clone()),
         weights: Some(name.clone()),
         config: None,
         tokenizer: None,
         pooling_config: None,
         normalize: true,
-        max_input_length: 2048,
+        max_input_length,
         max_inputs: 8,
         parameters: generation_parameters(),
         batching: BatchingConfig {

@@ -18,6 +18,7 @@
 //! `rope_freqs`), and fused q/k/v or gate/up tensors in the file (phi3).
 
 mod load;
+pub use load::{arch_of, ggml_type, supported_types};
 mod ops;
 
 #[cfg(test)]

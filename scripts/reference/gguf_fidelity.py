@@ -62,6 +62,8 @@ GEMMA_PROMPTS = [
 ]
 
 TINY_SEED = 0
+TOKENIZER_TINY_ARCHS = ["mistral", "gemma3", "llama"]
+TOKENIZER_TINY_TYPE = "Q8_0"  # any type: the tokenizer metadata is the same in all nine files
 TINY_PROMPT_LEN = 16
 TINY_N = 32
 GEMMA_N = 64
@@ -148,11 +150,10 @@ def write_with_overrides(src, dst, overrides):
 # --- the tiny models ----------------------------------------------------------------------------
 
 def tiny_file(workdir, arch, qtype, seed=TINY_SEED):
-    """Write (or reuse) the tiny model file through tiny_gguf.py, as CI would."""
+    """Write the tiny model file through tiny_gguf.py (a fresh process, as CI would run it)."""
     out = Path(workdir) / f"tiny-{arch}-{qtype}-s{seed}.gguf"
-    if not out.exists():
-        subprocess.run([sys.executable, str(HERE / "tiny_gguf.py"), "--arch", arch, "--type", qtype,
-                        "--seed", str(seed), "--out", str(out)], check=True)
+    subprocess.run([sys.executable, str(HERE / "tiny_gguf.py"), "--arch", arch, "--type", qtype,
+                    "--seed", str(seed), "--out", str(out)], check=True)
     return out
 
 
@@ -192,10 +193,11 @@ def tokenizer_fixture(h, gemma, smollm, workdir, with_tiny=True):
     }
     paths = {"gemma3-270m": gemma, "smollm2-135m": smollm}
     if with_tiny:
-        tiny = tiny_file(workdir, "mistral", "F32")
-        sources["tiny-mistral"] = {"tiny_gguf": {"arch": "mistral", "type": "F32", "seed": TINY_SEED},
-                                   "sha256": sha256(tiny)}
-        paths["tiny-mistral"] = tiny
+        for arch in TOKENIZER_TINY_ARCHS:
+            tiny = tiny_file(workdir, arch, TOKENIZER_TINY_TYPE)
+            sources[f"tiny-{arch}"] = {"tiny_gguf": {"arch": arch, "type": TOKENIZER_TINY_TYPE, "seed": TINY_SEED},
+                                       "sha256": sha256(tiny)}
+            paths[f"tiny-{arch}"] = tiny
 
     plan = [
         ("gemma3", "gemma3-270m", {}, True, True),
@@ -208,6 +210,13 @@ def tokenizer_fixture(h, gemma, smollm, workdir, with_tiny=True):
         ("gemma3-vocab-space-prefix", "gemma3-270m", {"tokenizer.ggml.add_space_prefix": True}, True, True),
         ("tiny-mistral", "tiny-mistral", {}, True, True),
         ("tiny-mistral-raw", "tiny-mistral", {}, False, False),
+        ("tiny-gemma3", "tiny-gemma3", {}, True, True),
+        # the tiny byte-level BPE was learned across pre-tokenizer boundaries ("n't", "'s",
+        # " 1921,", "es,"), so unlike SmolLM2's vocabulary it tells the regexes apart
+        ("tiny-llama", "tiny-llama", {}, True, True),
+        ("tiny-llama-vocab-qwen2", "tiny-llama", {"tokenizer.ggml.pre": "qwen2"}, True, True),
+        ("tiny-llama-vocab-gpt-4o", "tiny-llama", {"tokenizer.ggml.pre": "gpt-4o"}, True, True),
+        ("tiny-llama-vocab-smollm", "tiny-llama", {"tokenizer.ggml.pre": "smollm"}, True, True),
     ]
     cases = []
     for name, source, overrides, add_special, parse_special in plan:
@@ -244,6 +253,22 @@ def tiny_prompt(arch, n_vocab, bos):
     if bos is not None and bos >= 0 and arch in ("llama", "mistral", "gemma3"):
         body[0] = bos
     return body
+
+
+def machine():
+    """The CPU the numbers came from (llama.cpp picks kernels, and repacking, by CPU features)."""
+    flags = set()
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = sorted(f for f in flags if f.startswith(("avx", "fma", "f16c", "amx")))
+    return {"cpu": model, "simd": simd, "build": "GGML_NATIVE=ON (-march=native), Release, CPU backend only"}
 
 
 def logits_summary(res):
@@ -295,6 +320,7 @@ def models_fixture(h, gemma, workdir, archs, types):
                      "logits, lowest id on ties, no stop at EOS; margins[i] = top1 - top2 at step i; "
                      "logits0 = the logits after the prompt (full list when the vocabulary is <= 4096, "
                      "else the top 64 (id, logit) and the logsumexp over all of them)"),
+        "machine": machine(),
         "tiny_gguf": {"script": "scripts/reference/tiny_gguf.py", "hparams": tiny_gguf.describe()},
         "tiny": entries,
         "gemma3_270m": {"file": "gemma-3-270m-q4_k_m.gguf", "sha256": GEMMA_SHA256, "cases": real},

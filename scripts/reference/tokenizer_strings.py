@@ -253,6 +253,7 @@ def contraction_strings():
         "'quoted' and 'another'",
         "the '90s",
         "o'clock o'Neil",
+        "isn't", "doesn't", "It isn't.", "She doesn't know.", "wasn't", "can't won't shan't",
     ]
     return out
 

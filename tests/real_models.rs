@@ -4,6 +4,9 @@
 
 mod common;
 
+#[path = "real_models/gguf_fidelity.rs"]
+mod gguf_fidelity;
+
 use std::path::Path;
 
 use anya::engine::{LoadSpec, ModelHandle, Output, Work};

@@ -153,7 +153,12 @@ pub(crate) fn version_info(state: &AppState, rec: &ModelRecord, v: &VersionRecor
         VersionState::Failed(e) => (Some(e.clone()), None, 0, None),
         VersionState::Ready(h) | VersionState::Draining(h) => {
             let f = h.frontend();
-            (None, Some(f.device.clone()), h.queue_len(), f.weights.clone())
+            (
+                None,
+                Some(f.device.clone()),
+                h.queue_len(),
+                f.weights.clone(),
+            )
         }
         VersionState::Loading => (None, None, 0, None),
     };

@@ -34,15 +34,15 @@ impl CandleWeights {
         device: &Device,
     ) -> candle_core::Result<CandleWeights> {
         Ok(match arch {
-            Arch::Llama => {
-                CandleWeights::Llama(quantized_llama::ModelWeights::from_gguf(content, file, device)?)
-            }
-            Arch::Qwen2 => {
-                CandleWeights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(content, file, device)?)
-            }
-            Arch::Qwen3 => {
-                CandleWeights::Qwen3(quantized_qwen3::ModelWeights::from_gguf(content, file, device)?)
-            }
+            Arch::Llama => CandleWeights::Llama(quantized_llama::ModelWeights::from_gguf(
+                content, file, device,
+            )?),
+            Arch::Qwen2 => CandleWeights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+                content, file, device,
+            )?),
+            Arch::Qwen3 => CandleWeights::Qwen3(quantized_qwen3::ModelWeights::from_gguf(
+                content, file, device,
+            )?),
             Arch::Gemma3 => CandleWeights::Gemma3(quantized_gemma3::ModelWeights::from_gguf(
                 content, file, device,
             )?),

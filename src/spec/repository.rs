@@ -195,7 +195,9 @@ fn gguf_source(path: &Path) -> Result<ModelSource, RepositoryError> {
     let description = match &header {
         Some(h) => format!(
             "{name}: {}{} (manifest generated from the file)",
-            h.size_label.as_ref().map_or(String::new(), |l| format!("{l} ")),
+            h.size_label
+                .as_ref()
+                .map_or(String::new(), |l| format!("{l} ")),
             h.arch
         ),
         None => format!("{name} (manifest generated from the path)"),

@@ -6,7 +6,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use super::ops::{attend, Head};
 use super::*;
 
-use crate::models::test_gguf::{tiny_gguf, VOCAB};
+use crate::models::test_gguf::{tiny_gguf, tiny_model, VOCAB};
 
 fn chunk(slot: usize, start: usize, tokens: &[u32]) -> Chunk<'_> {
     Chunk {
@@ -36,30 +36,64 @@ fn attention_on_the_half_float_cache_is_the_same_bits_on_every_kernel() {
             .collect();
         let v: Vec<u16> = (0..len * kv_dim).map(|_| to_f16_bits(rnd())).collect();
         let q: Vec<f32> = (0..hd).map(|_| round_f16(rnd())).collect();
-        let head = Head {
-            q: &q,
-            k: &k,
-            v: &v,
-            kv_dim,
-            off: hd,
-            start: 0,
-            len,
-            scale: 0.125,
-        };
-        let (mut s1, mut s2) = (Vec::new(), Vec::new());
-        let (mut portable, mut best) = (vec![0.0; hd], vec![0.0; hd]);
-        attend(Kernel::Scalar, &head, &mut s1, &mut portable);
-        attend(Kernel::detect(), &head, &mut s2, &mut best);
-        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&portable), bits(&best), "len {len}");
-        assert!(portable.iter().all(|x| x.is_finite() && x.abs() <= 1.0));
+        for start in [0, 3.min(len - 1), len / 2, len - 1] {
+            let head = Head {
+                q: &q,
+                k: &k,
+                v: &v,
+                kv_dim,
+                off: hd,
+                start,
+                len,
+                scale: 0.125,
+            };
+            let (mut s1, mut s2) = (Vec::new(), Vec::new());
+            let (mut portable, mut best) = (vec![0.0; hd], vec![0.0; hd]);
+            attend(Kernel::Scalar, &head, &mut s1, &mut portable);
+            attend(Kernel::detect(), &head, &mut s2, &mut best);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&portable), bits(&best), "len {len} start {start}");
+            // Against a plain softmax over the positions start..len in f64.
+            let score = |p: usize| -> f64 {
+                let (b, lane) = (p / KB, p % KB);
+                (0..hd)
+                    .map(|d| {
+                        let kv = from_f16_bits(k[b * kv_dim * KB + (hd + d) * KB + lane]);
+                        q[d] as f64 * kv as f64
+                    })
+                    .sum::<f64>()
+                    * 0.125
+            };
+            let scores: Vec<f64> = (start..len).map(score).collect();
+            let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+            let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+            for (d, &got) in portable.iter().enumerate() {
+                let want: f64 = (start..len)
+                    .zip(&scores)
+                    .map(|(p, s)| {
+                        (s - max).exp() / sum * from_f16_bits(v[p * kv_dim + hd + d]) as f64
+                    })
+                    .sum();
+                assert!(
+                    (got as f64 - want).abs() < 2e-3,
+                    "len {len} start {start} dim {d}: {got} vs {want}"
+                );
+            }
+        }
     }
 }
 
 #[test]
 fn batched_chunked_and_restarted_runs_equal_single_runs() {
+    for arch in ["llama", "qwen2", "phi3", "gemma3"] {
+        batched_equals_single(arch);
+    }
+}
+
+fn batched_equals_single(arch: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let mut lm = CpuLlama::open(&tiny_gguf(dir.path()), 6, 2).unwrap();
+    let mut lm = CpuLlama::open(&tiny_model(dir.path(), arch), 6, 2).unwrap();
+    assert_eq!(lm.arch(), Arch::from_name(arch).unwrap());
     assert_eq!(
         (lm.max_sequences(), lm.context_length(), lm.vocab_size()),
         (6, 48, VOCAB)

@@ -1,4 +1,4 @@
-//! Q4_1 × Q8_1 and Q8_0 × Q8_0 with AVX-512 VNNI, summing every row exactly as
+//! Q4_1 × Q8_1 and Q8_0, Q4_0, Q5_0 × Q8_0 with AVX-512 VNNI, summing every row exactly as
 //! [`super::avx2`] does (which is llama.cpp's AVX2 order), so the results equal the AVX2
 //! kernels' bit for bit.
 //!
@@ -13,7 +13,7 @@
 //! sequential order (multiply, then add: not fused), eight activations to a half. Each unpacked
 //! pair serves up to eight activations; a last odd row goes through [`super::avx2`] itself.
 
-use super::{BlockQ4_1, BlockQ8, BlockQ8_0, WeightBlock};
+use super::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8, BlockQ8_0, WeightBlock};
 use std::arch::x86_64::*;
 
 /// Rows per matmul work item (eight pairs: what one activation runs against at once).
@@ -26,7 +26,7 @@ pub fn available() -> bool {
 }
 
 /// A weight format as the pair kernels see it.
-pub trait PairBlock: WeightBlock {
+pub trait PairBlock: WeightBlock<Act = BlockQ8> {
     /// Whether the format has Q4_1's `m · y.s` term.
     const OFFSETS: bool;
     fn d(&self) -> f32;
@@ -43,6 +43,49 @@ pub trait PairBlock: WeightBlock {
     unsafe fn dot(start: __m512i, w: __m512i, y: __m512i) -> __m512i;
 }
 
+/// The nibbles of two 16-byte code arrays, each block's low ones then its high ones: `a`'s
+/// 32 codes in the low half, `b`'s in the high.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn nibbles(a: &[u8; 16], b: &[u8; 16]) -> __m512i {
+    // SAFETY: 16 bytes each; unaligned loads.
+    let (p0, p1) = unsafe {
+        (
+            _mm_loadu_si128(a.as_ptr().cast()),
+            _mm_loadu_si128(b.as_ptr().cast()),
+        )
+    };
+    // [p0, p0, p1, p1] by 128-bit lanes; the second copy of each shifted to its high nibbles.
+    let both = _mm512_shuffle_i64x2::<0>(_mm512_castsi128_si512(p0), _mm512_castsi128_si512(p1));
+    let shifts = _mm512_set_epi64(
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+        0,
+        0,
+        0x0004_0004_0004_0004,
+        0x0004_0004_0004_0004,
+        0,
+        0,
+    );
+    _mm512_and_si512(_mm512_srlv_epi16(both, shifts), _mm512_set1_epi8(0x0F))
+}
+
+/// Signed codes `q` and the value their integer sums start at: `-128 · Σq` per 4-byte group,
+/// which [`signed_dot`]'s offset activations add back.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn signed(q: __m512i) -> (__m512i, __m512i) {
+    let bias = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), q);
+    (q, _mm512_sub_epi32(_mm512_setzero_si512(), bias))
+}
+
+/// `start` plus the 4-byte-group products of signed `w` and signed `y` (as `y + 128`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+fn signed_dot(start: __m512i, w: __m512i, y: __m512i) -> __m512i {
+    _mm512_dpbusd_epi32(start, _mm512_xor_si512(y, _mm512_set1_epi8(-128)), w)
+}
+
 impl PairBlock for BlockQ4_1 {
     const OFFSETS: bool = true;
     #[inline(always)]
@@ -56,29 +99,7 @@ impl PairBlock for BlockQ4_1 {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn unpack(x0: &Self, x1: &Self) -> (__m512i, __m512i) {
-        // SAFETY: 16 bytes each; unaligned loads.
-        let (p0, p1) = unsafe {
-            (
-                _mm_loadu_si128(x0.qs.as_ptr().cast()),
-                _mm_loadu_si128(x1.qs.as_ptr().cast()),
-            )
-        };
-        // [p0, p0, p1, p1] by 128-bit lanes; the second copy of each shifted to its high
-        // nibbles.
-        let both =
-            _mm512_shuffle_i64x2::<0>(_mm512_castsi128_si512(p0), _mm512_castsi128_si512(p1));
-        let shifts = _mm512_set_epi64(
-            0x0004_0004_0004_0004,
-            0x0004_0004_0004_0004,
-            0,
-            0,
-            0x0004_0004_0004_0004,
-            0x0004_0004_0004_0004,
-            0,
-            0,
-        );
-        let q = _mm512_and_si512(_mm512_srlv_epi16(both, shifts), _mm512_set1_epi8(0x0F));
-        (q, _mm512_setzero_si512())
+        (nibbles(&x0.qs, &x1.qs), _mm512_setzero_si512())
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -110,13 +131,63 @@ impl PairBlock for BlockQ8_0 {
                 _mm256_loadu_si256(x1.qs.as_ptr().cast()),
             )
         };
-        let bias = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(-128), q);
-        (q, _mm512_sub_epi32(_mm512_setzero_si512(), bias))
+        signed(q)
     }
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn dot(start: __m512i, w: __m512i, y: __m512i) -> __m512i {
-        _mm512_dpbusd_epi32(start, _mm512_xor_si512(y, _mm512_set1_epi8(-128)), w)
+        signed_dot(start, w, y)
+    }
+}
+
+/// Q4_0: Q4_1's nibbles less 8, then as Q8_0.
+impl PairBlock for BlockQ4_0 {
+    const OFFSETS: bool = false;
+    #[inline(always)]
+    fn d(&self) -> f32 {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> f32 {
+        0.0
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn unpack(x0: &Self, x1: &Self) -> (__m512i, __m512i) {
+        signed(_mm512_sub_epi8(
+            nibbles(&x0.qs, &x1.qs),
+            _mm512_set1_epi8(8),
+        ))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot(start: __m512i, w: __m512i, y: __m512i) -> __m512i {
+        signed_dot(start, w, y)
+    }
+}
+
+/// Q5_0: the nibbles, less 16 where the fifth bit (one mask bit per byte) is clear.
+impl PairBlock for BlockQ5_0 {
+    const OFFSETS: bool = false;
+    #[inline(always)]
+    fn d(&self) -> f32 {
+        self.d
+    }
+    #[inline(always)]
+    fn m(&self) -> f32 {
+        0.0
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn unpack(x0: &Self, x1: &Self) -> (__m512i, __m512i) {
+        let q = nibbles(&x0.qs, &x1.qs);
+        let high = ((x1.qh as u64) << 32) | x0.qh as u64;
+        signed(_mm512_mask_sub_epi8(q, !high, q, _mm512_set1_epi8(16)))
+    }
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn dot(start: __m512i, w: __m512i, y: __m512i) -> __m512i {
+        signed_dot(start, w, y)
     }
 }
 

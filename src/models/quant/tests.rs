@@ -4,7 +4,7 @@
 use super::*;
 
 /// A deterministic pseudo-random stream in [-1, 1).
-fn noise(seed: u64, n: usize) -> Vec<f32> {
+pub(super) fn noise(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -70,6 +70,7 @@ fn quantized_dots_approximate_the_f32_dot() {
             let got = match &m.data {
                 QData::Q4_1(b) => dot_q4_1_scalar(&b[r * 8..(r + 1) * 8], &a),
                 QData::Q8_0(b) => dot_q8_0_scalar(&b[r * 8..(r + 1) * 8], &a),
+                _ => unreachable!(),
             };
             // Only the activation's 8-bit rounding separates them.
             assert!(
@@ -181,6 +182,7 @@ fn avx512_gemm_equals_avx2_exactly() {
                             match &m.data {
                                 QData::Q4_1(b) => k.gemm(&b[..r * nb], nb, &a, n, &mut out),
                                 QData::Q8_0(b) => k.gemm(&b[..r * nb], nb, &a, n, &mut out),
+                                _ => unreachable!(),
                             }
                             out
                         };
@@ -236,7 +238,7 @@ fn concat_stacks_rows_and_rejects_mismatches() {
     let d = QMatrix::from_bytes(8, 1, 32, &q8_0_bytes(&noise(3, 32))).unwrap();
     assert!(QMatrix::concat(vec![c, d]).is_err());
     assert!(QMatrix::from_bytes(3, 1, 33, &[]).is_err());
-    assert!(QMatrix::from_bytes(2, 1, 32, &[0; 18]).is_err());
+    assert!(QMatrix::from_bytes(7, 1, 32, &[0; 24]).is_err()); // Q5_1: not read
 }
 
 #[test]

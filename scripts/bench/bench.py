@@ -55,6 +55,8 @@ HZ = os.sysconf("SC_CLK_TCK")
 EMBED_ID = "all-minilm-l6-v2"
 GEN_ID = "smollm2-135m-instruct"
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# --gen-model picks another generation model of the repository (its one .gguf file), e.g.
+# gemma-3-270m (Q4_K_M): the generate scenario then runs on it, on both sides.
 ECHO_MANIFEST = (
     "id: echo\nversion: 1.0.0\ntask: echo\nformat: none\nmax_input_length: 64\nmax_inputs: 64\n"
 )
@@ -374,11 +376,21 @@ def st_peer(ctx):
     return s
 
 
+def gen_gguf(ctx):
+    """The GGUF of the generation model both sides serve."""
+    if ctx.args.gen_model == GEN_ID:
+        return ctx.models / GEN_ID / "1.0.0" / GGUF
+    files = sorted((ctx.models / ctx.args.gen_model / "1.0.0").glob("*.gguf"))
+    if len(files) != 1:
+        sys.exit(f"--gen-model {ctx.args.gen_model}: expected one .gguf in its 1.0.0 folder")
+    return files[0]
+
+
 def llama_server_peer(ctx, slots):
     """llama.cpp's own C++ server with `slots` parallel slots, 2048 tokens of context each."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    cmd = [ctx.args.llama_server, "-m", ctx.models / GEN_ID / "1.0.0" / GGUF,
+    cmd = [ctx.args.llama_server, "-m", gen_gguf(ctx),
            "-t", str(ctx.args.llama_threads), "-np", str(slots), "-c", str(2048 * slots),
            "--host", "127.0.0.1", "--port", port, "--no-webui"]
     s = Server(f"llama-server-np{slots}", "peer", cmd, f"{base}/health")
@@ -392,7 +404,7 @@ def llama_cpp_python_peer(ctx):
     base = f"http://127.0.0.1:{port}"
     t = str(ctx.args.llama_threads)
     cmd = [ctx.args.legacy_python, "-m", "llama_cpp.server",
-           "--model", ctx.models / GEN_ID / "1.0.0" / GGUF,
+           "--model", gen_gguf(ctx),
            "--host", "127.0.0.1", "--port", port,
            "--n_ctx", "2048", "--n_threads", t, "--n_threads_batch", t,
            # Off by default it cuts the running stream as soon as another request waits:
@@ -617,7 +629,7 @@ def prompt_text(ctx, i, words=64):
 
 def scenario_generation(ctx):
     n_tokens = ctx.profile["gen_tokens"]
-    anya = anya_server(ctx, "anya-generate", GEN_ID, ctx.models,
+    anya = anya_server(ctx, "anya-generate", ctx.args.gen_model, ctx.models,
                        env={"ANYA__CACHE__ENABLED": "false"})
     np8, np16 = llama_server_peer(ctx, 8), llama_server_peer(ctx, 16)
     legacy = llama_cpp_python_peer(ctx) if ctx.args.legacy_python else None
@@ -629,7 +641,7 @@ def scenario_generation(ctx):
         # ignore_eos on both: every request generates exactly max_tokens (the client checks:
         # --expect-tokens), whatever a prompt makes the model say
         if who == "anya":
-            b.update({"model": GEN_ID, "ignore_eos": True})
+            b.update({"model": ctx.args.gen_model, "ignore_eos": True})
         elif who.startswith("llama-server"):
             # top_k 1 = greedy, as anya's temperature 0; no prompt reuse between requests
             b.update({"ignore_eos": True, "top_k": 1, "cache_prompt": False})
@@ -1000,6 +1012,8 @@ def main():
     ap.add_argument("--llama-server", required=True, help="llama.cpp's llama-server binary")
     ap.add_argument("--target-dir", default=os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")))
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
+    ap.add_argument("--gen-model", default=GEN_ID,
+                    help="the generation model of the repository both sides serve (default %(default)s)")
     ap.add_argument("--max-foreign", type=float, default=0.25,
                     help="cores of foreign CPU load above which a pair gets no ratio")
     ap.add_argument("--max-wait", type=float, default=None,

@@ -6,7 +6,7 @@
 //! The rule (the one `greedy_generation_matches_llama_cpp` uses): greedy continuations must
 //! equal llama.cpp's, except that they may part at a near-tie, a step where llama.cpp's own
 //! top-2 logit margin is below 0.25; from there on the two continuations are different texts
-//! and are not compared. First-step logits must be close (see [`LOGIT_TOLERANCE`]).
+//! and are not compared. First-step logits must be close (see [`tolerance`]).
 
 use std::path::{Path, PathBuf};
 
@@ -19,10 +19,24 @@ use super::fixture;
 /// llama.cpp's top-2 margin below which greedy continuations may part.
 const NEAR_TIE: f32 = 0.25;
 
-/// Largest first-step logit difference allowed, relative to the largest reference logit (in
-/// magnitude). Quantized activations and llama.cpp's repacked kernels sum in other orders than
-/// ours where the format allows it; float types stay much closer (see the test's report).
-const LOGIT_TOLERANCE: f32 = 2e-2;
+/// Largest first-step logit difference allowed for float weights (F32, F16, BF16), relative to
+/// the largest reference logit in magnitude.
+const LOGIT_TOLERANCE: f32 = 1e-2;
+
+/// The same for quantized weights. Several tiny models match llama.cpp bit for bit (error 0),
+/// but where llama.cpp's x86 build sums a type in another order than its AVX2 `vec_dot` (the
+/// AVX-512 Q8_0 path, the repacked and tinyBLAS prompt kernels), the difference of one rounding
+/// per dot product grows through the layers: up to 3.5e-2 on the 7-layer tiny gemma3 and 5e-2
+/// on the real 18-layer Gemma 3. Greedy decoding still follows llama.cpp (near-tie rule).
+const QUANT_LOGIT_TOLERANCE: f32 = 6e-2;
+
+fn tolerance(ty: &str) -> f32 {
+    if matches!(ty, "F32" | "F16" | "BF16") {
+        LOGIT_TOLERANCE
+    } else {
+        QUANT_LOGIT_TOLERANCE
+    }
+}
 
 /// The Python with gguf-py: `ANYA_TEST_PYTHON`, else `.cache/venv` (made by `.ci/run`).
 fn python() -> Option<PathBuf> {
@@ -177,7 +191,7 @@ fn tiny_models_of_every_architecture_and_type_follow_llama_cpp() {
         report.push(format!(
             "{arch:8} {ty:5} logits0 rel.err {err:.2e}  greedy {v:?}"
         ));
-        if err > LOGIT_TOLERANCE || matches!(v, Verdict::Differs(..)) {
+        if err > tolerance(ty) || matches!(v, Verdict::Differs(..)) {
             failures.push(format!(
                 "{arch} {ty}: logits0 rel.err {err:.2e}, greedy {v:?}"
             ));
@@ -223,7 +237,7 @@ fn gemma3_270m_q4_k_m_follows_llama_cpp() {
         let v = verdict(&tokens, &ids(&case["tokens"]), &floats(&case["margins"]));
         let text = case["text"].as_str().unwrap();
         eprintln!("gemma3 {text:?}: top-64 logits rel.err {err:.2e}, greedy {v:?}");
-        if err > LOGIT_TOLERANCE || matches!(v, Verdict::Differs(..)) {
+        if err > QUANT_LOGIT_TOLERANCE || matches!(v, Verdict::Differs(..)) {
             failures.push(format!(
                 "{text:?}: logits rel.err {err:.2e}, greedy {v:?}: ours {tokens:?}"
             ));

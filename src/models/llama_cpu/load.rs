@@ -186,8 +186,11 @@ fn config(path: &Path, content: &Content) -> Result<Config, ModelError> {
     if int("attention.value_length").is_some_and(|v| v != head_dim) {
         return Err(load_err(path, "key and value head sizes differ"));
     }
-    if head_dim == 0 || !head_dim.is_multiple_of(2) {
-        return Err(load_err(path, "odd head size"));
+    if head_dim == 0 || !head_dim.is_multiple_of(2) || head_dim > super::ops::MAX_HEAD {
+        return Err(load_err(
+            path,
+            format!("head size {head_dim} is not supported"),
+        ));
     }
     let base = float("rope.freq_base").unwrap_or(10_000.0);
     let linear = md("rope.scaling.type")

@@ -120,9 +120,11 @@ pub(super) struct Head<'a> {
     pub(super) scale: f32,
 }
 
-/// With AVX2 and F16C: the same arithmetic in the same order on 8 lanes, converting the cache's
-/// halves with F16C (separate multiply and add, no FMA contraction, so the results are the
-/// same bits as the portable code).
+/// Attention of one head as ggml's CPU flash attention computes it (llama.cpp's default): the
+/// scores against the f16 keys, then an online softmax whose weighted values are accumulated
+/// in f16 (see [`Online`], [`mad_f16`]). With AVX2 and F16C the same arithmetic runs on 8 lanes
+/// (separate multiply and add for the scores, fused for the accumulator, as the portable code),
+/// so the results are the same bits.
 pub(super) fn attend(kernel: Kernel, head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if matches!(kernel, Kernel::Avx2 | Kernel::Avx512) {
@@ -134,16 +136,61 @@ pub(super) fn attend(kernel: Kernel, head: &Head<'_>, scores: &mut Vec<f32>, out
     attend_generic(head, scores, out);
 }
 
-/// Softmax of the scores in place; answers `1 / sum` (the weights are `score * inv`).
-#[inline(always)]
-fn softmax_unnormalized(scores: &mut [f32]) -> f32 {
-    let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s as f64;
+/// Largest head size the attention takes (its f16 accumulator lives on the stack).
+pub(super) const MAX_HEAD: usize = 512;
+
+/// `_MM_FROUND_TO_NEAREST_INT`: f32 to f16 rounding to nearest, ties to even.
+#[cfg(target_arch = "x86_64")]
+const NEAREST: i32 = 0;
+
+/// The online softmax of ggml's CPU flash attention, position by position: a running maximum
+/// and sum, and for each new score the factor the accumulated values are scaled by (`ms`, below
+/// 1 when the maximum grows) and the weight of this position's value (`vs`).
+struct Online {
+    max: f32,
+    sum: f32,
+}
+
+impl Online {
+    fn new() -> Online {
+        Online {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+        }
     }
-    (1.0 / sum) as f32
+
+    #[inline(always)]
+    fn push(&mut self, s: f32) -> (f32, f32) {
+        let (ms, vs) = if s > self.max {
+            let ms = (self.max - s).exp();
+            self.max = s;
+            (ms, 1.0)
+        } else {
+            (1.0, (s - self.max).exp())
+        };
+        self.sum = self.sum * ms + vs;
+        (ms, vs)
+    }
+
+    /// The weighted values divided by the sum.
+    fn finish(&self, acc: &[u16], out: &mut [f32]) {
+        let inv = if self.sum == 0.0 { 0.0 } else { 1.0 / self.sum };
+        for (o, &a) in out.iter_mut().zip(acc) {
+            *o = from_f16_bits(a) * inv;
+        }
+    }
+}
+
+/// One element of the f16 accumulator: scaled by `ms` (rounded to f16) when the maximum grew,
+/// then `x * vs` added with one rounding (a fused multiply-add) and the sum rounded to f16 —
+/// as ggml's `vec_scale_f16` and `vec_mad_f16` do.
+#[inline(always)]
+fn mad_f16(acc: u16, x: u16, ms: f32, vs: f32) -> u16 {
+    let mut a = from_f16_bits(acc);
+    if ms != 1.0 {
+        a = round_f16(a * ms);
+    }
+    half::f16::from_f32(from_f16_bits(x).mul_add(vs, a)).to_bits()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -182,26 +229,34 @@ unsafe fn attend_avx2(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     }
     scores.truncate(len - first * KB);
     scores.drain(..start - first * KB);
-    let inv = softmax_unnormalized(scores);
-    out.fill(0.0);
-    for (p, &w) in (start..).zip(scores.iter()) {
-        let w = round_f16(w * inv);
+    let mut acc = [0u16; MAX_HEAD];
+    let acc = &mut acc[..hd];
+    let mut online = Online::new();
+    for (p, &sc) in (start..).zip(scores.iter()) {
+        let (ms, vs) = online.push(sc);
         let vr = &v[p * kv_dim + off..p * kv_dim + off + hd];
-        let wv = _mm256_set1_ps(w);
-        let mut o8 = out.chunks_exact_mut(8);
+        let msv = _mm256_set1_ps(ms);
+        let vsv = _mm256_set1_ps(vs);
+        let mut a8 = acc.chunks_exact_mut(8);
         let mut v8 = vr.chunks_exact(8);
-        for (o, x) in (&mut o8).zip(&mut v8) {
-            // SAFETY: both chunks hold 8 elements; unaligned loads and stores are allowed.
+        for (a, x) in (&mut a8).zip(&mut v8) {
+            // SAFETY: both chunks hold 8 halves (16 bytes); unaligned loads and stores are
+            // allowed.
             unsafe {
+                let mut af = _mm256_cvtph_ps(_mm_loadu_si128(a.as_ptr().cast()));
+                if ms != 1.0 {
+                    af = _mm256_cvtph_ps(_mm256_cvtps_ph::<NEAREST>(_mm256_mul_ps(af, msv)));
+                }
                 let xf = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().cast()));
-                let cur = _mm256_loadu_ps(o.as_ptr());
-                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_add_ps(cur, _mm256_mul_ps(wv, xf)));
+                let r = _mm256_cvtps_ph::<NEAREST>(_mm256_fmadd_ps(xf, vsv, af));
+                _mm_storeu_si128(a.as_mut_ptr().cast(), r);
             }
         }
-        for (o, &x) in o8.into_remainder().iter_mut().zip(v8.remainder()) {
-            *o += w * from_f16_bits(x);
+        for (a, &x) in a8.into_remainder().iter_mut().zip(v8.remainder()) {
+            *a = mad_f16(*a, x, ms, vs);
         }
     }
+    online.finish(acc, out);
 }
 
 #[inline(always)]
@@ -235,13 +290,15 @@ fn attend_generic(head: &Head<'_>, scores: &mut Vec<f32>, out: &mut [f32]) {
     }
     scores.truncate(len - first * KB);
     scores.drain(..start - first * KB);
-    let inv = softmax_unnormalized(scores);
-    out.fill(0.0);
-    for (p, &w) in (start..).zip(scores.iter()) {
-        let w = round_f16(w * inv);
+    let mut acc = [0u16; MAX_HEAD];
+    let acc = &mut acc[..hd];
+    let mut online = Online::new();
+    for (p, &sc) in (start..).zip(scores.iter()) {
+        let (ms, vs) = online.push(sc);
         let vr = &v[p * kv_dim + off..p * kv_dim + off + hd];
-        for (o, &x) in out.iter_mut().zip(vr) {
-            *o += w * from_f16_bits(x);
+        for (a, &x) in acc.iter_mut().zip(vr) {
+            *a = mad_f16(*a, x, ms, vs);
         }
     }
+    online.finish(acc, out);
 }

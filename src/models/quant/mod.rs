@@ -95,15 +95,17 @@ pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
-/// Quantize one row (length a multiple of 32) into `out` (one block per 32 values).
+/// Quantize one row (length a multiple of 32) into `out` (one block per 32 values), as
+/// llama.cpp's x86 `quantize_row_q8_0` / `q8_1` do: the inverse scale is `127 / max|x|` (not
+/// `1 / d`), codes rounded to nearest with ties to even.
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
     for (xb, yb) in x.chunks_exact(QK).zip(out.iter_mut()) {
         let amax = xb.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in yb.qs.iter_mut().zip(xb) {
-            let r = (v * id).round() as i32;
+            let r = (v * id).round_ties_even() as i32;
             *q = r as i8;
             sum += r;
         }

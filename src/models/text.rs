@@ -176,6 +176,10 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Drop a leading BOS / trailing EOS from the rendered prompt, for a tokenizer that adds
+    /// them itself (as llama.cpp's server does).
+    strip_bos: bool,
+    strip_eos: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -202,19 +206,37 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            strip_bos: false,
+            strip_eos: false,
         })
+    }
+
+    /// Rendered prompts lose a leading BOS (`bos`) and a trailing EOS (`eos`): the tokenizer
+    /// adds those itself.
+    pub fn without_added_tokens(mut self, bos: bool, eos: bool) -> Self {
+        self.strip_bos = bos;
+        self.strip_eos = eos;
+        self
     }
 
     /// The prompt for `messages`, ending with the assistant's turn opened.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, String> {
         let tmpl = self.env.get_template("chat").map_err(|e| e.to_string())?;
-        tmpl.render(minijinja::context! {
-            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-            add_generation_prompt => true,
-            bos_token => self.bos_token.as_str(),
-            eos_token => self.eos_token.as_str(),
-        })
-        .map_err(|e| e.to_string())
+        let mut out = tmpl
+            .render(minijinja::context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => true,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            })
+            .map_err(|e| e.to_string())?;
+        if self.strip_bos && out.starts_with(&self.bos_token) {
+            out.drain(..self.bos_token.len());
+        }
+        if self.strip_eos && out.ends_with(&self.eos_token) {
+            out.truncate(out.len() - self.eos_token.len());
+        }
+        Ok(out)
     }
 }
 
@@ -237,6 +259,22 @@ mod tests {
             out,
             "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn tokens_the_tokenizer_adds_are_not_rendered_twice() {
+        let source =
+            "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}{{ eos_token }}";
+        let msgs = [ChatMessage {
+            role: "user".into(),
+            content: "Hi".into(),
+        }];
+        let t = ChatTemplate::new(source, "<bos>", "<eos>").unwrap();
+        assert_eq!(t.render(&msgs).unwrap(), "<bos>Hi<eos>");
+        let t = t.without_added_tokens(true, false);
+        assert_eq!(t.render(&msgs).unwrap(), "Hi<eos>");
+        let t = t.without_added_tokens(true, true);
+        assert_eq!(t.render(&msgs).unwrap(), "Hi");
     }
 
     #[test]

@@ -333,4 +333,6 @@ impl GgufVocab {
 }
 
 #[cfg(test)]
+mod reference_tests;
+#[cfg(test)]
 mod tests;

@@ -13,9 +13,10 @@ use candle_transformers::models::{
 };
 
 pub use super::gguf_meta::{context_length_of, weights_info, WeightsInfo};
+use super::gguf_tokenizer::GgufVocab;
 use super::llama_candle::CandleLlama;
 use super::llama_cpu::{Arch, CpuLlama};
-use super::{gguf_tokenizer, CausalLm, ChatTemplate, Chunk, ModelError, TextCodec};
+use super::{CausalLm, ChatTemplate, Chunk, ModelError, TextCodec};
 
 /// candle-transformers' quantized models, one per architecture.
 enum CandleWeights {
@@ -129,39 +130,37 @@ impl GgufLlama {
         threads: usize,
     ) -> Result<LoadedLlama, ModelError> {
         let (mut file, content, context_length) = open_gguf(path)?;
-        let meta = gguf_tokenizer::from_gguf(&content);
-        let (codec, chat_template, eos) = match tokenizer_json {
+        let meta = GgufVocab::from_gguf(&content);
+        let (codec, chat_template, eos_token_ids) = match tokenizer_json {
             Some(tj) => {
                 let codec = TextCodec::from_file(tj, false, max_input_length)?;
-                let eos = meta.as_ref().ok().and_then(|m| m.eos_token_id);
-                let template = match meta.as_ref().ok().and_then(|m| m.chat_template.clone()) {
-                    Some(t) => Some(chat_template(&t, &codec, meta.as_ref().ok())?),
+                let meta = meta.ok();
+                let template = match meta.as_ref().and_then(|m| m.chat_template()) {
+                    Some(t) => Some(chat_template(t, &codec, meta.as_ref())?),
                     None => None,
                 };
+                let mut eos = meta.map(|m| m.eog_ids().to_vec()).unwrap_or_default();
+                // ChatML models end a turn with <|im_end|>; treat it as an end even if it is not
+                // the EOS.
+                if let Some(id) = codec.token_id("<|im_end|>") {
+                    if !eos.contains(&id) {
+                        eos.push(id);
+                    }
+                }
                 (codec, template, eos)
             }
             None => {
-                let m = meta?;
-                let codec = TextCodec::new(m.tokenizer.clone(), false, max_input_length)?;
-                if m.add_bos_token {
-                    return Err(ModelError::Load(
-                        "GGUF asks for a BOS token; place a tokenizer.json with its post-processor beside the .gguf".into(),
-                    ));
-                }
-                let template = match &m.chat_template {
-                    Some(t) => Some(chat_template(t, &codec, Some(&m))?),
+                let vocab = meta?;
+                let codec = TextCodec::from_gguf(vocab, max_input_length);
+                let vocab = codec.gguf_vocab();
+                let template = match vocab.and_then(|v| v.chat_template()) {
+                    Some(t) => Some(chat_template(t, &codec, vocab)?),
                     None => None,
                 };
-                (codec, template, m.eos_token_id)
+                let eog = vocab.map(|v| v.eog_ids().to_vec()).unwrap_or_default();
+                (codec, template, eog)
             }
         };
-        let mut eos_token_ids: Vec<u32> = eos.into_iter().collect();
-        // ChatML models end a turn with <|im_end|>; treat it as an end even if it is not the EOS.
-        if let Some(id) = codec.token_id("<|im_end|>") {
-            if !eos_token_ids.contains(&id) {
-                eos_token_ids.push(id);
-            }
-        }
         let info = weights_info(&content, context_length);
         let (model, engine) = load_weights(path, content, &mut file, device, sequences, threads)?;
         let info = WeightsInfo {
@@ -213,17 +212,23 @@ impl GgufLlama {
     }
 }
 
+/// The chat template, with the BOS and EOS names of the GGUF's vocabulary; a leading BOS and a
+/// trailing EOS it renders are dropped when `codec` adds them itself (as llama-server does).
 fn chat_template(
     source: &str,
     codec: &TextCodec,
-    meta: Option<&gguf_tokenizer::GgufTokenizer>,
+    meta: Option<&GgufVocab>,
 ) -> Result<ChatTemplate, ModelError> {
     let name = |id: Option<u32>| id.and_then(|i| codec.id_to_token(i)).unwrap_or_default();
-    ChatTemplate::new(
+    let template = ChatTemplate::new(
         source,
-        &name(meta.and_then(|m| m.bos_token_id)),
-        &name(meta.and_then(|m| m.eos_token_id)),
-    )
+        &name(meta.and_then(|m| m.bos())),
+        &name(meta.and_then(|m| m.eos())),
+    )?;
+    Ok(match codec.gguf_vocab() {
+        Some(v) => template.without_added_tokens(v.add_bos(), v.add_eos()),
+        None => template,
+    })
 }
 
 impl CausalLm for GgufLlama {

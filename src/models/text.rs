@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use utoipa::ToSchema;
 
+use super::gguf_tokenizer::GgufVocab;
 use super::ModelError;
 
 /// Why an input could not be encoded.
@@ -29,22 +30,32 @@ pub enum EncodeError {
 /// oversized input costs a length check, not seconds of tokenization.
 pub const MAX_BYTES_PER_TOKEN: usize = 64;
 
-/// A tokenizer with the model's input limit.
+/// A tokenizer with the model's input limit: a Hugging Face tokenizer (tokenizer.json), or a
+/// vocabulary read from a GGUF's metadata and tokenized as llama.cpp does.
 ///
 /// The tokenizer files' own truncation and padding are switched off: anya enforces
 /// `max_input_length` itself (an error by default, truncation on request) and pads per batch.
 pub struct TextCodec {
-    tokenizer: Tokenizer,
-    /// The same tokenizer truncating at `max_input_length`, for `truncate: true`.
-    truncating: Tokenizer,
+    backend: Backend,
     add_special_tokens: bool,
     max_input_length: usize,
+}
+
+enum Backend {
+    Hf {
+        tokenizer: Box<Tokenizer>,
+        /// The same tokenizer truncating at `max_input_length`, for `truncate: true`.
+        truncating: Box<Tokenizer>,
+    },
+    /// Encoded as llama.cpp's `llama_tokenize` with special tokens parsed (as llama-server
+    /// tokenizes prompts), decoded as its detokenizer writes text.
+    Gguf(Box<GgufVocab>),
 }
 
 impl std::fmt::Debug for TextCodec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TextCodec")
-            .field("vocab_size", &self.tokenizer.get_vocab_size(true))
+            .field("vocab_size", &self.vocab_size())
             .field("max_input_length", &self.max_input_length)
             .finish()
     }
@@ -78,16 +89,39 @@ impl TextCodec {
             }))
             .map_err(|e| ModelError::Load(e.to_string()))?;
         Ok(Self {
-            tokenizer,
-            truncating,
+            backend: Backend::Hf {
+                tokenizer: Box::new(tokenizer),
+                truncating: Box::new(truncating),
+            },
             add_special_tokens,
             max_input_length,
         })
     }
 
+    /// A GGUF vocabulary's tokenizer: BOS and EOS added as its metadata says, special tokens
+    /// in the text parsed.
+    pub fn from_gguf(vocab: GgufVocab, max_input_length: usize) -> Self {
+        Self {
+            backend: Backend::Gguf(Box::new(vocab)),
+            add_special_tokens: true,
+            max_input_length,
+        }
+    }
+
+    /// The GGUF vocabulary this codec tokenizes with, if it is one.
+    pub fn gguf_vocab(&self) -> Option<&GgufVocab> {
+        match &self.backend {
+            Backend::Gguf(v) => Some(v),
+            Backend::Hf { .. } => None,
+        }
+    }
+
     /// Token ids run from 0 to this (special tokens included).
     pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
+        match &self.backend {
+            Backend::Hf { tokenizer, .. } => tokenizer.get_vocab_size(true),
+            Backend::Gguf(v) => v.len(),
+        }
     }
 
     pub fn max_input_length(&self) -> usize {
@@ -102,34 +136,70 @@ impl TextCodec {
     /// Token ids of `text` (with the model's special tokens), within the input limit.
     pub fn encode(&self, text: &str, truncate: bool) -> Result<Vec<u32>, EncodeError> {
         let cap = self.max_input_bytes();
-        if text.len() > cap {
-            if !truncate {
-                return Err(EncodeError::TooManyBytes {
-                    bytes: text.len(),
-                    limit: cap,
-                });
-            }
-            // Truncating: a prefix that already holds well over the limit tokenizes to the
-            // same first tokens as the whole text (only the last, cut word can differ).
+        if text.len() > cap && !truncate {
+            return Err(EncodeError::TooManyBytes {
+                bytes: text.len(),
+                limit: cap,
+            });
+        }
+        // Truncating an oversized text: a prefix that already holds well over the limit
+        // tokenizes to the same first tokens as the whole text (only the last, cut word can
+        // differ).
+        let prefix = (text.len() > cap).then(|| {
             let mut cut = cap;
             while !text.is_char_boundary(cut) {
                 cut -= 1;
             }
-            let prefix = &text[..cut];
-            let plain = self
-                .tokenizer
-                .encode(prefix, false)
-                .map_err(|e| EncodeError::Tokenizer(e.to_string()))?;
-            if plain.len() > self.max_input_length + 8 {
-                return self.encode_with(&self.truncating, prefix);
+            &text[..cut]
+        });
+        match &self.backend {
+            Backend::Hf {
+                tokenizer,
+                truncating,
+            } => {
+                if let Some(prefix) = prefix {
+                    let plain = tokenizer
+                        .encode(prefix, false)
+                        .map_err(|e| EncodeError::Tokenizer(e.to_string()))?;
+                    if plain.len() > self.max_input_length + 8 {
+                        return self.encode_with(truncating, prefix);
+                    }
+                }
+                let tok = if truncate { truncating } else { tokenizer };
+                self.encode_with(tok, text)
+            }
+            Backend::Gguf(vocab) => {
+                let encode = |t: &str| vocab.encode(t, self.add_special_tokens, true);
+                if let Some(prefix) = prefix {
+                    let ids = encode(prefix);
+                    if ids.len() > self.max_input_length + 8 {
+                        return Ok(self.cut(vocab, ids));
+                    }
+                }
+                let ids = encode(text);
+                match ids.len() > self.max_input_length {
+                    false => Ok(ids),
+                    true if truncate => Ok(self.cut(vocab, ids)),
+                    true => Err(EncodeError::TooLong {
+                        tokens: ids.len(),
+                        limit: self.max_input_length,
+                    }),
+                }
             }
         }
-        let tok = if truncate {
-            &self.truncating
-        } else {
-            &self.tokenizer
+    }
+
+    /// The first `max_input_length` ids, ending with the EOS the vocabulary adds (if it does).
+    fn cut(&self, vocab: &GgufVocab, mut ids: Vec<u32>) -> Vec<u32> {
+        let eos = match self.add_special_tokens && vocab.add_eos() {
+            true => ids.last().copied(),
+            false => None,
         };
-        self.encode_with(tok, text)
+        ids.truncate(self.max_input_length);
+        if let (Some(eos), Some(last)) = (eos, ids.last_mut()) {
+            *last = eos;
+        }
+        ids
     }
 
     fn encode_with(&self, tok: &Tokenizer, text: &str) -> Result<Vec<u32>, EncodeError> {
@@ -148,17 +218,26 @@ impl TextCodec {
 
     /// Text of `ids`, special tokens left out.
     pub fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        match &self.backend {
+            Backend::Hf { tokenizer, .. } => tokenizer
+                .decode(ids, true)
+                .map_err(|e| ModelError::Tokenizer(e.to_string())),
+            Backend::Gguf(vocab) => Ok(vocab.decode(ids)),
+        }
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
-        self.tokenizer.token_to_id(token)
+        match &self.backend {
+            Backend::Hf { tokenizer, .. } => tokenizer.token_to_id(token),
+            Backend::Gguf(vocab) => vocab.token_id(token),
+        }
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.tokenizer.id_to_token(id)
+        match &self.backend {
+            Backend::Hf { tokenizer, .. } => tokenizer.id_to_token(id),
+            Backend::Gguf(vocab) => vocab.token_text(id).map(str::to_string),
+        }
     }
 }
 
@@ -176,6 +255,10 @@ pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
     bos_token: String,
     eos_token: String,
+    /// Drop a leading BOS / trailing EOS from the rendered prompt, for a tokenizer that adds
+    /// them itself (as llama.cpp's server does).
+    strip_bos: bool,
+    strip_eos: bool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -202,19 +285,37 @@ impl ChatTemplate {
             env,
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
+            strip_bos: false,
+            strip_eos: false,
         })
+    }
+
+    /// Rendered prompts lose a leading BOS (`bos`) and a trailing EOS (`eos`): the tokenizer
+    /// adds those itself.
+    pub fn without_added_tokens(mut self, bos: bool, eos: bool) -> Self {
+        self.strip_bos = bos;
+        self.strip_eos = eos;
+        self
     }
 
     /// The prompt for `messages`, ending with the assistant's turn opened.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, String> {
         let tmpl = self.env.get_template("chat").map_err(|e| e.to_string())?;
-        tmpl.render(minijinja::context! {
-            messages => minijinja::Value::from(minijinja::value::Serde(messages)),
-            add_generation_prompt => true,
-            bos_token => self.bos_token.as_str(),
-            eos_token => self.eos_token.as_str(),
-        })
-        .map_err(|e| e.to_string())
+        let mut out = tmpl
+            .render(minijinja::context! {
+                messages => minijinja::Value::from(minijinja::value::Serde(messages)),
+                add_generation_prompt => true,
+                bos_token => self.bos_token.as_str(),
+                eos_token => self.eos_token.as_str(),
+            })
+            .map_err(|e| e.to_string())?;
+        if self.strip_bos && out.starts_with(&self.bos_token) {
+            out.drain(..self.bos_token.len());
+        }
+        if self.strip_eos && out.ends_with(&self.eos_token) {
+            out.truncate(out.len() - self.eos_token.len());
+        }
+        Ok(out)
     }
 }
 
@@ -237,6 +338,22 @@ mod tests {
             out,
             "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
         );
+    }
+
+    #[test]
+    fn tokens_the_tokenizer_adds_are_not_rendered_twice() {
+        let source =
+            "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}{{ eos_token }}";
+        let msgs = [ChatMessage {
+            role: "user".into(),
+            content: "Hi".into(),
+        }];
+        let t = ChatTemplate::new(source, "<bos>", "<eos>").unwrap();
+        assert_eq!(t.render(&msgs).unwrap(), "<bos>Hi<eos>");
+        let t = t.without_added_tokens(true, false);
+        assert_eq!(t.render(&msgs).unwrap(), "Hi<eos>");
+        let t = t.without_added_tokens(true, true);
+        assert_eq!(t.render(&msgs).unwrap(), "Hi");
     }
 
     #[test]

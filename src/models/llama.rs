@@ -153,7 +153,10 @@ impl GgufLlama {
                 let vocab = meta?;
                 let codec = TextCodec::from_gguf(vocab, max_input_length);
                 let vocab = codec.gguf_vocab();
-                let template = match vocab.and_then(|v| v.chat_template()) {
+                let source = vocab
+                    .and_then(|v| v.chat_template())
+                    .or_else(|| default_template(&content));
+                let template = match source {
                     Some(t) => Some(chat_template(t, &codec, vocab)?),
                     None => None,
                 };
@@ -214,6 +217,25 @@ impl GgufLlama {
 
 /// The chat template, with the BOS and EOS names of the GGUF's vocabulary; a leading BOS and a
 /// trailing EOS it renders are dropped when `codec` adds them itself (as llama-server does).
+/// Gemma's turn format, for Gemma files that carry no `tokenizer.chat_template` (the base
+/// models): a system message opens the first user turn, the assistant's role is `model`.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
+{%- if messages[0]['role'] == 'system' -%}\
+{%- set prefix = messages[0]['content'] + '\n\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{%- for message in turns -%}\
+{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}\
+{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// The chat template of a file without one, where its family has a known turn format (and its
+/// vocabulary the turn tokens): Gemma's.
+fn default_template(content: &gguf_file::Content) -> Option<&'static str> {
+    let arch = super::gguf_meta::architecture(content);
+    arch.starts_with("gemma").then_some(GEMMA_TEMPLATE)
+}
+
 fn chat_template(
     source: &str,
     codec: &TextCodec,

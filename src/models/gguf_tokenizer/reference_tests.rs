@@ -6,8 +6,9 @@
 //! The real files come from `scripts/fetch-models.sh` (under `ANYA_TEST_MODELS`, default
 //! `models/`); the Gemma file may instead be named by `ANYA_GEMMA_GGUF`. Missing real files fail
 //! the test under `CI` and skip it otherwise. The tiny vocabularies are made by
-//! `scripts/reference/tiny_gguf.py`: their cases run when `ANYA_TINY_GGUF_DIR` names a folder
-//! holding `tiny-<arch>-Q8_0-s0.gguf`, and are skipped otherwise.
+//! `scripts/reference/tiny_gguf.py`, run here with `.cache/venv`'s Python (`ANYA_TINY_GGUF_DIR`
+//! may name a folder holding `tiny-<arch>-Q8_0-s0.gguf` instead); like the real files, they
+//! are required under `CI`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -59,10 +60,33 @@ fn source_path(name: &str, source: &Json) -> (Option<PathBuf>, bool) {
                 tiny["type"].as_str().unwrap_or(""),
                 tiny["seed"].as_u64().unwrap_or(0)
             );
-            let dir = std::env::var_os("ANYA_TINY_GGUF_DIR").map(PathBuf::from);
-            (dir.map(|d| d.join(file)).and_then(existing), false)
+            if let Some(d) = std::env::var_os("ANYA_TINY_GGUF_DIR").map(PathBuf::from) {
+                return (existing(d.join(file)), false);
+            }
+            (write_tiny(tiny, &file), true)
         }
     }
+}
+
+/// A tiny model written by `scripts/reference/tiny_gguf.py` with the Python of `.cache/venv`
+/// (or `ANYA_TEST_PYTHON`), as CI has it; `None` when that Python lacks gguf-py.
+fn write_tiny(tiny: &Json, file: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("ANYA_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".cache/venv/bin/python"));
+    let dir = std::env::temp_dir().join(format!("anya-tiny-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok()?;
+    let out = dir.join(file);
+    let seed = tiny["seed"].as_u64().unwrap_or(0).to_string();
+    let ok = std::process::Command::new(python)
+        .arg(root().join("scripts/reference/tiny_gguf.py"))
+        .args(["--arch", tiny["arch"].as_str().unwrap_or("")])
+        .args(["--type", tiny["type"].as_str().unwrap_or("")])
+        .args(["--seed", &seed, "--out"])
+        .arg(&out)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(out)
 }
 
 fn sha256(path: &Path) -> String {

@@ -5,6 +5,7 @@
 
 use super::avx2::hsum;
 use super::formats::{Bf16, F16};
+use super::scalar;
 use std::arch::x86_64::*;
 
 /// An element type the float kernels read.
@@ -82,18 +83,20 @@ fn reduce<T: Lanes>(s: [__m256; 4]) -> f32 {
 }
 
 /// The total with the leftover products `x[k] · y[k]` for `k` in `from..`: F32 sums them in
-/// f32, F16 and BF16 in f64.
+/// f32 as [`scalar::f32_tail`] does, F16 and BF16 in f64.
 #[inline(always)]
 fn tail<T: Lanes>(total: f32, x: &[T], y: &[T], from: usize) -> f32 {
-    let pairs = x[from..].iter().zip(&y[from..]);
     if T::F32 {
-        pairs.fold(total, |s, (a, b)| s + a.to_f32() * b.to_f32())
-    } else {
-        let s = pairs.fold(total as f64, |s, (a, b)| {
+        let n = x.len().min(y.len());
+        return scalar::f32_tail(total, from, n, |k| (x[k].to_f32(), y[k].to_f32()));
+    }
+    let s = x[from..]
+        .iter()
+        .zip(&y[from..])
+        .fold(total as f64, |s, (a, b)| {
             s + (a.to_f32() * b.to_f32()) as f64
         });
-        s as f32
-    }
+    s as f32
 }
 
 /// One row `w` against `N` activation rows of the same element type.

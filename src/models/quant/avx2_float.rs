@@ -112,12 +112,13 @@ pub unsafe fn dot_float<T: Lanes, const N: usize>(w: &[T], a: [&[T]; N]) -> [f32
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
     for i in (0..runs).step_by(32) {
         for j in 0..4 {
-            // SAFETY: i + 8j + 8 <= runs <= n, the length of `w` and of each `a[t]`; the CPU
+            let at = i + 8 * j;
+            // SAFETY: at + 8 <= runs <= n, the length of `w` and of each `a[t]`; the CPU
             // features.
-            let x = unsafe { T::load8(w.as_ptr().add(i + 8 * j)) };
-            for t in 0..N {
-                let y = unsafe { T::load8(a[t].as_ptr().add(i + 8 * j)) };
-                acc[t][j] = _mm256_fmadd_ps(x, y, acc[t][j]);
+            let x = unsafe { T::load8(w.as_ptr().add(at)) };
+            for (sums, row) in acc.iter_mut().zip(&a) {
+                let y = unsafe { T::load8(row.as_ptr().add(at)) };
+                sums[j] = _mm256_fmadd_ps(x, y, sums[j]);
             }
         }
     }

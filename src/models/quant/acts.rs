@@ -185,7 +185,7 @@ fn fill<T: Copy + Default + Send>(
     let n = x.len().checked_div(width).unwrap_or(0);
     out.clear();
     out.resize(n * per_row, T::default());
-    if n <= 1 {
+    if n <= 1 || per_row == 0 {
         if n == 1 {
             f(x, out);
         }

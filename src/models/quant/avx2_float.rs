@@ -5,6 +5,7 @@
 
 use super::avx2::hsum;
 use super::formats::{Bf16, F16};
+use super::scalar;
 use std::arch::x86_64::*;
 
 /// An element type the float kernels read.
@@ -82,18 +83,20 @@ fn reduce<T: Lanes>(s: [__m256; 4]) -> f32 {
 }
 
 /// The total with the leftover products `x[k] · y[k]` for `k` in `from..`: F32 sums them in
-/// f32, F16 and BF16 in f64.
+/// f32 as [`scalar::f32_tail`] does, F16 and BF16 in f64.
 #[inline(always)]
 fn tail<T: Lanes>(total: f32, x: &[T], y: &[T], from: usize) -> f32 {
-    let pairs = x[from..].iter().zip(&y[from..]);
     if T::F32 {
-        pairs.fold(total, |s, (a, b)| s + a.to_f32() * b.to_f32())
-    } else {
-        let s = pairs.fold(total as f64, |s, (a, b)| {
+        let n = x.len().min(y.len());
+        return scalar::f32_tail(total, from, n, |k| (x[k].to_f32(), y[k].to_f32()));
+    }
+    let s = x[from..]
+        .iter()
+        .zip(&y[from..])
+        .fold(total as f64, |s, (a, b)| {
             s + (a.to_f32() * b.to_f32()) as f64
         });
-        s as f32
-    }
+    s as f32
 }
 
 /// One row `w` against `N` activation rows of the same element type.
@@ -109,12 +112,13 @@ pub unsafe fn dot_float<T: Lanes, const N: usize>(w: &[T], a: [&[T]; N]) -> [f32
     let mut acc = [[_mm256_setzero_ps(); 4]; N];
     for i in (0..runs).step_by(32) {
         for j in 0..4 {
-            // SAFETY: i + 8j + 8 <= runs <= n, the length of `w` and of each `a[t]`; the CPU
+            let at = i + 8 * j;
+            // SAFETY: at + 8 <= runs <= n, the length of `w` and of each `a[t]`; the CPU
             // features.
-            let x = unsafe { T::load8(w.as_ptr().add(i + 8 * j)) };
-            for t in 0..N {
-                let y = unsafe { T::load8(a[t].as_ptr().add(i + 8 * j)) };
-                acc[t][j] = _mm256_fmadd_ps(x, y, acc[t][j]);
+            let x = unsafe { T::load8(w.as_ptr().add(at)) };
+            for (sums, row) in acc.iter_mut().zip(&a) {
+                let y = unsafe { T::load8(row.as_ptr().add(at)) };
+                sums[j] = _mm256_fmadd_ps(x, y, sums[j]);
             }
         }
     }

@@ -238,7 +238,10 @@ impl QMatrix {
             _ => {
                 let mut x = vec![0.0f32; n * self.cols];
                 let per_row = self.cols / QK;
-                for (xr, ar) in x.chunks_exact_mut(self.cols).zip(acts.chunks(per_row)) {
+                for (xr, ar) in x
+                    .chunks_exact_mut(self.cols.max(1))
+                    .zip(acts.chunks(per_row.max(1)))
+                {
                     for (o, blk) in xr.chunks_exact_mut(QK).zip(ar) {
                         for (v, &q) in o.iter_mut().zip(&blk.qs) {
                             *v = blk.d * q as f32;

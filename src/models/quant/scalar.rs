@@ -39,7 +39,7 @@ fn fma8(acc: &mut [f32; 8], d: f32, lanes: &[i32; 8]) {
 
 /// The reference Q4_1 · Q8_1 dot product: the integer part by lanes, and the `m · s` offsets
 /// summed in block order (multiply, then add, as our AVX2 and AVX-512 kernels do; llama.cpp as
-/// built by GCC fuses that multiply-add, see the module docs of [`super`]).
+/// built by GCC fuses that multiply-add, to the same bits since `m · s` is exact).
 pub fn dot_q4_1_scalar(w: &[BlockQ4_1], a: &[BlockQ8]) -> f32 {
     let mut acc = [0.0f32; 8];
     let mut offsets = 0.0f32;
@@ -194,16 +194,34 @@ pub fn dot_f16_scalar(w: &[F16], a: &[F16]) -> f32 {
     sum as f32
 }
 
+/// `ggml_vec_dot_f32`'s leftover values `from..n` added to `sum` one by one in f32, as GCC 12
+/// vectorizes that loop: products by eights and then by fours (multiply, then add), the last
+/// `(n - from) % 4` fused.
+#[inline(always)]
+pub(crate) fn f32_tail(
+    mut sum: f32,
+    from: usize,
+    n: usize,
+    pair: impl Fn(usize) -> (f32, f32),
+) -> f32 {
+    let fused = n - (n - from) % 4;
+    for k in from..n {
+        let (x, y) = pair(k);
+        sum = if k < fused {
+            sum + x * y
+        } else {
+            x.mul_add(y, sum)
+        };
+    }
+    sum
+}
+
 /// The reference F32 · F32 dot product (`ggml_vec_dot_f32`'s AVX2 path): as F16's, but the
-/// leftover products are summed in f32 (multiply, then add).
+/// leftover products are summed in f32 ([`f32_tail`]).
 pub fn dot_f32_scalar(w: &[f32], a: &[f32]) -> f32 {
     let n = w.len().min(a.len());
     let s = fma_runs(n, |k| w[k], |k| a[k]);
-    let mut sum = reduce4(&s);
-    for k in n & !31..n {
-        sum += w[k] * a[k];
-    }
-    sum
+    f32_tail(reduce4(&s), n & !31, n, |k| (w[k], a[k]))
 }
 
 /// The reference BF16 · BF16 dot product (`ggml_vec_dot_bf16`'s AVX2 path, whose multiply

@@ -430,3 +430,45 @@ async fn concurrent_generations_share_steps_and_match_llama_cpp() {
     }
     assert_eq!(b["metadata"]["tokens_generated"], generated);
 }
+
+/// `anya serve` with the real Gemma 3 270M Q4_K_M file answers `/v1/chat/completions` through
+/// the official openai SDK, streamed and not (tests/sdk/openai_gemma.py): the same greedy text
+/// both ways, the prompt counted as llama.cpp counts the same turn, the GGUF described on its
+/// model page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemma3_answers_the_openai_sdk() {
+    let Some(python) = gguf_fidelity::sdk_python() else {
+        return;
+    };
+    let Some(srv) = real_server(&["gemma-3-270m"]).await else {
+        return;
+    };
+    let reference = fixture("gguf_reference.json");
+    let turn = reference["gemma3_270m"]["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["text"].as_str().unwrap().contains("haiku"))
+        .unwrap()
+        .clone();
+    let prompt_tokens = turn["prompt"].as_array().unwrap().len().to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_gemma.py");
+    let base = srv.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .args([base.as_str(), "gemma-3-270m", prompt_tokens.as_str()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the SDK script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+    eprintln!("{stdout}");
+}

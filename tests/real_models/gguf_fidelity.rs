@@ -38,23 +38,32 @@ fn tolerance(ty: &str) -> f32 {
     }
 }
 
+/// The Python with the openai SDK (`.cache/venv`, made by `.ci/run`, or `ANYA_TEST_PYTHON`).
+pub fn sdk_python() -> Option<PathBuf> {
+    python_with("openai")
+}
+
 /// The Python with gguf-py: `ANYA_TEST_PYTHON`, else `.cache/venv` (made by `.ci/run`).
 fn python() -> Option<PathBuf> {
+    python_with("gguf, numpy")
+}
+
+fn python_with(modules: &str) -> Option<PathBuf> {
     let py = std::env::var_os("ANYA_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python"));
     let ok = std::process::Command::new(&py)
-        .args(["-c", "import gguf, numpy"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if ok {
         return Some(py);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{} lacks gguf/numpy: run .ci/run's installs", py.display());
+        panic!("{} lacks {modules}: run .ci/run's installs", py.display());
     }
     eprintln!(
-        "\n*** SKIPPING: no Python with gguf-py at {} ***\n",
+        "\n*** SKIPPING: no Python with {modules} at {} ***\n",
         py.display()
     );
     None

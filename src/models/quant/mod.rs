@@ -107,7 +107,7 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ8]) {
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, v) in yb.qs.iter_mut().zip(xb) {
-            let r = (v * id).round_ties_even() as i32;
+            let r = ((v * id).round_ties_even() as i32).clamp(-128, 127);
             *q = r as i8;
             sum += r;
         }

@@ -18,6 +18,7 @@ from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 OPEN, GUARDED, TOKEN, OUT = sys.argv[1:5]
 os.makedirs(OUT, exist_ok=True)
@@ -102,7 +103,11 @@ def open_server(driver):
 
     # Playground: a chat reply streams in, with time to first token and tokens/s.
     driver.get(OPEN + "/#playground")
-    wait("generation model offered", lambda: driver.find_element(By.ID, "chat-model").get_attribute("value") == GENERATOR)
+    # The repository serves more than one generation model: pick ours from the list.
+    wait("generation model offered", lambda: driver.find_elements(
+        By.CSS_SELECTOR, f'#chat-model option[value="{GENERATOR}"]'))
+    Select(driver.find_element(By.ID, "chat-model")).select_by_value(GENERATOR)
+    wait("generation model chosen", lambda: driver.find_element(By.ID, "chat-model").get_attribute("value") == GENERATOR)
     driver.find_element(By.ID, "chat-max").clear()
     driver.find_element(By.ID, "chat-max").send_keys("48")
     driver.find_element(By.ID, "chat-input").send_keys("Write one sentence about the sea.")

@@ -254,29 +254,6 @@ async fn zero_shot_ranks_candidate_labels_by_similarity() {
     }
 }
 
-/// The Python with numpy and scikit-learn: `ANYA_TEST_PYTHON`, else `.cache/venv` (made by
-/// `.ci/run`). Under CI a missing one fails the test.
-fn sklearn_python() -> Option<std::path::PathBuf> {
-    let python = std::env::var_os("ANYA_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python"));
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import numpy, sklearn"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(python);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{} lacks numpy or scikit-learn: .ci/run installs them",
-            python.display()
-        );
-    }
-    eprintln!("\n*** SKIPPING: no Python with scikit-learn (set ANYA_TEST_PYTHON) ***\n");
-    None
-}
-
 /// A repository holding a hard-linked copy of the real embedding model, so trained heads are
 /// written beside it and never into the real repository.
 fn repo_with(models: &Path, id: &str) -> tempfile::TempDir {
@@ -351,7 +328,7 @@ async fn heads_match_scikit_learn() {
     let Some(models) = real_models() else {
         return;
     };
-    let Some(python) = sklearn_python() else {
+    let Some(python) = venv_python("numpy, sklearn") else {
         return;
     };
     let repo = repo_with(&models, EMBED);
@@ -625,7 +602,7 @@ async fn drift_scores_cross_their_thresholds_only_when_the_inputs_shift() {
         assert!(after >= threshold, "{name}: {after} after the shift");
     }
     // The same scores from numpy/scipy (scripts/reference/drift.py) on the same windows.
-    if let Some(python) = sklearn_python() {
+    if let Some(python) = venv_python("numpy, sklearn") {
         let windows = |texts: &[String]| {
             let texts = texts.to_vec();
             let srv = &srv;

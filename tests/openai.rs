@@ -11,33 +11,6 @@ use anya::auth::{mint_hs256, MintRequest};
 use common::*;
 use serde_json::json;
 
-/// The Python with the SDK: `.cache/venv` (made by `.ci/run`), or `ANYA_TEST_PYTHON`.
-fn sdk_python() -> Option<PathBuf> {
-    let p = std::env::var_os("ANYA_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python")
-        });
-    let ok = Command::new(&p)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(p);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "the openai SDK is missing in {}: .ci/run installs it",
-            p.display()
-        );
-    }
-    eprintln!(
-        "\n*** SKIPPING: no Python with the openai SDK ({}) ***\n",
-        p.display()
-    );
-    None
-}
-
 const SECRET: &str = "openai-test-secret-0123456789";
 
 fn token(models: Option<Vec<String>>) -> String {
@@ -61,7 +34,7 @@ async fn the_official_sdk_works_unchanged() {
     let Some(models) = real_models() else {
         return;
     };
-    let Some(python) = sdk_python() else {
+    let Some(python) = venv_python("openai") else {
         return;
     };
     let open = start(settings(&models), &[]).await;

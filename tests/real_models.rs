@@ -437,7 +437,7 @@ async fn concurrent_generations_share_steps_and_match_llama_cpp() {
 /// model page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gemma3_answers_the_openai_sdk() {
-    let Some(python) = gguf_fidelity::sdk_python() else {
+    let Some(python) = venv_python("openai") else {
         return;
     };
     let Some(srv) = real_server(&["gemma-3-270m"]).await else {

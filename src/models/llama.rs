@@ -70,6 +70,7 @@ impl CandleWeights {
 fn load_weights(
     path: &Path,
     content: gguf_file::Content,
+    context_length: usize,
     file: &mut std::fs::File,
     device: &Device,
     sequences: usize,
@@ -86,7 +87,6 @@ fn load_weights(
         let m = CandleLlama::load(path, &content, file, device, dtype, sequences)?;
         return Ok((Box::new(m), "candle-cuda"));
     }
-    let context_length = context_length_of(&content).unwrap_or(2048);
     let weights = CandleWeights::load(arch, content, file, device).map_err(|e| load(&e))?;
     let engine = if device.is_cpu() {
         "candle-cpu"
@@ -165,7 +165,15 @@ impl GgufLlama {
             }
         };
         let info = weights_info(&content, context_length);
-        let (model, engine) = load_weights(path, content, &mut file, device, sequences, threads)?;
+        let (model, engine) = load_weights(
+            path,
+            content,
+            context_length,
+            &mut file,
+            device,
+            sequences,
+            threads,
+        )?;
         let info = WeightsInfo {
             engine: engine.into(),
             ..info

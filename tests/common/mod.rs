@@ -134,6 +134,33 @@ pub async fn start_sources(settings: Settings, sources: Vec<ModelSource>) -> Tes
 
 /// The repository with the real models (`scripts/fetch-models.sh`). Under CI a missing
 /// repository fails the test; elsewhere the test says loudly that it is skipped.
+/// The Python that imports `modules` (e.g. `"openai"`, `"numpy, sklearn"`): `ANYA_TEST_PYTHON`,
+/// else `.cache/venv` (made by `.ci/run`). Under CI a missing one fails the test; elsewhere the
+/// test skips and says so.
+pub fn venv_python(modules: &str) -> Option<PathBuf> {
+    let python = std::env::var_os("ANYA_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python"));
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{} cannot import {modules}: .ci/run installs it",
+            python.display()
+        );
+    }
+    eprintln!(
+        "\n*** SKIPPING: no Python with {modules} at {} (set ANYA_TEST_PYTHON) ***\n",
+        python.display()
+    );
+    None
+}
+
 pub fn real_models() -> Option<PathBuf> {
     let dir = std::env::var_os("ANYA_TEST_MODELS")
         .map(PathBuf::from)

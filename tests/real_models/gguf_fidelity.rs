@@ -14,7 +14,7 @@ use anya::models::llama_cpu::CpuLlama;
 use anya::models::{CausalLm, Chunk};
 use serde_json::Value;
 
-use super::fixture;
+use super::{fixture, venv_python};
 
 /// llama.cpp's top-2 margin below which greedy continuations may part.
 const NEAR_TIE: f32 = 0.25;
@@ -36,37 +36,6 @@ fn tolerance(ty: &str) -> f32 {
     } else {
         QUANT_LOGIT_TOLERANCE
     }
-}
-
-/// The Python with the openai SDK (`.cache/venv`, made by `.ci/run`, or `ANYA_TEST_PYTHON`).
-pub fn sdk_python() -> Option<PathBuf> {
-    python_with("openai")
-}
-
-/// The Python with gguf-py: `ANYA_TEST_PYTHON`, else `.cache/venv` (made by `.ci/run`).
-fn python() -> Option<PathBuf> {
-    python_with("gguf, numpy")
-}
-
-fn python_with(modules: &str) -> Option<PathBuf> {
-    let py = std::env::var_os("ANYA_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/venv/bin/python"));
-    let ok = std::process::Command::new(&py)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("{} lacks {modules}: run .ci/run's installs", py.display());
-    }
-    eprintln!(
-        "\n*** SKIPPING: no Python with {modules} at {} ***\n",
-        py.display()
-    );
-    None
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -154,7 +123,9 @@ fn wanted(ty: &str) -> bool {
 
 #[test]
 fn tiny_models_of_every_architecture_and_type_follow_llama_cpp() {
-    let Some(py) = python() else { return };
+    let Some(py) = venv_python("gguf, numpy") else {
+        return;
+    };
     let reference = fixture("gguf_reference.json");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reference/tiny_gguf.py");
     let dir = tempfile::tempdir().unwrap();

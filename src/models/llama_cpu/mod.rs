@@ -28,7 +28,7 @@ use rayon::prelude::*;
 
 use super::quant::{round_f16, Acts, Kernel, QMatrix, QuantError};
 use super::{check_chunks, CausalLm, Chunk, ModelError};
-use ops::{apply_rope, attend, gelu, rms_norm, rms_norm_in_place, rope_table, Head};
+use ops::{apply_rope, attend, gelu, gelu_table, rms_norm, rms_norm_in_place, rope_table, Head};
 
 /// The architectures [`CpuLlama`] runs, by their `general.architecture` name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,7 +275,7 @@ impl CpuLlama {
     }
 
     fn run(&mut self, chunks: &[Chunk<'_>]) -> Vec<Vec<f32>> {
-        let cfg = self.cfg.clone();
+        let cfg = &self.cfg;
         let dim = cfg.dim;
         // Each token's slot and position.
         let mut where_: Vec<(usize, usize)> = Vec::new();
@@ -314,7 +314,7 @@ impl CpuLlama {
         self.pool.install(|| {
             for (l, layer) in layers.iter().enumerate() {
                 let step = Step {
-                    cfg: &cfg,
+                    cfg,
                     kernel,
                     where_: &where_,
                     rope: match (&rope_swa, layer.swa) {
@@ -501,8 +501,9 @@ impl Step<'_> {
                     }
                 }
                 Act::Gelu => {
+                    let table = gelu_table();
                     for ((h, &g), &u) in h.iter_mut().zip(g).zip(u) {
-                        *h = gelu(g) * u;
+                        *h = gelu(table, g) * u;
                     }
                 }
             }

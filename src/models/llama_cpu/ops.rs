@@ -80,24 +80,29 @@ pub(super) fn rms_norm_in_place(x: &mut [f32], w: &[f32], eps: f32) {
 }
 
 /// GELU (tanh form) as ggml's CPU path computes it: inside (-10, 10) the input is rounded to
-/// f16 and the answer read from a table of f16 results.
-pub(super) fn gelu(x: f32) -> f32 {
-    static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
+/// f16 and the answer read from `table` ([`gelu_table`]), a table of f16 results.
+#[inline(always)]
+pub(super) fn gelu(table: &[u16], x: f32) -> f32 {
     if x <= -10.0 {
         return 0.0;
     }
     if x >= 10.0 {
         return x;
     }
-    let table = TABLE.get_or_init(|| {
+    from_f16_bits(table[half::f16::from_f32(x).to_bits() as usize])
+}
+
+/// GELU of every f16 value, as f16 bits (built once).
+pub(super) fn gelu_table() -> &'static [u16] {
+    static TABLE: OnceLock<Vec<u16>> = OnceLock::new();
+    TABLE.get_or_init(|| {
         (0..=u16::MAX)
             .map(|b| {
                 let v = half::f16::from_bits(b).to_f32();
                 half::f16::from_f32(gelu_exact(v)).to_bits()
             })
             .collect()
-    });
-    from_f16_bits(table[half::f16::from_f32(x).to_bits() as usize])
+    })
 }
 
 fn gelu_exact(x: f32) -> f32 {

@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 use super::formats::{parse_all, Dequantize};
 use super::{
-    Acts, Bf16, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8, BlockQ8_0,
-    GgmlType, Kernel, QuantError, WeightBlock, F16, QK,
+    Acts, Bf16, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0, GgmlType,
+    Kernel, QuantError, WeightBlock, F16,
 };
 
 /// A weight matrix's blocks, `rows × cols / block_elems` of them, row by row, in the layout of
@@ -216,16 +216,14 @@ impl QMatrix {
         }
     }
 
-    /// `out[t][r] = row r · activation t` for the `n` activation rows in `acts`
-    /// (`cols / 32` blocks each). `scratch` is reused between calls.
-    ///
-    /// Q4_0, Q4_1, Q5_0 and Q8_0 multiply these blocks directly. The other types multiply
-    /// other activation formats: for them the values are rebuilt from the blocks (`d · q`) and
-    /// requantized, which costs a second rounding; [`QMatrix::matmul_acts`] has none.
-    pub fn matmul(
+    /// `out[t][r] = row r · activation t` for the `n` activation rows in `acts`, already
+    /// quantized into blocks (`cols / 32` each): the tests' way to feed a Q4_0, Q4_1, Q5_0 or
+    /// Q8_0 matrix chosen blocks. The model runs [`QMatrix::matmul_acts`].
+    #[cfg(test)]
+    pub(crate) fn matmul(
         &self,
         kernel: Kernel,
-        acts: &[BlockQ8],
+        acts: &[super::BlockQ8],
         n: usize,
         out: &mut [f32],
         scratch: &mut Vec<f32>,
@@ -235,23 +233,10 @@ impl QMatrix {
             QData::Q8_0(b) => self.run(kernel, b, acts, n, out, scratch),
             QData::Q4_0(b) => self.run(kernel, b, acts, n, out, scratch),
             QData::Q5_0(b) => self.run(kernel, b, acts, n, out, scratch),
-            _ => {
-                let mut x = vec![0.0f32; n * self.cols];
-                let per_row = self.cols / QK;
-                for (xr, ar) in x
-                    .chunks_exact_mut(self.cols.max(1))
-                    .zip(acts.chunks(per_row.max(1)))
-                {
-                    for (o, blk) in xr.chunks_exact_mut(QK).zip(ar) {
-                        for (v, &q) in o.iter_mut().zip(&blk.qs) {
-                            *v = blk.d * q as f32;
-                        }
-                    }
-                }
-                let mut a = Acts::default();
-                a.load(&x, self.cols);
-                self.matmul_acts(kernel, &mut a, out, scratch);
-            }
+            _ => panic!(
+                "{} multiplies other activations than Q8 blocks",
+                self.ggml_type()
+            ),
         }
     }
 

@@ -473,14 +473,6 @@ fn matmul_acts_equals_matmul_and_reuses_quantizations() {
     acts.load(&y, cols);
     assert_eq!(acts.conversions(), 0);
     assert_ne!(bits(&matmul(&a, k, &mut acts)), bits(&first));
-    // `matmul` on a K-quant takes the BlockQ8 path: close to `matmul_acts` on the same values.
-    acts.load(&x, cols);
-    let direct = matmul(&a, k, &mut acts);
-    let mut via = vec![0.0; n * rows];
-    a.matmul(k, &blocks, n, &mut via, &mut Vec::new());
-    for (p, q) in via.iter().zip(&direct) {
-        assert!((p - q).abs() <= 0.05 * (1.0 + q.abs()), "{p} vs {q}");
-    }
 }
 
 #[test]
